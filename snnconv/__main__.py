@@ -1,0 +1,6 @@
+"""``python -m snnconv`` (also what torchrun runs)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,144 @@
+"""Source-ANN activations: QCFS, clip-floor and ReLU, and the pass that swaps ReLUs for them.
+
+QCFS: Bu et al., "Optimal ANN-SNN conversion for high-accuracy and ultra-low-latency
+SNNs", ICLR 2022. Clip-floor: the CASC source (phi = 0).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .errors import SnnconvError
+
+ACTIVATION_KINDS = ("qcfs", "clipfloor", "relu")
+
+
+def floor_ste(x: torch.Tensor) -> torch.Tensor:
+    """floor(x) in the forward pass, identity gradient in the backward pass."""
+    return x + (torch.floor(x) - x).detach()
+
+
+class QuantizedClip(nn.Module):
+    """lambda * clip(floor(z * L / lambda + phi) / L, 0, 1) with a trainable scalar lambda.
+
+    Computed as ``clamp(floor(z * (L / lambda) + phi), 0, L) * (lambda / L)``, the very
+    arithmetic of the group neuron at T = 1, so that conversion is bit-exact there.
+
+    Args:
+        levels: L, the number of quantisation levels (>= 1).
+        threshold: initial lambda (the clip value, later the SNN threshold theta).
+        shift: phi (1/2 for QCFS, 0 for clip-floor).
+        trainable: learn lambda (a straight-through gradient passes floor).
+
+    Shapes: any input, output of the same shape.
+    """
+
+    def __init__(self, levels: int, threshold: float = 8.0, shift: float = 0.5, trainable: bool = True) -> None:
+        super().__init__()
+        if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
+            raise SnnconvError(f"levels must be an integer >= 1, got {levels!r}")
+        if not threshold > 0:
+            raise SnnconvError(f"the clip value lambda must be > 0, got {threshold!r}")
+        self.levels = levels
+        self.shift = float(shift)
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)), requires_grad=trainable)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lam = self.threshold
+        quantised = floor_ste(z * (self.levels / lam) + self.shift)
+        return torch.clamp(quantised, 0, self.levels) * (lam / self.levels)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, threshold={self.threshold.item():.4g}, shift={self.shift}"
+
+
+class QCFS(QuantizedClip):
+    """Quantisation-clip-floor-shift activation (phi = 1/2), trainable lambda (init 8)."""
+
+    def __init__(self, levels: int, threshold: float = 8.0, trainable: bool = True) -> None:
+        super().__init__(levels, threshold, 0.5, trainable)
+
+
+class ClipFloor(QuantizedClip):
+    """Clip-floor activation (phi = 0), the CASC source; lambda init 1."""
+
+    def __init__(self, levels: int, threshold: float = 1.0, trainable: bool = True) -> None:
+        super().__init__(levels, threshold, 0.0, trainable)
+
+
+def make_activation(kind: str, levels: int = 4, threshold: float | None = None) -> nn.Module:
+    """Build an activation by name: ``"qcfs"``, ``"clipfloor"`` or ``"relu"``."""
+    if kind == "qcfs":
+        return QCFS(levels) if threshold is None else QCFS(levels, threshold)
+    if kind == "clipfloor":
+        return ClipFloor(levels) if threshold is None else ClipFloor(levels, threshold)
+    if kind == "relu":
+        return nn.ReLU()
+    raise SnnconvError(f"unknown activation {kind!r}: choose one of {', '.join(ACTIVATION_KINDS)}")
+
+
+_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
+
+
+def is_relu_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A graph node that computes ReLU: a module, a function or the ``x.relu()`` method."""
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | None = None) -> nn.Module:
+    """Return a copy of ``model`` with every ReLU (module, function or method) replaced.
+
+    The input model is not modified. The result is a ``torch.fx.GraphModule`` when the
+    model uses functional ReLUs, otherwise a copy of the same class.
+    """
+    model = copy.deepcopy(model)
+    try:
+        graph_module = fx.symbolic_trace(model)
+    except Exception:
+        graph_module = None
+    if graph_module is None or not any(
+        n.op in ("call_function", "call_method") and is_relu_node(n, {}) for n in graph_module.graph.nodes
+    ):
+        _swap_relu_modules(model, kind, levels, threshold)
+        return model
+    modules = dict(graph_module.named_modules())
+    for index, node in enumerate(list(graph_module.graph.nodes)):
+        if not is_relu_node(node, modules):
+            continue
+        name = f"activation_{index}"
+        graph_module.add_submodule(name, make_activation(kind, levels, threshold))
+        with graph_module.graph.inserting_after(node):
+            new = graph_module.graph.call_module(name, (node.args[0],))
+        node.replace_all_uses_with(new)
+        graph_module.graph.erase_node(node)
+    graph_module.graph.eliminate_dead_code()
+    graph_module.delete_all_unused_submodules()
+    graph_module.recompile()
+    return graph_module
+
+
+def _swap_relu_modules(module: nn.Module, kind: str, levels: int, threshold: float | None) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(module, name, make_activation(kind, levels, threshold))
+        else:
+            _swap_relu_modules(child, kind, levels, threshold)
+
+
+__all__ = [
+    "ACTIVATION_KINDS",
+    "ClipFloor",
+    "QCFS",
+    "QuantizedClip",
+    "floor_ste",
+    "is_relu_node",
+    "make_activation",
+    "swap_relu",
+]

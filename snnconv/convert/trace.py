@@ -1,0 +1,33 @@
+"""Symbolic tracing with an error a user can act on."""
+from __future__ import annotations
+
+import copy
+
+from torch import fx, nn
+
+from ..activations import QuantizedClip
+from ..errors import SnnconvError
+
+
+class _Tracer(fx.Tracer):
+    """Keeps the source activations as single (leaf) nodes so passes can find them."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, QuantizedClip) or super().is_leaf_module(module, qualified_name)
+
+
+def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
+    """Return ``model`` as an eval-mode ``GraphModule`` (a deep copy unless ``copy_model=False``)."""
+    if not isinstance(model, nn.Module):
+        raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
+    model = copy.deepcopy(model) if copy_model else model
+    if isinstance(model, fx.GraphModule):
+        return model.eval()
+    try:
+        graph = _Tracer().trace(model)
+        return fx.GraphModule(model, graph, type(model).__name__).eval()
+    except Exception as err:  # fx raises many types; the message is what matters
+        raise SnnconvError(
+            f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err}); "
+            "data-dependent control flow is not convertible: move it out of forward() or wrap it in a leaf module"
+        ) from err

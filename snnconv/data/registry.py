@@ -1,0 +1,68 @@
+"""Dataset registry: one registered loader per dataset, returning device-ready tensors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import SnnconvError
+
+
+@dataclass
+class Dataset:
+    """A whole split held as tensors (small enough for memory, as all ours are).
+
+    images: uint8 ``[N, C, H, W]``; labels: int64 ``[N]``; mean/std per channel on the
+    0..1 scale; ``flip``: horizontal flips are a valid augmentation (not for digits).
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool = False
+
+    def normalized(self, index: slice | torch.Tensor | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Images as float ``(x / 255 - mean) / std``, optionally a subset, on ``device``."""
+        images = self.images if index is None else self.images[index]
+        x = images.to(device).float().div_(255)
+        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+Loader = Callable[[Path | None, str], Dataset]
+_DATASETS: dict[str, Loader] = {}
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Decorator: register ``loader(data_dir, split) -> Dataset`` under ``name``."""
+
+    def decorate(loader: Loader) -> Loader:
+        _DATASETS[name] = loader
+        return loader
+
+    return decorate
+
+
+def list_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> Dataset:
+    """Load split ``"train"`` or ``"test"`` of dataset ``name`` from ``data_dir``."""
+    if name not in _DATASETS:
+        raise SnnconvError(f"unknown dataset {name!r}: choose one of {', '.join(list_datasets())}")
+    if split not in ("train", "test"):
+        raise SnnconvError(f"split must be 'train' or 'test', got {split!r}")
+    path = None if data_dir is None else Path(data_dir)
+    if path is not None and not path.is_dir():
+        raise SnnconvError(f"data directory {str(path)!r} does not exist: pass --data-dir pointing at the dataset folder")
+    return _DATASETS[name](path, split)

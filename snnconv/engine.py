@@ -1,0 +1,237 @@
+"""The simulation engine: one time loop for every neuron, whole windows as tensors.
+
+A value in the graph is either *static* (``[batch, ...]``: the same at every step,
+computed once; everything upstream of the first spiking layer under direct coding) or a
+*window* folded into the batch (``[steps * batch, ...]``). Stateless layers run once on
+the folded tensor; each neuron unfolds it to ``[steps, batch, ...]`` and runs its
+dynamics along time. So every layer sees its whole input window before the next one
+runs (layer by layer), which is what TPP and the permutation experiment need, and the
+schedule (sleep steps with biases off, permutation) is applied here, for any model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.fx.node import map_arg
+
+from .errors import SnnconvError, check
+from .network import PERMUTE_MODES, SpikingNetwork
+from .neurons import SpikingNeuron
+
+DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of activations per chunk (2 GiB)
+# Live copies of the largest activation window at once: input window, the neuron's
+# scaled drive and its output, plus the next layer's output.
+_LIVE_COPIES = 4
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a window is driven: ``steps`` wake steps with input and biases, then
+    ``sleep_steps`` with zero input and biases off; optional temporal permutation."""
+
+    steps: int
+    sleep_steps: int = 0
+    permute: str | None = None
+
+    @property
+    def total(self) -> int:
+        return self.steps + self.sleep_steps
+
+
+def permute_window(window: torch.Tensor, mode: str, generator: torch.Generator | None) -> torch.Tensor:
+    """Shuffle a window ``[T, batch, ...]`` in time, redrawn for every sample.
+
+    ``per-neuron``: an independent permutation of the T steps for every element;
+    ``per-layer``: one permutation per sample shared by all its neurons. Either way each
+    neuron's spike count is unchanged.
+    """
+    steps, batch = window.shape[:2]
+    if mode == "per-neuron":
+        keys = torch.rand(window.shape, generator=generator, device=window.device)
+    else:
+        keys = torch.rand((steps, batch), generator=generator, device=window.device)
+        keys = keys.reshape(steps, batch, *([1] * (window.dim() - 2))).expand_as(window)
+    return window.gather(0, keys.argsort(dim=0))
+
+
+class _WindowRunner(fx.Interpreter):
+    """Runs a converted graph once over a whole window (see the module docstring)."""
+
+    def __init__(self, graph_module, schedule: Schedule, batch: int, generator, recorder) -> None:
+        super().__init__(graph_module, garbage_collect_values=True)
+        self.schedule = schedule
+        self.batch = batch
+        self.generator = generator
+        self.recorder = recorder
+        self.windows: set[fx.Node] = set()
+        self.modules = dict(graph_module.named_modules())
+
+    def _as_window(self, value: torch.Tensor) -> torch.Tensor:
+        """Static ``[B, ...]`` -> window ``[total, B, ...]``: the value in wake steps, 0 in sleep.
+
+        Static values are linear in (input, biases), so zero input with biases off is 0.
+        """
+        s = self.schedule
+        window = value.unsqueeze(0).expand(s.steps, *value.shape)
+        if s.sleep_steps:
+            window = torch.cat([window, value.new_zeros((s.sleep_steps, *value.shape))])
+        return window
+
+    def _fold(self, window: torch.Tensor) -> torch.Tensor:
+        return window.reshape(-1, *window.shape[2:])
+
+    def _unfold(self, folded: torch.Tensor) -> torch.Tensor:
+        return folded.reshape(self.schedule.total, self.batch, *folded.shape[1:])
+
+    def run_node(self, n: fx.Node):
+        if n.op in ("placeholder", "get_attr"):
+            return super().run_node(n)
+        with self._set_current_node(n):
+            has_window = any(i in self.windows for i in n.all_input_nodes)
+            if n.op == "call_module" and isinstance(self.modules[n.target], SpikingNeuron):
+                return self._run_neuron(n)
+
+            def load(node: fx.Node):
+                value = self.env[node]
+                if has_window and node not in self.windows and isinstance(value, torch.Tensor):
+                    return self._fold(self._as_window(value))
+                return value
+
+            args = map_arg(n.args, load)
+            kwargs = map_arg(n.kwargs, load)
+            if n.op == "output":
+                return self.output(n.target, args, kwargs)
+            try:
+                result = getattr(self, n.op)(n.target, args, kwargs)
+            except RuntimeError as err:
+                raise SnnconvError(f"layer {n.name!r} failed on its input ({err}); check the input shape") from err
+            if has_window:
+                self.windows.add(n)
+                if self.schedule.sleep_steps:
+                    self._bias_off_in_sleep(n, result)
+            return result
+
+    def _bias_off_in_sleep(self, n: fx.Node, folded: torch.Tensor) -> None:
+        """Wake-sleep: subtract the bias of conv/linear layers in the sleep steps (in place)."""
+        module = self.modules.get(n.target) if n.op == "call_module" else None
+        bias = getattr(module, "bias", None)
+        if not isinstance(bias, torch.Tensor):
+            return
+        window = self._unfold(folded)
+        # [total, B, C, *spatial]: the bias runs along C and broadcasts over spatial dims.
+        window[self.schedule.steps :] -= bias.reshape(bias.shape[0], *([1] * (window.dim() - 3)))
+
+    def _run_neuron(self, n: fx.Node) -> torch.Tensor:
+        neuron: SpikingNeuron = self.modules[n.target]
+        (source,) = n.all_input_nodes
+        value = self.env[source]
+        window = self._unfold(value) if source in self.windows else self._as_window(value)
+        wake = self.schedule.steps if self.schedule.sleep_steps else None
+        out = neuron(window, wake_steps=wake, generator=self.generator)
+        if self.schedule.permute is not None:
+            out = permute_window(out, self.schedule.permute, self.generator)
+        if self.recorder is not None:
+            self.recorder.record(n.target, neuron, out)
+        self.windows.add(n)
+        return self._fold(out)
+
+    def output_window(self, result) -> torch.Tensor:
+        check(isinstance(result, torch.Tensor), "simulate() supports models with one tensor output")
+        out_node = next(n for n in self.graph.nodes if n.op == "output")
+        (source,) = out_node.all_input_nodes
+        return self._unfold(result) if source in self.windows else self._as_window(result)
+
+
+def _check_input(snn: nn.Module, x: torch.Tensor, steps: int, sleep_steps: int, permute: str | None) -> None:
+    if not isinstance(snn, SpikingNetwork):
+        raise SnnconvError(f"simulate() needs a network from snnconv.convert(), got {type(snn).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise SnnconvError(f"input must be a torch.Tensor [batch, ...], got {type(x).__name__}")
+    check(x.dim() >= 2 and x.shape[0] >= 1, f"input must have shape [batch, ...] with batch >= 1, got {tuple(x.shape)}")
+    check(x.is_floating_point(), f"input must be floating point, got {x.dtype}: scale it to floats first")
+    check(bool(torch.isfinite(x).all()), "input contains NaN or inf: clean the data first")
+    for name, value in (("T (steps)", steps), ("sleep_steps", sleep_steps)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SnnconvError(f"{name} must be an integer, got {value!r}")
+    check(steps >= 1, f"T must be >= 1, got {steps}")
+    check(sleep_steps >= 0, f"sleep_steps must be >= 0, got {sleep_steps}")
+    check(permute is None or permute in PERMUTE_MODES, f"permute must be one of {', '.join(PERMUTE_MODES)} or None, got {permute!r}")
+    check(not (permute and sleep_steps), "permutation and sleep steps do not combine: use one or the other")
+    check(sleep_steps == 0 or snn.sleeps, f"sleep steps need neurons that sleep (cif); {snn.neuron!r} does not")
+
+
+def _chunk_size(snn: SpikingNetwork, x: torch.Tensor, total: int, memory_budget: int) -> int:
+    """Samples per chunk so that the live windows stay under ``memory_budget`` bytes."""
+    largest = 0
+    probe_input = x[:1]
+    sizes: list[int] = []
+
+    def note(_m, _i, out):
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel())
+
+    handles = [m.register_forward_hook(note) for m in snn.graph.modules() if m is not snn.graph]
+    try:
+        runner = _WindowRunner(snn.graph, Schedule(1), 1, None, None)
+        with torch.no_grad():
+            runner.run(probe_input)
+    finally:
+        for h in handles:
+            h.remove()
+    largest = max(sizes + [probe_input.numel()])
+    per_sample = largest * total * x.element_size() * _LIVE_COPIES
+    return max(1, memory_budget // per_sample)
+
+
+def simulate(
+    snn: SpikingNetwork,
+    x: torch.Tensor,
+    steps: int,
+    *,
+    sleep_steps: int = 0,
+    permute: str | None = None,
+    seed: int = 0,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    recorder=None,
+) -> torch.Tensor:
+    """Simulate a converted network on a constant (direct-coded) input.
+
+    The analog input drives the first layer at every wake step; the layers before the
+    first spiking layer run once on it. Every neuron sees its whole input window.
+    Wake-sleep (CIF): after ``steps`` wake steps, ``sleep_steps`` steps with zero input
+    and every conv/linear bias off; the network output keeps accumulating.
+
+    Args:
+        snn: a network from :func:`snnconv.convert`.
+        x: input ``[batch, ...]`` (moved to the network's device and dtype).
+        steps: T, the number of (wake) steps, >= 1.
+        sleep_steps: S, extra sleep steps (CIF only).
+        permute: ``"per-neuron"`` / ``"per-layer"`` shuffles each spiking layer's output
+            in time (defaults to the network's own setting).
+        seed: seeds every random draw (TPP spikes, permutations): same seed, same spikes
+            on the same device and chunking.
+        memory_budget: bytes of activation windows per chunk; larger batches are split.
+        recorder: optional object with ``record(name, neuron, out_window)`` (counters).
+
+    Returns:
+        The network output at every step, ``[steps + sleep_steps, batch, ...]``, not
+        averaged (see :func:`snnconv.metrics.running_average`).
+    """
+    permute = snn.permute if permute is None and isinstance(snn, SpikingNetwork) else permute
+    _check_input(snn, x, steps, sleep_steps, permute)
+    check(isinstance(memory_budget, int) and memory_budget > 0, f"memory_budget must be a positive byte count, got {memory_budget!r}")
+    reference = next(iter(snn.graph.buffers()), None)
+    if reference is not None:
+        x = x.to(device=reference.device, dtype=next((p.dtype for p in snn.graph.parameters()), reference.dtype))
+    schedule = Schedule(steps, sleep_steps, permute)
+    generator = torch.Generator(device=x.device).manual_seed(int(seed))
+    chunk = min(x.shape[0], _chunk_size(snn, x, schedule.total, memory_budget))
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], chunk):
+            part = x[start : start + chunk]
+            runner = _WindowRunner(snn.graph, schedule, part.shape[0], generator, recorder)
+            outputs.append(runner.output_window(runner.run(part)))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)

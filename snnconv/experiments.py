@@ -1,0 +1,185 @@
+"""Evaluate conversions: build, convert, simulate, read accuracy per step, write results JSON.
+
+Results schema (plain data; later additions never remove these keys)::
+
+    {"dataset": str, "model": str, "ann_accuracy": float,
+     "runs": [{"neuron": str, "options": {...}, "T": [int...], "accuracy": [float...],
+               "latency_steps": [int...], ...}]}
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .convert import convert
+from .data import load_dataset
+from .engine import DEFAULT_MEMORY_BUDGET, simulate
+from .errors import SnnconvError, check
+from .files import write_json
+from .metrics import SpikeCounter, correct_per_step
+from .train import accuracy
+
+
+@dataclass
+class RunSpec:
+    """One conversion method to evaluate."""
+
+    neuron: str = "if"
+    steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    sleep_steps: int = 0
+    permute: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    options: dict = field(default_factory=dict)
+    calibration: str = "99.9"
+
+    def validate(self) -> None:
+        check(len(self.steps) > 0, "give at least one T")
+        for t in self.steps:
+            check(isinstance(t, int) and t >= 1, f"every T must be an integer >= 1, got {t!r}")
+        check(self.sleep_steps >= 0, f"sleep steps must be >= 0, got {self.sleep_steps}")
+        check(self.sleep_steps == 0 or len(self.steps) == 1, "with sleep steps give one T (the wake steps, = L)")
+        check(len(self.seeds) >= 1, "give at least one seed")
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+def evaluate_snn(snn, x: torch.Tensor, y: torch.Tensor, steps: int, sleep_steps: int, seed: int, batch_size: int,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, progress=None) -> tuple[list[float], SpikeCounter]:
+    """Accuracy after every simulated step (wake + sleep) of one simulation, and spike counts."""
+    total = steps + sleep_steps
+    correct = torch.zeros(total, dtype=torch.long)
+    counter = SpikeCounter()
+    for index, part in enumerate(_batches(len(y), batch_size)):
+        out = simulate(snn, x[part], steps, sleep_steps=sleep_steps, seed=seed * 1_000_003 + index,
+                       memory_budget=memory_budget, recorder=counter)
+        correct += correct_per_step(out, y[part]).cpu()
+        if progress is not None:
+            progress.update(part.stop - part.start)
+    return (correct.double() / len(y)).tolist(), counter
+
+
+def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec, calibration_data: torch.Tensor | None = None,
+               batch_size: int = 256, memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool = False) -> dict:
+    """Convert ``model`` with ``spec`` and measure accuracy at every requested T.
+
+    Causal methods (IF, GN, CIF) read every T off one simulation of the largest T
+    (CIF: every total step of the wake + sleep window). Window methods (TPP,
+    permutation) depend on T as a whole, so each T is simulated on its own, once per seed.
+    """
+    spec.validate()
+    snn = convert(model, spec.neuron, calibration=calibration_data, calibration_method=spec.calibration,
+                  permute=spec.permute, **spec.options)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        sims = len(spec.seeds) * (1 if snn.causal else len(spec.steps))
+        bar = tqdm(total=sims * len(y), desc=f"{spec.neuron}{'+' + spec.permute if spec.permute else ''}", unit="img", leave=False)
+    per_seed: list[list[float]] = []
+    events_per_image: list[float] = []
+    if spec.sleep_steps:
+        report_steps = [spec.steps[0]] * (spec.steps[0] + spec.sleep_steps)
+        latency = list(range(1, spec.steps[0] + spec.sleep_steps + 1))
+    else:
+        report_steps = sorted(set(spec.steps))
+        latency = [snn.latency_steps(t) for t in report_steps]
+    for seed in spec.seeds:
+        if snn.causal or spec.sleep_steps:
+            acc, counter = evaluate_snn(snn, x, y, max(report_steps), spec.sleep_steps, seed, batch_size, memory_budget, bar)
+            per_seed.append(acc if spec.sleep_steps else [acc[t - 1] for t in report_steps])
+            events_per_image.append(counter.total_events() / len(y))
+        else:
+            accs = []
+            for t in report_steps:
+                acc, counter = evaluate_snn(snn, x, y, t, 0, seed, batch_size, memory_budget, bar)
+                accs.append(acc[-1])
+            per_seed.append(accs)
+            events_per_image.append(counter.total_events() / len(y))  # at the largest T
+        if not snn.stochastic:
+            break  # deterministic: more seeds would repeat the same numbers
+    if bar is not None:
+        bar.close()
+    columns = list(zip(*per_seed))
+    run = {
+        "neuron": spec.neuron,
+        "options": dict(spec.options),
+        "T": report_steps,
+        "accuracy": [statistics.fmean(c) for c in columns],
+        "latency_steps": latency,
+        "permute": spec.permute,
+        "seeds": spec.seeds[: len(per_seed)],
+        "accuracy_std": [statistics.pstdev(c) if len(c) > 1 else 0.0 for c in columns],
+        "accuracy_per_seed": per_seed,
+        "spike_events_per_image": statistics.fmean(events_per_image),
+        "spiking_layers": len(snn.spiking_layers()),
+    }
+    if spec.sleep_steps:
+        run.update(wake_steps=spec.steps[0], sleep_steps=spec.sleep_steps, total_steps=latency)
+    return run
+
+
+def evaluate_checkpoint(checkpoint: str | Path, specs: list[RunSpec], data_dir: str | Path | None = None, limit: int | None = None,
+                        batch_size: int = 256, calibration_samples: int = 512, progress: bool = True,
+                        json_path: str | Path | None = None, device: str = "cpu") -> dict:
+    """Load a checkpoint, evaluate the ANN and every run spec on the test split, optionally write JSON."""
+    from .train import resolve_device
+
+    model, meta = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    model.to(dev)
+    test = load_dataset(meta["dataset"], "test", data_dir)
+    n = len(test) if limit is None else min(limit, len(test))
+    check(n >= 1, "the evaluation set is empty: raise --limit")
+    x, y = test.normalized(slice(0, n), device=dev), test.labels[:n].to(dev)
+    calibration = None
+    if meta["activation"]["kind"] == "relu":
+        train = load_dataset(meta["dataset"], "train", data_dir)
+        calibration = train.normalized(slice(0, calibration_samples), device=dev)
+    results = {
+        "dataset": meta["dataset"],
+        "model": meta["model"],
+        "ann_accuracy": accuracy(model, x, y),
+        "checkpoint": str(checkpoint),
+        "activation": meta["activation"],
+        "samples": n,
+        "runs": [run_method(model, x, y, spec, calibration, batch_size, progress=progress) for spec in specs],
+    }
+    if json_path is not None:
+        write_json(json_path, results)
+    return results
+
+
+def format_table(results: dict) -> str:
+    """A markdown table: one row per run, one column per reported T (latency in brackets when it differs)."""
+    lines = [f"{results['dataset']} / {results['model']}: ANN accuracy {100 * results['ann_accuracy']:.2f}%", ""]
+    for run in results["runs"]:
+        label = run["neuron"] + (f"+{run['permute']}" if run.get("permute") else "")
+        if run["options"]:
+            label += " (" + ", ".join(f"{k}={v}" for k, v in run["options"].items()) + ")"
+        steps = run.get("total_steps") or run["T"]
+        header = "| method | " + " | ".join(f"{'step' if run.get('total_steps') else 'T'}={t}" for t in steps) + " |"
+        cells = []
+        for acc, std, t, lat in zip(run["accuracy"], run["accuracy_std"], steps, run["latency_steps"]):
+            cell = f"{100 * acc:.2f}" + (f" ± {100 * std:.2f}" if std else "")
+            cells.append(cell + (f" [{lat}]" if lat != t else ""))
+        lines += [header, "|" + "---|" * (len(steps) + 1), f"| {label} | " + " | ".join(cells) + " |", ""]
+    return "\n".join(lines)
+
+
+def parse_steps(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4] with a clear error."""
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise SnnconvError(f"-T takes comma-separated integers such as 1,2,4,8, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise SnnconvError(f"every T must be >= 1, got {text!r}")
+    return values

@@ -1,0 +1,63 @@
+"""Readout and counting: running averages, accuracy per step, spike and SOP counters."""
+from __future__ import annotations
+
+import torch
+
+from .errors import check
+
+
+def running_average(outputs: torch.Tensor, wake_steps: int | None = None) -> torch.Tensor:
+    """Average of the outputs ``[T, batch, ...]`` up to each step.
+
+    avg(t) = sum_{k<=t} out(k) / min(t, wake_steps): after the wake phase the
+    accumulated output is divided by the wake steps (CASC's readout).
+    """
+    total = outputs.shape[0]
+    wake = total if wake_steps is None else wake_steps
+    divisor = torch.arange(1, total + 1, device=outputs.device).clamp_(max=wake).to(outputs.dtype)
+    return outputs.cumsum(0) / divisor.reshape(total, *([1] * (outputs.dim() - 1)))
+
+
+def correct_per_step(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Correct predictions at every step from outputs ``[T, batch, classes]``: int64 ``[T]``.
+
+    The prediction at step t is the arg-max of the accumulated output (any positive
+    scaling of the running sum gives the same arg-max).
+    """
+    check(outputs.dim() == 3, f"outputs must be [T, batch, classes], got {tuple(outputs.shape)}")
+    check(labels.shape == outputs.shape[1:2], f"labels must be [batch], got {tuple(labels.shape)}")
+    predictions = outputs.cumsum(0).argmax(-1)
+    return (predictions == labels.to(predictions.device)).sum(1)
+
+
+class SpikeCounter:
+    """Opt-in recorder for :func:`snnconv.simulate`: spike events per layer and step.
+
+    A GN step with count n counts n events, a CIF +1 or -1 counts one, and sleep steps
+    count too. ``events[name]`` is a float64 tensor ``[total_steps]`` summed over the
+    batch; ``neurons[name]`` is the number of neurons per sample in that layer.
+    """
+
+    def __init__(self) -> None:
+        self.events: dict[str, torch.Tensor] = {}
+        self.neurons: dict[str, int] = {}
+        self.samples = 0
+
+    def record(self, name: str, neuron, out: torch.Tensor) -> None:
+        per_step = neuron.spike_units(out).flatten(2).sum((1, 2)).double().cpu()
+        if name in self.events and self.events[name].shape == per_step.shape:
+            self.events[name] += per_step
+        else:
+            self.events[name] = per_step
+        self.neurons[name] = out[0, 0].numel()
+        if name == next(iter(self.events)):
+            self.samples += out.shape[1]
+
+    def total_events(self) -> float:
+        return float(sum(e.sum() for e in self.events.values()))
+
+    def firing_rates(self) -> dict[str, float]:
+        """Mean spike events per neuron per step, per layer."""
+        return {
+            name: float(e.sum() / (self.neurons[name] * max(1, self.samples) * e.numel())) for name, e in self.events.items()
+        }

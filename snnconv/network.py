@@ -1,0 +1,62 @@
+"""The converted network: a graph of stateless layers and spiking neurons."""
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from .errors import SnnconvError
+from .neurons import SpikingNeuron
+
+PERMUTE_MODES = ("per-neuron", "per-layer")
+
+
+class SpikingNetwork(nn.Module):
+    """A converted SNN. ``snn(x, T, ...)`` is :func:`snnconv.simulate`.
+
+    Attributes:
+        graph: the ``torch.fx.GraphModule`` (stateless layers + neuron modules).
+        neuron: the neuron name it was converted with; ``neuron_options`` its options.
+        permute: default temporal permutation mode (None, "per-neuron", "per-layer").
+    """
+
+    def __init__(self, graph: fx.GraphModule, neuron: str, neuron_options: dict, permute: str | None = None) -> None:
+        super().__init__()
+        if permute is not None and permute not in PERMUTE_MODES:
+            raise SnnconvError(f"permute must be one of {', '.join(PERMUTE_MODES)} or None, got {permute!r}")
+        self.graph = graph
+        self.neuron = neuron
+        self.neuron_options = neuron_options
+        self.permute = permute
+
+    def spiking_layers(self) -> list[tuple[str, SpikingNeuron]]:
+        """(name, neuron module) for each spiking layer, in graph order."""
+        return [(n, m) for n, m in self.graph.named_modules() if isinstance(m, SpikingNeuron)]
+
+    @property
+    def causal(self) -> bool:
+        """One simulation of T steps also gives every shorter T (no permutation, causal neurons)."""
+        return self.permute is None and all(m.causal for _, m in self.spiking_layers())
+
+    @property
+    def sleeps(self) -> bool:
+        return any(m.sleeps for _, m in self.spiking_layers())
+
+    @property
+    def stochastic(self) -> bool:
+        return self.permute is not None or any(m.stochastic for _, m in self.spiking_layers())
+
+    def latency_steps(self, steps: int, sleep_steps: int = 0) -> int:
+        """Simulated steps before the output at ``steps`` is available.
+
+        Causal neurons: T (+ sleep steps). Window neurons (TPP, permutation) must see a
+        layer's whole input window before firing, so each spiking layer adds T:
+        (number of spiking layers + 1) * T.
+        """
+        if self.permute is None and all(m.causal for _, m in self.spiking_layers()):
+            return steps + sleep_steps
+        return (len(self.spiking_layers()) + 1) * steps + sleep_steps
+
+    def forward(self, x: torch.Tensor, steps: int, **options) -> torch.Tensor:
+        from .engine import simulate  # the engine imports this module
+
+        return simulate(self, x, steps, **options)

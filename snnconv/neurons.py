@@ -1,0 +1,247 @@
+"""Spiking neurons as ``nn.Module`` wrappers over :mod:`snnconv.functional`, and their registry.
+
+Every neuron takes a whole input window ``[T, batch, ...]`` and returns the window of
+its outputs (spike units times theta) of the same shape. State lives inside one call:
+there is nothing to reset between calls.
+
+Add a neuron with one decorated factory::
+
+    @register_neuron("my_if", causal=True)
+    def my_if(threshold, *, source, initial_potential=None): ...
+
+The registry-wide tests then check it for shapes, dtypes, determinism and bad input.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import SnnconvError
+from .functional import (
+    CIFParams,
+    GroupParams,
+    TPPParams,
+    check_threshold,
+    check_window,
+    cif_window,
+    group_window,
+    tpp_window,
+)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a neuron may want to know about the ANN activation it replaces."""
+
+    levels: int | None = None  # quantisation levels L (None for ReLU / plain clip)
+    shift: float = 0.0  # phi of the source activation (1/2 for QCFS, 0 for clip-floor)
+
+
+class SpikingNeuron(nn.Module):
+    """Base class: holds theta as a buffer and validates the window.
+
+    Class attributes:
+        causal: the output at step t depends only on inputs up to t, so one run of the
+            largest T yields every shorter T as a prefix.
+        sleeps: the neuron understands a wake window followed by sleep steps.
+        stochastic: the neuron draws random numbers (takes a generator).
+        spike_values: the spike units per step it may emit, for documentation.
+    """
+
+    causal: bool = True
+    sleeps: bool = False
+    stochastic: bool = False
+
+    def __init__(self, threshold: torch.Tensor | float) -> None:
+        super().__init__()
+        # float64 here; convert() casts every buffer to the model's dtype afterwards, so a
+        # float64 model keeps lambda to the last bit.
+        theta = check_threshold(threshold).detach().clone()
+        self.register_buffer("threshold", theta.to(torch.float64) if theta.is_floating_point() else theta.double())
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        wake_steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        check_window(x)
+        check_threshold(self.threshold)
+        threshold = self.threshold if self.threshold.dtype == x.dtype else self.threshold.to(x.dtype)
+        with torch.no_grad():
+            return self.dynamics(x, threshold, wake_steps=wake_steps, generator=generator)
+
+    def dynamics(self, x, threshold, *, wake_steps, generator) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def spike_units(self, out: torch.Tensor) -> torch.Tensor:
+        """Spike events per element and step: |out| / (theta / units per theta)."""
+        return out.abs() / self.threshold.to(out.dtype)
+
+    def extra_repr(self) -> str:
+        theta = self.threshold.flatten()
+        shown = f"{theta.item():.4g}" if theta.numel() == 1 else f"[{theta.numel()} values]"
+        return f"threshold={shown}"
+
+
+class GroupNeuron(SpikingNeuron):
+    """tau IF members sharing one membrane (see :func:`snnconv.functional.group_window`)."""
+
+    def __init__(self, threshold, group_size: int = 1, initial_potential: float = 0.0) -> None:
+        super().__init__(threshold)
+        self.params = GroupParams(group_size, float(initial_potential))
+
+    def dynamics(self, x, threshold, *, wake_steps, generator):
+        return group_window(x, threshold, self.params)
+
+    def spike_units(self, out):
+        # A GN step that outputs n * theta / tau carries n spike events.
+        return out.abs() * (self.params.group_size / self.threshold.to(out.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, group_size={self.params.group_size}, initial_potential={self.params.initial_potential}"
+
+
+class TPPNeuron(SpikingNeuron):
+    """Two-phase probabilistic neuron (see :func:`snnconv.functional.tpp_window`)."""
+
+    causal = False
+    stochastic = True
+
+    def __init__(self, threshold, initial_potential: float = 0.5) -> None:
+        super().__init__(threshold)
+        self.params = TPPParams(float(initial_potential))
+
+    def dynamics(self, x, threshold, *, wake_steps, generator):
+        return tpp_window(x, threshold, self.params, generator)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, initial_potential={self.params.initial_potential}"
+
+
+class CIFNeuron(SpikingNeuron):
+    """Consistent IF neuron (see :func:`snnconv.functional.cif_window`)."""
+
+    sleeps = True
+
+    def __init__(self, threshold, negative_spikes: bool = True, spike_cap: bool = True) -> None:
+        super().__init__(threshold)
+        self.params = CIFParams(bool(negative_spikes), bool(spike_cap))
+
+    def dynamics(self, x, threshold, *, wake_steps, generator):
+        return cif_window(x, threshold, self.params, wake_steps)
+
+    def extra_repr(self) -> str:
+        p = self.params
+        return f"{super().extra_repr()}, negative_spikes={p.negative_spikes}, spike_cap={p.spike_cap}"
+
+
+NeuronFactory = Callable[..., SpikingNeuron]
+_NEURONS: dict[str, NeuronFactory] = {}
+
+
+def register_neuron(name: str) -> Callable[[NeuronFactory], NeuronFactory]:
+    """Decorator: register ``factory(threshold, *, source: SourceInfo, **options)`` as ``name``."""
+
+    def decorate(factory: NeuronFactory) -> NeuronFactory:
+        if name in _NEURONS:
+            raise SnnconvError(f"neuron {name!r} is already registered: pick another name")
+        _NEURONS[name] = factory
+        return factory
+
+    return decorate
+
+
+def list_neurons() -> list[str]:
+    """Names of all registered neurons, sorted."""
+    return sorted(_NEURONS)
+
+
+def neuron_options(name: str) -> list[str]:
+    """The keyword options a registered neuron accepts (besides threshold and source)."""
+    factory = _lookup(name)
+    return [p for p in inspect.signature(factory).parameters if p not in ("threshold", "source")]
+
+
+def _lookup(name: str) -> NeuronFactory:
+    try:
+        return _NEURONS[name]
+    except KeyError:
+        raise SnnconvError(f"unknown neuron {name!r}: choose one of {', '.join(list_neurons())}") from None
+
+
+def create_neuron(
+    name: str, threshold: torch.Tensor | float = 1.0, *, source: SourceInfo | None = None, **options
+) -> SpikingNeuron:
+    """Build the registered neuron ``name`` with threshold theta and its options.
+
+    Args:
+        name: a name from :func:`list_neurons`.
+        threshold: theta, positive.
+        source: the ANN activation it replaces (levels, shift), for defaults.
+        **options: the neuron's own options (see :func:`neuron_options`).
+
+    Returns:
+        An ``nn.Module`` mapping a window ``[T, batch, ...]`` to a window of the same shape.
+    """
+    factory = _lookup(name)
+    allowed = neuron_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise SnnconvError(
+            f"neuron {name!r} has no option {', '.join(unknown)}: its options are {', '.join(allowed) or 'none'}"
+        )
+    return factory(threshold, source=source or SourceInfo(), **options)
+
+
+def _phi(initial_potential: float | None, source: SourceInfo) -> float:
+    return source.shift if initial_potential is None else float(initial_potential)
+
+
+@register_neuron("if")
+def _if(threshold, *, source: SourceInfo, initial_potential: float | None = None) -> SpikingNeuron:
+    """IF with reset by subtraction; v(0) = phi * theta, phi defaulting to the source's shift."""
+    return GroupNeuron(threshold, 1, _phi(initial_potential, source))
+
+
+@register_neuron("gn")
+def _gn(
+    threshold,
+    *,
+    source: SourceInfo,
+    group_size: int | str = 4,
+    target_steps: int | None = None,
+    initial_potential: float | None = None,
+) -> SpikingNeuron:
+    """Group neuron. ``group_size="auto"`` picks tau = ceil(L / target_steps) from the source's L."""
+    if group_size == "auto":
+        if source.levels is None or target_steps is None or int(target_steps) < 1:
+            raise SnnconvError(
+                "group_size='auto' sets tau = L / target_steps: it needs a quantised source (QCFS/clip-floor) "
+                "and target_steps >= 1"
+            )
+        group_size = max(1, math.ceil(source.levels / int(target_steps)))
+    if isinstance(group_size, str):
+        try:
+            group_size = int(group_size)
+        except ValueError:
+            raise SnnconvError(f"group_size must be an integer >= 1 or 'auto', got {group_size!r}") from None
+    return GroupNeuron(threshold, group_size, _phi(initial_potential, source))
+
+
+@register_neuron("tpp")
+def _tpp(threshold, *, source: SourceInfo, initial_potential: float | None = None) -> SpikingNeuron:
+    """Two-phase probabilistic neuron; v(0) = theta/2 unless given (measured default, see README)."""
+    return TPPNeuron(threshold, 0.5 if initial_potential is None else initial_potential)
+
+
+@register_neuron("cif")
+def _cif(threshold, *, source: SourceInfo, negative_spikes: bool = True, spike_cap: bool = True) -> SpikingNeuron:
+    """Consistent IF neuron for wake-sleep conversion (use a clip-floor source, T = L)."""
+    return CIFNeuron(threshold, negative_spikes, spike_cap)

@@ -1,0 +1,179 @@
+"""Train a source ANN: SGD + momentum, cosine schedule, batched augmentation, resumable.
+
+Every epoch ends with an atomic checkpoint. All randomness of epoch e (shuffling,
+augmentation) comes from a generator seeded with (seed, e), so a run resumed from the
+checkpoint of epoch e continues exactly as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import ACTIVATION_KINDS, QuantizedClip
+from .augment import random_crop, random_flip
+from .checkpoint import read_checkpoint, save_checkpoint
+from .data import Dataset, load_dataset
+from .errors import SnnconvError, check
+from .models import create_model
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the checkpoint)."""
+
+    model: str = "small_cnn"
+    dataset: str = "digits"
+    activation: str = "qcfs"
+    levels: int = 4
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    decay_thresholds: bool = False
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+    model_args: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        check(self.activation in ACTIVATION_KINDS, f"activation must be one of {', '.join(ACTIVATION_KINDS)}, got {self.activation!r}")
+        check(isinstance(self.levels, int) and self.levels >= 1, f"levels must be an integer >= 1, got {self.levels!r}")
+        check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        check(0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without a GPU is an error naming the fix."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SnnconvError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise SnnconvError(f"unknown device {device!r}: use cpu, cuda or auto") from err
+
+
+def build_model(config: TrainConfig, dataset: Dataset) -> tuple[nn.Module, dict]:
+    args = {"num_classes": dataset.num_classes, "in_channels": dataset.images.shape[1], "activation": config.activation, "levels": config.levels}
+    args.update(config.model_args)
+    return create_model(config.model, **args), args
+
+
+def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """Weight decay on weights, not on BN/bias, and not on the clip values lambda unless asked."""
+    thresholds = {id(m.threshold) for m in model.modules() if isinstance(m, QuantizedClip)}
+    decay, no_decay, lambdas = [], [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (lambdas if id(p) in thresholds else decay if p.dim() > 1 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": lambdas, "weight_decay": config.weight_decay if config.decay_thresholds else 0.0},
+    ]
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    state = optimizer.state_dict()["state"]
+    return {f"{index}.momentum_buffer": s["momentum_buffer"] for index, s in state.items() if s.get("momentum_buffer") is not None}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state = optimizer.state_dict()
+    state["state"] = {int(k.split(".")[0]): {"momentum_buffer": v} for k, v in tensors.items()}
+    optimizer.load_state_dict(state)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (fraction) of ``model`` in eval mode."""
+    model.eval()
+    correct = sum(int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum()) for i in range(0, len(y), batch_size))
+    return correct / max(1, len(y))
+
+
+def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None, progress: bool = True, log=print) -> tuple[nn.Module, dict]:
+    """Train (or resume) a source ANN; writes ``out_dir/checkpoint.safetensors`` every epoch.
+
+    Returns the trained model (eval mode) and the checkpoint metadata.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    out_dir = Path(out_dir)
+    train_set = load_dataset(config.dataset, "train", data_dir)
+    test_set = load_dataset(config.dataset, "test", data_dir)
+    torch.manual_seed(config.seed)
+    model, model_args = build_model(config, train_set)
+    model.to(device)
+    optimizer = torch.optim.SGD(_param_groups(model, config), lr=config.lr, momentum=config.momentum, nesterov=True)
+    start_epoch, history = 0, []
+    checkpoint = out_dir / CHECKPOINT_NAME
+    if checkpoint.exists():
+        meta, state, optim_state = read_checkpoint(checkpoint)
+        saved, wanted = dict(meta.get("train_config", {})), asdict(config)
+        saved.pop("device", None), wanted.pop("device")  # a run may resume on another device
+        if saved != wanted:
+            raise SnnconvError(f"{str(checkpoint)!r} was written by a different training configuration: use another --out")
+        model.load_state_dict(state)
+        _restore_optimizer(optimizer, optim_state)
+        start_epoch, history = meta["epochs_done"], meta.get("history", [])
+        log(f"resuming from epoch {start_epoch} of {config.epochs}")
+    x_train = train_set.normalized(device=device)
+    y_train = train_set.labels.to(device)
+    x_test, y_test = test_set.normalized(device=device), test_set.labels.to(device)
+    steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    padding = max(1, x_train.shape[-1] // 8)
+    meta = {}
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        order = torch.randperm(len(y_train), generator=generator).to(device)
+        batches = range(steps_per_epoch)
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
+        loss_sum = 0.0
+        for b in batches:
+            step = epoch * steps_per_epoch + b
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+            index = order[b * config.batch_size : (b + 1) * config.batch_size]
+            x = random_crop(x_train[index], padding, generator)
+            if train_set.flip:
+                x = random_flip(x, generator)
+            loss = F.cross_entropy(model(x), y_train[index], label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) if b % 50 == 0 else 0.0
+        test_acc = accuracy(model, x_test, y_test)
+        history.append({"epoch": epoch + 1, "test_accuracy": test_acc})
+        log(f"epoch {epoch + 1}/{config.epochs}: test accuracy {test_acc:.4f}")
+        meta = {
+            "model": config.model,
+            "model_args": model_args,
+            "dataset": config.dataset,
+            "activation": {"kind": config.activation, "levels": config.levels},
+            "train_config": asdict(config),
+            "epochs_done": epoch + 1,
+            "history": history,
+            "ann_accuracy": test_acc,
+        }
+        save_checkpoint(checkpoint, model, meta, _optimizer_tensors(optimizer))
+    if not meta:  # already complete: nothing trained in this call
+        meta, _, _ = read_checkpoint(checkpoint)
+    return model.eval(), meta
