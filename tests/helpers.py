@@ -1,0 +1,58 @@
+"""Test helpers: small models with spread-out thresholds, shared data lookup."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from snnconv.activations import QuantizedClip
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (tests read ../shared/data when it exists)")
+    return path
+
+
+def randomize_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
+    """Give every BN non-trivial statistics so folding is really exercised."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=generator) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(c, generator=generator) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
+            m.bias.data.copy_(torch.rand(c, generator=generator) * 0.4 - 0.1)
+
+
+@torch.no_grad()
+def spread_thresholds(model: nn.Module, x: torch.Tensor, quantile: float = 0.9) -> nn.Module:
+    """Set each lambda to a quantile of its pre-activations, so the L levels are all used."""
+
+    def hook(module, inputs):
+        z = inputs[0].flatten()
+        module.threshold.data.fill_(float(z.quantile(quantile)) + 1e-3)
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, QuantizedClip)]
+    model(x)
+    for h in handles:
+        h.remove()
+    return model
+
+
+def make_source(name: str, activation: str, levels: int = 4, seed: int = 0, dtype=torch.float64, in_channels: int = 1, size: int = 8, batch: int = 6):
+    """A registered model with random BN statistics and data-spread lambdas, and its input."""
+    from snnconv import create_model
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = create_model(name, activation=activation, levels=levels, in_channels=in_channels).eval()
+    randomize_batchnorm(model, g)
+    model = model.to(dtype)
+    x = torch.rand(batch, in_channels, size, size, generator=g, dtype=torch.float64).to(dtype)
+    return spread_thresholds(model, x), x

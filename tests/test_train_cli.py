@@ -1,0 +1,167 @@
+"""Training, checkpoints, datasets, the evaluation pipeline and the CLI."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from snnconv import SnnconvError, create_model, list_models
+from snnconv.checkpoint import load_checkpoint, save_checkpoint
+from snnconv.cli import main
+from snnconv.data import load_dataset
+from snnconv.experiments import RunSpec, evaluate_checkpoint, run_method
+from snnconv.train import TrainConfig, train
+
+from helpers import shared_data
+
+
+def test_digits_if_snn_reaches_ann_within_one_point_by_T32(digits_source):
+    model, meta, x, y, _ = digits_source
+    assert meta["ann_accuracy"] > 0.9
+    run = run_method(model, x, y, RunSpec("if", [1, 2, 4, 8, 16, 32]))
+    assert run["T"] == [1, 2, 4, 8, 16, 32] and run["latency_steps"] == run["T"]
+    assert run["accuracy"][-1] >= meta["ann_accuracy"] - 0.01
+    assert run["accuracy"][0] < run["accuracy"][-1]  # T = 1 is far from the ANN
+
+
+def test_checkpoint_alone_rebuilds_the_model(digits_source):
+    model, meta, x, _, path = digits_source
+    rebuilt, rebuilt_meta = load_checkpoint(path)
+    assert rebuilt_meta["model"] == "small_cnn" and rebuilt_meta["activation"] == {"kind": "qcfs", "levels": 4}
+    assert torch.equal(rebuilt(x), model(x))
+
+
+def test_corrupt_and_truncated_checkpoints_are_refused(digits_source, tmp_path):
+    path = digits_source[4]
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 100)
+    for bad in (truncated, garbage, tmp_path / "missing.safetensors"):
+        with pytest.raises(SnnconvError, match="checkpoint|safetensors"):
+            load_checkpoint(bad)
+
+
+def test_pickle_checkpoint_never_runs_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"state": Evil()}))
+    with pytest.raises(SnnconvError, match="pickle"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_training_resumes_to_the_same_weights(tmp_path):
+    config = TrainConfig(model="small_cnn", dataset="digits", epochs=3, batch_size=128, seed=1, model_args={"width": 8})
+    straight, _ = train(config, tmp_path / "a", progress=False, log=lambda m: None)
+    first = TrainConfig(**config.__dict__)
+
+    def stop_after_first(message):  # interrupt right after epoch 1's checkpoint
+        if message.startswith("epoch 1/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(first, tmp_path / "b", progress=False, log=stop_after_first)
+    resumed, meta = train(first, tmp_path / "b", progress=False, log=lambda m: None)
+    assert meta["epochs_done"] == 3
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    config = TrainConfig(model="small_cnn", dataset="digits", epochs=1, model_args={"width": 8})
+    train(config, tmp_path, progress=False, log=lambda m: None)
+    with pytest.raises(SnnconvError, match="different training configuration"):
+        train(TrainConfig(model="small_cnn", dataset="digits", epochs=2, model_args={"width": 8}), tmp_path, progress=False, log=lambda m: None)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_builds_and_converts(name):
+    from snnconv import convert
+
+    size, channels = (8, 1) if name == "small_cnn" else (32, 3)
+    model = create_model(name, in_channels=channels).eval()
+    x = torch.rand(1, channels, size, size)
+    out = convert(model, "if")(x, 2)
+    assert out.shape == (2, 1, 10)
+
+
+def test_unknown_model_and_dataset():
+    with pytest.raises(SnnconvError, match="unknown model"):
+        create_model("resnet1000")
+    with pytest.raises(SnnconvError, match="unknown dataset"):
+        load_dataset("imagenet21k", "test")
+
+
+def test_idx_loader_on_generated_files_and_errors(tmp_path):
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8).numpy()
+    labels = torch.arange(5, dtype=torch.uint8).numpy()
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(bytes.fromhex("00000803") + (5).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + images.tobytes())
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(bytes.fromhex("00000801") + (5).to_bytes(4, "big") + labels.tobytes())
+    data = load_dataset("mnist", "test", tmp_path)
+    assert data.images.shape == (5, 1, 28, 28) and data.images.dtype == torch.uint8
+    assert data.labels.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(SnnconvError, match="missing file"):
+        load_dataset("mnist", "train", tmp_path)
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(bytes.fromhex("00000801") + (9).to_bytes(4, "big") + labels.tobytes())
+    with pytest.raises(SnnconvError, match="truncated"):
+        load_dataset("mnist", "test", tmp_path)
+    with pytest.raises(SnnconvError, match="does not exist"):
+        load_dataset("mnist", "test", tmp_path / "nowhere")
+
+
+def test_real_mnist_files():
+    data = load_dataset("mnist", "test", shared_data("MNIST"))
+    assert data.images.shape == (10000, 1, 28, 28) and data.labels[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_evaluate_writes_the_results_json(digits_source, tmp_path):
+    path = digits_source[4]
+    out = tmp_path / "r.json"
+    results = evaluate_checkpoint(path, [RunSpec("if", [1, 4]), RunSpec("gn", [1], options={"group_size": 4})], limit=100,
+                                  progress=False, json_path=out)
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert {"dataset", "model", "ann_accuracy", "runs"} <= set(saved)
+    for run in saved["runs"]:
+        assert {"neuron", "options", "T", "accuracy", "latency_steps"} <= set(run)
+        assert all(0 <= a <= 1 for a in run["accuracy"])
+    # GN with tau = L at T = 1 is the ANN exactly
+    assert saved["runs"][1]["accuracy"][0] == saved["ann_accuracy"]
+
+
+def test_cli_evaluate_and_errors(digits_source, tmp_path, capsys):
+    path = str(digits_source[4])
+    assert main(["evaluate", path, "--neuron", "if", "-T", "1,8", "--limit", "50", "--no-progress", "--json", str(tmp_path / "o.json")]) == 0
+    assert "| if |" in capsys.readouterr().out
+    cases = [
+        (["evaluate", path, "--neuron", "nope"], "unknown neuron"),
+        (["evaluate", path, "-T", "0"], "T must be >= 1"),
+        (["evaluate", str(tmp_path / "none.safetensors")], "does not exist"),
+        (["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")], "missing file"),
+        (["train", "--model", "gpt", "--out", str(tmp_path / "o2")], "unknown model"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_cli_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "snnconv", "list"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "neurons: cif, gn, if, tpp" in result.stdout
