@@ -37,6 +37,7 @@ def _parse_seeds(text: str) -> list[int]:
 def _add_method_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-T", "--steps", default="1,2,4,8,16,32", help="comma-separated T values (wake steps for cif)")
     p.add_argument("--sleep-steps", type=int, default=0, help="CIF wake-sleep: sleep steps after T wake steps")
+    p.add_argument("--stop-when-quiet", action="store_true", help="CIF: stop reporting once no neuron can change")
     p.add_argument("--permute", choices=["per-neuron", "per-layer"], help="shuffle spike trains in time (temporal misalignment)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds for stochastic runs (mean and spread reported)")
     p.add_argument("--group-size", help="GN: tau (integer) or 'auto' (tau = ceil(L / --target-steps))")
@@ -116,7 +117,7 @@ def _cmd_evaluate(args) -> None:
     from .experiments import RunSpec, evaluate_checkpoint, format_table, parse_steps
 
     spec = RunSpec(args.neuron, parse_steps(args.steps), args.sleep_steps, args.permute, _parse_seeds(args.seeds),
-                   _neuron_options(args), args.calibrate)
+                   _neuron_options(args), args.calibrate, args.stop_when_quiet)
     results = evaluate_checkpoint(args.checkpoint, [spec], args.data_dir, args.limit, args.batch_size,
                                   progress=not args.no_progress, json_path=args.json, device=args.device)
     print(format_table(results))

@@ -66,6 +66,8 @@ class _WindowRunner(fx.Interpreter):
         self.generator = generator
         self.recorder = recorder
         self.windows: set[fx.Node] = set()
+        self.last_active_step = -1  # last step at which any neuron emitted a spike (if tracked)
+        self.track_activity = False
         self.modules = dict(graph_module.named_modules())
 
     def _as_window(self, value: torch.Tensor) -> torch.Tensor:
@@ -134,6 +136,10 @@ class _WindowRunner(fx.Interpreter):
             out = permute_window(out, self.schedule.permute, self.generator)
         if self.recorder is not None:
             self.recorder.record(n.target, neuron, out)
+        if self.track_activity:  # one host sync per layer, only when asked for
+            active = torch.nonzero(out.flatten(1).abs().amax(1)).flatten()
+            if active.numel():
+                self.last_active_step = max(self.last_active_step, int(active[-1]))
         self.windows.add(n)
         return self._fold(out)
 
@@ -195,6 +201,7 @@ def simulate(
     seed: int = 0,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     recorder=None,
+    stop_when_quiet: bool = False,
 ) -> torch.Tensor:
     """Simulate a converted network on a constant (direct-coded) input.
 
@@ -214,6 +221,12 @@ def simulate(
             on the same device and chunking.
         memory_budget: bytes of activation windows per chunk; larger batches are split.
         recorder: optional object with ``record(name, neuron, out_window)`` (counters).
+        stop_when_quiet: wake-sleep only: drop the sleep steps after the last step at
+            which any neuron of the network spiked. From then on every neuron has zero
+            input and no bias, so nothing can change and the readout stays fixed; the
+            returned window is ``[steps + used_sleep_steps, ...]`` (the steps actually
+            needed). The simulation itself still runs all ``sleep_steps``: each layer
+            sees its whole window before the next one runs.
 
     Returns:
         The network output at every step, ``[steps + sleep_steps, batch, ...]``, not
@@ -228,10 +241,17 @@ def simulate(
     schedule = Schedule(steps, sleep_steps, permute)
     generator = torch.Generator(device=x.device).manual_seed(int(seed))
     chunk = min(x.shape[0], _chunk_size(snn, x, schedule.total, memory_budget))
+    check(not stop_when_quiet or sleep_steps > 0, "stop_when_quiet needs sleep steps (wake-sleep conversion)")
     outputs = []
+    last_active = -1
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk):
             part = x[start : start + chunk]
             runner = _WindowRunner(snn.graph, schedule, part.shape[0], generator, recorder)
+            runner.track_activity = stop_when_quiet
             outputs.append(runner.output_window(runner.run(part)))
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+            last_active = max(last_active, runner.last_active_step)
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+    if stop_when_quiet:
+        out = out[: max(steps, last_active + 1)]
+    return out

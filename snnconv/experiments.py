@@ -36,6 +36,7 @@ class RunSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     options: dict = field(default_factory=dict)
     calibration: str = "99.9"
+    stop_when_quiet: bool = False
 
     def validate(self) -> None:
         check(len(self.steps) > 0, "give at least one T")
@@ -52,18 +53,24 @@ def _batches(n: int, batch_size: int):
 
 
 def evaluate_snn(snn, x: torch.Tensor, y: torch.Tensor, steps: int, sleep_steps: int, seed: int, batch_size: int,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET, progress=None) -> tuple[list[float], SpikeCounter]:
-    """Accuracy after every simulated step (wake + sleep) of one simulation, and spike counts."""
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, progress=None, stop_when_quiet: bool = False,
+                 ) -> tuple[list[float], SpikeCounter, int]:
+    """Accuracy after every simulated step (wake + sleep) of one simulation, spike counts,
+    and the steps actually used (fewer than wake + sleep with ``stop_when_quiet``)."""
     total = steps + sleep_steps
     correct = torch.zeros(total, dtype=torch.long)
     counter = SpikeCounter()
+    used = steps
     for index, part in enumerate(_batches(len(y), batch_size)):
         out = simulate(snn, x[part], steps, sleep_steps=sleep_steps, seed=seed * 1_000_003 + index,
-                       memory_budget=memory_budget, recorder=counter)
+                       memory_budget=memory_budget, recorder=counter, stop_when_quiet=stop_when_quiet)
+        used = max(used, out.shape[0])
+        if out.shape[0] < total:  # quiet steps output zero: padding keeps every batch aligned
+            out = torch.cat([out, out.new_zeros((total - out.shape[0], *out.shape[1:]))])
         correct += correct_per_step(out, y[part]).cpu()
         if progress is not None:
             progress.update(part.stop - part.start)
-    return (correct.double() / len(y)).tolist(), counter
+    return (correct.double() / len(y)).tolist(), counter, used
 
 
 def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec, calibration_data: torch.Tensor | None = None,
@@ -93,13 +100,16 @@ def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
         latency = [snn.latency_steps(t) for t in report_steps]
     for seed in spec.seeds:
         if snn.causal or spec.sleep_steps:
-            acc, counter = evaluate_snn(snn, x, y, max(report_steps), spec.sleep_steps, seed, batch_size, memory_budget, bar)
+            acc, counter, used = evaluate_snn(snn, x, y, max(report_steps), spec.sleep_steps, seed, batch_size, memory_budget, bar,
+                                              spec.stop_when_quiet)
+            if spec.sleep_steps and spec.stop_when_quiet:
+                report_steps, latency, acc = report_steps[:used], latency[:used], acc[:used]
             per_seed.append(acc if spec.sleep_steps else [acc[t - 1] for t in report_steps])
             events_per_image.append(counter.total_events() / len(y))
         else:
             accs = []
             for t in report_steps:
-                acc, counter = evaluate_snn(snn, x, y, t, 0, seed, batch_size, memory_budget, bar)
+                acc, counter, _ = evaluate_snn(snn, x, y, t, 0, seed, batch_size, memory_budget, bar)
                 accs.append(acc[-1])
             per_seed.append(accs)
             events_per_image.append(counter.total_events() / len(y))  # at the largest T
@@ -122,7 +132,8 @@ def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
         "spiking_layers": len(snn.spiking_layers()),
     }
     if spec.sleep_steps:
-        run.update(wake_steps=spec.steps[0], sleep_steps=spec.sleep_steps, total_steps=latency)
+        run.update(wake_steps=spec.steps[0], sleep_steps=spec.sleep_steps, total_steps=latency,
+                   steps_used=latency[-1], stopped_when_quiet=spec.stop_when_quiet)
     return run
 
 

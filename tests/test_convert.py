@@ -147,9 +147,9 @@ def test_gn_with_tau_equal_L_gives_the_ann_logits_at_T1(name):
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet20"])
 def test_cif_wake_sleep_reproduces_the_ann_exactly(name):
-    size, channels = (8, 1) if name == "small_cnn" else (32, 3)
-    levels, sleep = 4, 40
-    model, x = make_source(name, "clipfloor", levels=levels, in_channels=channels, size=size)
+    size, channels = (8, 1) if name == "small_cnn" else (16, 3)
+    levels, sleep = 4, 32  # about T + depth sleep steps suffice (methods.md section 5)
+    model, x = make_source(name, "clipfloor", levels=levels, in_channels=channels, size=size, batch=3)
     ann = model(x)
     snn = convert(model, "cif")
     readout = running_average(snn(x, levels, sleep_steps=sleep), wake_steps=levels)

@@ -107,3 +107,15 @@ def test_sleep_needs_cif_and_excludes_permutation():
         simulate(convert(model, "if"), x, 4, sleep_steps=2)
     with pytest.raises(SnnconvError, match="permutation and sleep"):
         simulate(convert(model, "cif"), x, 4, sleep_steps=2, permute="per-layer")
+
+
+def test_stop_when_quiet_drops_only_steps_that_change_nothing():
+    model, x = make_source("small_cnn", "clipfloor", batch=4)
+    snn = convert(model, "cif")
+    full = simulate(snn, x, 4, sleep_steps=40)
+    short = simulate(snn, x, 4, sleep_steps=40, stop_when_quiet=True)
+    used = short.shape[0]
+    assert 4 < used < 44
+    assert torch.equal(short, full[:used])
+    assert torch.count_nonzero(full[used:]) == 0  # the dropped steps add nothing
+    assert torch.count_nonzero(full[used - 1]) > 0

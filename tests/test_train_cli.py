@@ -165,3 +165,16 @@ def test_cli_evaluate_and_errors(digits_source, tmp_path, capsys):
 def test_cli_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "snnconv", "list"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "neurons: cif, gn, if, tpp" in result.stdout
+
+
+def test_cif_run_reports_every_total_step_and_can_stop_when_quiet():
+    from helpers import make_source
+
+    model, x = make_source("small_cnn", "clipfloor", batch=8, dtype=torch.float64)
+    y = model(x).argmax(1)
+    full = run_method(model, x, y, RunSpec("cif", [4], sleep_steps=30))
+    assert full["latency_steps"] == list(range(1, 35)) and full["wake_steps"] == 4
+    assert full["accuracy"][-1] == 1.0  # the ANN's own predictions, reproduced exactly
+    quiet = run_method(model, x, y, RunSpec("cif", [4], sleep_steps=30, stop_when_quiet=True))
+    used = quiet["steps_used"]
+    assert 4 < used < 34 and quiet["accuracy"] == full["accuracy"][:used]
