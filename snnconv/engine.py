@@ -168,26 +168,36 @@ def _check_input(snn: nn.Module, x: torch.Tensor, steps: int, sleep_steps: int, 
     check(sleep_steps == 0 or snn.sleeps, f"sleep steps need neurons that sleep (cif); {snn.neuron!r} does not")
 
 
+def _largest_activation(snn: SpikingNetwork, sample: torch.Tensor) -> int:
+    """Elements per sample of the largest value in the graph, probed once per input shape.
+
+    The probe runs the graph on one sample for one step; the answer is cached on the
+    network (keyed by shape and dtype), so later calls pay nothing.
+    """
+    key = (tuple(sample.shape[1:]), sample.dtype)
+    cache = snn.__dict__.setdefault("_activation_sizes", {})
+    if key not in cache:
+        sizes = [sample[:1].numel()]
+
+        def note(_m, _i, out):
+            if isinstance(out, torch.Tensor):
+                sizes.append(out.numel())
+
+        handles = [m.register_forward_hook(note) for m in snn.graph.modules() if m is not snn.graph]
+        try:
+            runner = _WindowRunner(snn.graph, Schedule(1), 1, None, None)
+            with torch.no_grad():
+                runner.run(sample[:1])
+        finally:
+            for h in handles:
+                h.remove()
+        cache[key] = max(sizes)
+    return cache[key]
+
+
 def _chunk_size(snn: SpikingNetwork, x: torch.Tensor, total: int, memory_budget: int) -> int:
     """Samples per chunk so that the live windows stay under ``memory_budget`` bytes."""
-    largest = 0
-    probe_input = x[:1]
-    sizes: list[int] = []
-
-    def note(_m, _i, out):
-        if isinstance(out, torch.Tensor):
-            sizes.append(out.numel())
-
-    handles = [m.register_forward_hook(note) for m in snn.graph.modules() if m is not snn.graph]
-    try:
-        runner = _WindowRunner(snn.graph, Schedule(1), 1, None, None)
-        with torch.no_grad():
-            runner.run(probe_input)
-    finally:
-        for h in handles:
-            h.remove()
-    largest = max(sizes + [probe_input.numel()])
-    per_sample = largest * total * x.element_size() * _LIVE_COPIES
+    per_sample = _largest_activation(snn, x) * total * x.element_size() * _LIVE_COPIES
     return max(1, memory_budget // per_sample)
 
 
