@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="cpu")
     tr.add_argument("--model-arg", action="append", help="extra model argument KEY=VALUE (e.g. width=16)")
+    tr.add_argument("--train-limit", type=int, help="train on the first N training images only")
     tr.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
     tr.add_argument("--no-progress", action="store_true")
 
@@ -107,7 +108,7 @@ def _cmd_train(args) -> None:
         model=args.model, dataset=args.dataset, activation=args.activation, levels=args.levels, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         decay_thresholds=args.decay_thresholds, label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
-        model_args=model_args,
+        model_args=model_args, train_limit=args.train_limit,
     )
     _, meta = train(config, args.out, args.data_dir, progress=not args.no_progress)
     print(f"checkpoint: {args.out}/checkpoint.safetensors (test accuracy {meta['ann_accuracy']:.4f})")

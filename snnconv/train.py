@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     model_args: dict = field(default_factory=dict)
+    train_limit: int | None = None  # train on the first N training images only (quick sources)
 
     def validate(self) -> None:
         check(self.activation in ACTIVATION_KINDS, f"activation must be one of {', '.join(ACTIVATION_KINDS)}, got {self.activation!r}")
@@ -50,6 +51,7 @@ class TrainConfig:
         check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
         check(0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        check(self.train_limit is None or self.train_limit >= 1, f"train limit must be >= 1, got {self.train_limit}")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -122,7 +124,8 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     checkpoint = out_dir / CHECKPOINT_NAME
     if checkpoint.exists():
         meta, state, optim_state = read_checkpoint(checkpoint)
-        saved, wanted = dict(meta.get("train_config", {})), asdict(config)
+        # Fields added in later versions take their defaults when an older checkpoint lacks them.
+        saved, wanted = {**asdict(TrainConfig()), **meta.get("train_config", {})}, asdict(config)
         saved.pop("device", None), wanted.pop("device")  # a run may resume on another device
         if saved != wanted:
             raise SnnconvError(f"{str(checkpoint)!r} was written by a different training configuration: use another --out")
@@ -130,8 +133,9 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
         _restore_optimizer(optimizer, optim_state)
         start_epoch, history = meta["epochs_done"], meta.get("history", [])
         log(f"resuming from epoch {start_epoch} of {config.epochs}")
-    x_train = train_set.normalized(device=device)
-    y_train = train_set.labels.to(device)
+    subset = slice(0, config.train_limit)
+    x_train = train_set.normalized(subset, device=device)
+    y_train = train_set.labels[subset].to(device)
     x_test, y_test = test_set.normalized(device=device), test_set.labels.to(device)
     steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
