@@ -11,20 +11,30 @@ from .errors import SnnconvError
 def _neuron_options(args) -> dict:
     options = {}
     if args.group_size is not None:
-        options["group_size"] = args.group_size if args.group_size == "auto" else int(args.group_size)
+        try:
+            options["group_size"] = args.group_size if args.group_size == "auto" else int(args.group_size)
+        except ValueError:
+            raise SnnconvError(f"--group-size takes an integer >= 1 or 'auto', got {args.group_size!r}") from None
     if args.target_steps is not None:
         options["target_steps"] = args.target_steps
     if args.initial_potential is not None:
         options["initial_potential"] = args.initial_potential
-    for pair in args.option or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SnnconvError(f"--option takes KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+    options.update(_key_values(args.option, "--option"))
     return options
+
+
+def _key_values(pairs: list[str] | None, flag: str) -> dict:
+    """KEY=VALUE pairs; VALUE is read as JSON (numbers, true/false, lists) or kept as text."""
+    result = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SnnconvError(f"{flag} takes KEY=VALUE, got {pair!r}")
+        try:
+            result[key] = json.loads(value)
+        except json.JSONDecodeError:
+            result[key] = value
+    return result
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -100,10 +110,7 @@ def _cmd_demo(args) -> None:
 def _cmd_train(args) -> None:
     from .train import TrainConfig, train
 
-    model_args = {}
-    for pair in args.model_arg or []:
-        key, _, value = pair.partition("=")
-        model_args[key] = json.loads(value) if value else value
+    model_args = _key_values(args.model_arg, "--model-arg")
     config = TrainConfig(
         model=args.model, dataset=args.dataset, activation=args.activation, levels=args.levels, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     except SnnconvError as err:
         if args.debug:
             raise
-        print(f"snnconv: error: {err}", file=sys.stderr)
+        print("snnconv: error: " + " ".join(str(err).split()), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("snnconv: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ schedule (sleep steps with biases off, permutation) is applied here, for any mod
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +23,11 @@ from .neurons import SpikingNeuron
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of activations per chunk (2 GiB)
 # Live copies of the largest activation window at once: input window, the neuron's
-# scaled drive and its output, plus the next layer's output.
+# scaled drive and its output, plus the next layer's output. Neurons integrate
+# float16/bfloat16 in float32, so a copy costs at least 4 bytes per element.
 _LIVE_COPIES = 4
+# Permutation adds float32 sort keys and int64 indices: 12 bytes per element.
+_PERMUTE_BYTES = 12
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class _WindowRunner(fx.Interpreter):
 
     def __init__(self, graph_module, schedule: Schedule, batch: int, generator, recorder) -> None:
         super().__init__(graph_module, garbage_collect_values=True)
+        self.extra_traceback = False  # fx would append multi-line node dumps to our one-line errors
         self.schedule = schedule
         self.batch = batch
         self.generator = generator
@@ -150,7 +155,14 @@ class _WindowRunner(fx.Interpreter):
         return self._unfold(result) if source in self.windows else self._as_window(result)
 
 
-def _check_input(snn: nn.Module, x: torch.Tensor, steps: int, sleep_steps: int, permute: str | None) -> None:
+def _integer(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SnnconvError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _check_input(snn: nn.Module, x: torch.Tensor, steps, sleep_steps, permute: str | None, seed, memory_budget) -> tuple[int, int, int, int]:
+    """Validate simulate()'s arguments; return (steps, sleep_steps, seed, memory_budget) as ints."""
     if not isinstance(snn, SpikingNetwork):
         raise SnnconvError(f"simulate() needs a network from snnconv.convert(), got {type(snn).__name__}")
     if not isinstance(x, torch.Tensor):
@@ -158,14 +170,18 @@ def _check_input(snn: nn.Module, x: torch.Tensor, steps: int, sleep_steps: int, 
     check(x.dim() >= 2 and x.shape[0] >= 1, f"input must have shape [batch, ...] with batch >= 1, got {tuple(x.shape)}")
     check(x.is_floating_point(), f"input must be floating point, got {x.dtype}: scale it to floats first")
     check(bool(torch.isfinite(x).all()), "input contains NaN or inf: clean the data first")
-    for name, value in (("T (steps)", steps), ("sleep_steps", sleep_steps)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise SnnconvError(f"{name} must be an integer, got {value!r}")
+    steps = _integer(steps, "T (steps)")
+    sleep_steps = _integer(sleep_steps, "sleep_steps")
+    seed = _integer(seed, "seed")
+    memory_budget = _integer(memory_budget, "memory_budget (bytes)")
     check(steps >= 1, f"T must be >= 1, got {steps}")
     check(sleep_steps >= 0, f"sleep_steps must be >= 0, got {sleep_steps}")
+    check(-(1 << 63) <= seed < (1 << 64), f"seed must fit in 64 bits, got {seed}")
+    check(memory_budget > 0, f"memory_budget must be a positive byte count, got {memory_budget}")
     check(permute is None or permute in PERMUTE_MODES, f"permute must be one of {', '.join(PERMUTE_MODES)} or None, got {permute!r}")
     check(not (permute and sleep_steps), "permutation and sleep steps do not combine: use one or the other")
     check(sleep_steps == 0 or snn.sleeps, f"sleep steps need neurons that sleep (cif); {snn.neuron!r} does not")
+    return steps, sleep_steps, seed, memory_budget
 
 
 def _largest_activation(snn: SpikingNetwork, sample: torch.Tensor) -> int:
@@ -195,10 +211,25 @@ def _largest_activation(snn: SpikingNetwork, sample: torch.Tensor) -> int:
     return cache[key]
 
 
-def _chunk_size(snn: SpikingNetwork, x: torch.Tensor, total: int, memory_budget: int) -> int:
+def bytes_per_sample(snn: SpikingNetwork, x: torch.Tensor, total_steps: int, permute: str | None = None) -> int:
+    """Estimated peak bytes of activation windows per sample over ``total_steps`` steps.
+
+    The largest layer output (probed once per input shape) times the live copies of a
+    window, at least float32 wide since half precision is integrated in float32.
+    """
+    per_element = _LIVE_COPIES * max(4, x.element_size()) + (_PERMUTE_BYTES if permute else 0)
+    return _largest_activation(snn, x) * total_steps * per_element
+
+
+def _chunk_size(snn: SpikingNetwork, x: torch.Tensor, total: int, permute: str | None, memory_budget: int) -> int:
     """Samples per chunk so that the live windows stay under ``memory_budget`` bytes."""
-    per_sample = _largest_activation(snn, x) * total * x.element_size() * _LIVE_COPIES
-    return max(1, memory_budget // per_sample)
+    per_sample = bytes_per_sample(snn, x, total, permute)
+    if per_sample > memory_budget:
+        raise SnnconvError(
+            f"one sample needs about {per_sample} bytes of activations over {total} steps, more than "
+            f"memory_budget = {memory_budget}: lower T or raise memory_budget"
+        )
+    return memory_budget // per_sample
 
 
 def simulate(
@@ -229,7 +260,9 @@ def simulate(
             in time (defaults to the network's own setting).
         seed: seeds every random draw (TPP spikes, permutations): same seed, same spikes
             on the same device and chunking.
-        memory_budget: bytes of activation windows per chunk; larger batches are split.
+        memory_budget: bytes of activation windows per chunk (estimated by
+            :func:`bytes_per_sample`); larger batches are split, and a T for which one
+            sample alone needs more is refused with an error rather than run.
         recorder: optional object with ``record(name, neuron, out_window)`` (counters).
         stop_when_quiet: wake-sleep only: drop the sleep steps after the last step at
             which any neuron of the network spiked. From then on every neuron has zero
@@ -243,14 +276,13 @@ def simulate(
         averaged (see :func:`snnconv.metrics.running_average`).
     """
     permute = snn.permute if permute is None and isinstance(snn, SpikingNetwork) else permute
-    _check_input(snn, x, steps, sleep_steps, permute)
-    check(isinstance(memory_budget, int) and memory_budget > 0, f"memory_budget must be a positive byte count, got {memory_budget!r}")
+    steps, sleep_steps, seed, memory_budget = _check_input(snn, x, steps, sleep_steps, permute, seed, memory_budget)
     reference = next(iter(snn.graph.buffers()), None)
     if reference is not None:
         x = x.to(device=reference.device, dtype=next((p.dtype for p in snn.graph.parameters()), reference.dtype))
     schedule = Schedule(steps, sleep_steps, permute)
-    generator = torch.Generator(device=x.device).manual_seed(int(seed))
-    chunk = min(x.shape[0], _chunk_size(snn, x, schedule.total, memory_budget))
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    chunk = min(x.shape[0], _chunk_size(snn, x, schedule.total, permute, memory_budget))
     check(not stop_when_quiet or sleep_steps > 0, "stop_when_quiet needs sleep steps (wake-sleep conversion)")
     outputs = []
     last_active = -1

@@ -48,6 +48,7 @@ class RunSpec:
 
 
 def _batches(n: int, batch_size: int):
+    check(isinstance(batch_size, int) and batch_size >= 1, f"batch size must be an integer >= 1, got {batch_size!r}")
     for start in range(0, n, batch_size):
         yield slice(start, min(n, start + batch_size))
 

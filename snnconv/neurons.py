@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,8 +27,10 @@ from .functional import (
     CIFParams,
     GroupParams,
     TPPParams,
+    check_scale,
     check_threshold,
     check_window,
+    compute_dtype,
     cif_window,
     group_window,
     tpp_window,
@@ -50,12 +53,26 @@ class SpikingNeuron(nn.Module):
             largest T yields every shorter T as a prefix.
         sleeps: the neuron understands a wake window followed by sleep steps.
         stochastic: the neuron draws random numbers (takes a generator).
-        spike_values: the spike units per step it may emit, for documentation.
+
+    Properties ``units`` (spike units per theta: an output step is theta / units) and
+    ``spike_range`` (the fewest and most spike units per element and step) describe the
+    output lattice; the registry-wide property tests check every neuron against them.
+
+    Windows may be float16/bfloat16/float32/float64; half-precision windows are integrated
+    in float32 and the outputs cast back (see :func:`snnconv.functional.compute_dtype`).
     """
 
     causal: bool = True
     sleeps: bool = False
     stochastic: bool = False
+
+    @property
+    def units(self) -> int:
+        return 1
+
+    @property
+    def spike_range(self) -> tuple[int, int]:
+        return (0, 1)
 
     def __init__(self, threshold: torch.Tensor | float) -> None:
         super().__init__()
@@ -71,18 +88,39 @@ class SpikingNeuron(nn.Module):
         wake_steps: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        check_window(x)
+        largest = check_window(x)
         check_threshold(self.threshold)
-        threshold = self.threshold if self.threshold.dtype == x.dtype else self.threshold.to(x.dtype)
+        if wake_steps is not None and (
+            isinstance(wake_steps, bool) or not isinstance(wake_steps, int) or wake_steps < 1
+        ):
+            raise SnnconvError(f"wake_steps must be None or an integer >= 1, got {wake_steps!r}")
+        try:
+            fits = torch.broadcast_shapes(self.threshold.shape, x.shape[1:]) == x.shape[1:]
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise SnnconvError(
+                f"threshold of shape {tuple(self.threshold.shape)} does not broadcast to the window's "
+                f"[batch, ...] shape {tuple(x.shape[1:])}: give one threshold per layer or per channel"
+            )
+        check_scale(largest, x.shape[0], self.threshold, self.units, x.dtype)
+        work = compute_dtype(x.dtype)
+        threshold = self.threshold.to(work)
         with torch.no_grad():
-            return self.dynamics(x, threshold, wake_steps=wake_steps, generator=generator)
+            out = self.dynamics(x.to(work), threshold, wake_steps=wake_steps, generator=generator)
+        return out.to(x.dtype)
 
     def dynamics(self, x, threshold, *, wake_steps, generator) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def spike_units(self, out: torch.Tensor) -> torch.Tensor:
-        """Spike events per element and step: |out| / (theta / units per theta)."""
-        return out.abs() / self.threshold.to(out.dtype)
+        """Spike events per element and step: |out| / (theta / units), rounded to integers.
+
+        Outputs are whole multiples of theta / units; rounding removes the float error of
+        that product (a float16 output is the multiple rounded to 11 bits).
+        """
+        work = compute_dtype(out.dtype)
+        return (out.to(work).abs() * (self.units / self.threshold.to(work))).round_()
 
     def extra_repr(self) -> str:
         theta = self.threshold.flatten()
@@ -95,14 +133,19 @@ class GroupNeuron(SpikingNeuron):
 
     def __init__(self, threshold, group_size: int = 1, initial_potential: float = 0.0) -> None:
         super().__init__(threshold)
-        self.params = GroupParams(group_size, float(initial_potential))
+        self.params = GroupParams(group_size, initial_potential)
 
     def dynamics(self, x, threshold, *, wake_steps, generator):
         return group_window(x, threshold, self.params)
 
-    def spike_units(self, out):
+    @property
+    def units(self) -> int:
         # A GN step that outputs n * theta / tau carries n spike events.
-        return out.abs() * (self.params.group_size / self.threshold.to(out.dtype))
+        return self.params.group_size
+
+    @property
+    def spike_range(self) -> tuple[int, int]:
+        return (0, self.params.group_size)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, group_size={self.params.group_size}, initial_potential={self.params.initial_potential}"
@@ -116,7 +159,7 @@ class TPPNeuron(SpikingNeuron):
 
     def __init__(self, threshold, initial_potential: float = 0.5) -> None:
         super().__init__(threshold)
-        self.params = TPPParams(float(initial_potential))
+        self.params = TPPParams(initial_potential)
 
     def dynamics(self, x, threshold, *, wake_steps, generator):
         return tpp_window(x, threshold, self.params, generator)
@@ -132,7 +175,11 @@ class CIFNeuron(SpikingNeuron):
 
     def __init__(self, threshold, negative_spikes: bool = True, spike_cap: bool = True) -> None:
         super().__init__(threshold)
-        self.params = CIFParams(bool(negative_spikes), bool(spike_cap))
+        self.params = CIFParams(negative_spikes, spike_cap)
+
+    @property
+    def spike_range(self) -> tuple[int, int]:
+        return (-1, 1)
 
     def dynamics(self, x, threshold, *, wake_steps, generator):
         return cif_window(x, threshold, self.params, wake_steps)
@@ -201,7 +248,7 @@ def create_neuron(
 
 
 def _phi(initial_potential: float | None, source: SourceInfo) -> float:
-    return source.shift if initial_potential is None else float(initial_potential)
+    return source.shift if initial_potential is None else initial_potential
 
 
 @register_neuron("if")
@@ -220,8 +267,12 @@ def _gn(
     initial_potential: float | None = None,
 ) -> SpikingNeuron:
     """Group neuron. ``group_size="auto"`` picks tau = ceil(L / target_steps) from the source's L."""
+    if target_steps is not None and (
+        isinstance(target_steps, bool) or not isinstance(target_steps, numbers.Integral) or target_steps < 1
+    ):
+        raise SnnconvError(f"target_steps must be an integer >= 1, got {target_steps!r}")
     if group_size == "auto":
-        if source.levels is None or target_steps is None or int(target_steps) < 1:
+        if source.levels is None or target_steps is None:
             raise SnnconvError(
                 "group_size='auto' sets tau = L / target_steps: it needs a quantised source (QCFS/clip-floor) "
                 "and target_steps >= 1"

@@ -19,6 +19,7 @@ from .augment import random_crop, random_flip
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import Dataset, load_dataset
 from .errors import SnnconvError, check
+from .files import remove_stale_temporaries
 from .models import create_model
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -114,6 +115,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     config.validate()
     device = resolve_device(config.device)
     out_dir = Path(out_dir)
+    check(not out_dir.exists() or out_dir.is_dir(), f"output folder {str(out_dir)!r} is a file: choose another --out folder")
     train_set = load_dataset(config.dataset, "train", data_dir)
     test_set = load_dataset(config.dataset, "test", data_dir)
     torch.manual_seed(config.seed)
@@ -122,6 +124,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     optimizer = torch.optim.SGD(_param_groups(model, config), lr=config.lr, momentum=config.momentum, nesterov=True)
     start_epoch, history = 0, []
     checkpoint = out_dir / CHECKPOINT_NAME
+    remove_stale_temporaries(checkpoint)  # left by a run killed mid-write; never read
     if checkpoint.exists():
         meta, state, optim_state = read_checkpoint(checkpoint)
         # Fields added in later versions take their defaults when an older checkpoint lacks them.
@@ -144,6 +147,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     for epoch in range(start_epoch, config.epochs):
         model.train()
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch)  # layers drawing from the global RNG (dropout) resume too
         order = torch.randperm(len(y_train), generator=generator).to(device)
         batches = range(steps_per_epoch)
         if progress:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from snnconv import ClipFloor, SnnconvError, SpikeCounter, convert, simulate
-from snnconv.engine import permute_window
+from snnconv.engine import bytes_per_sample, permute_window
 
 from helpers import make_source
 
@@ -16,7 +16,7 @@ def test_chunked_equals_unchunked(neuron):
     model, x = make_source("small_cnn", "qcfs", batch=12, dtype=torch.float32)
     snn = convert(model, neuron)
     full = simulate(snn, x, 6)
-    chunked = simulate(snn, x, 6, memory_budget=1)  # one sample per chunk
+    chunked = simulate(snn, x, 6, memory_budget=bytes_per_sample(snn, x, 6))  # one sample per chunk
     if neuron == "tpp":  # random draws are per chunk: compare structure, not spikes
         assert chunked.shape == full.shape
     else:

@@ -40,4 +40,10 @@ def create_model(name: str, **kwargs) -> nn.Module:
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise SnnconvError(f"model {name!r} has no argument {', '.join(unknown)}: it takes {', '.join(accepted)}")
-    return builder(**kwargs)
+    try:
+        return builder(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as err:
+        if isinstance(err, SnnconvError):
+            raise
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise SnnconvError(f"model {name!r} cannot be built from {shown} ({err}): check the model arguments") from err
