@@ -69,8 +69,8 @@ def evaluate_snn(snn, x: torch.Tensor, y: torch.Tensor, steps: int, sleep_steps:
         out = simulate(snn, x[part], steps, sleep_steps=sleep_steps, seed=seed * 1_000_003 + index,
                        memory_budget=memory_budget, recorder=counter)
         correct += correct_per_step(out, y[part]).cpu()
-        if progress is not None:
-            progress.update(part.stop - part.start)
+        if progress is not None:  # rank 0's bar stands for all ranks' (equal) shares
+            progress.update((part.stop - part.start) * distributed.world_size())
     if distributed.is_distributed():
         correct = distributed.all_reduce_sum(correct)
         counter = _merge_counters(distributed.gather_objects(counter))

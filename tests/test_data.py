@@ -324,7 +324,7 @@ def test_amp_on_cpu_is_a_clear_error(tmp_path):
 
 
 def test_channels_last_trains_the_same_model_and_resumes_without_it(tmp_path):
-    base = dict(dataset="digits", epochs=1, batch_size=128, seed=3, model_args={"width": 8})
+    base = dict(dataset="digits", epochs=1, batch_size=256, seed=3, model_args={"width": 4})
     plain, _ = train(TrainConfig(**base), tmp_path / "plain", progress=False, log=lambda m: None)
     nhwc, meta = train(TrainConfig(**base, channels_last=True), tmp_path / "nhwc", progress=False, log=lambda m: None)
     assert meta["train_config"]["channels_last"] is True

@@ -60,7 +60,7 @@ def test_sharded_evaluation_sums_to_the_single_process_numbers(monkeypatch, neur
     snn = convert(model, neuron, **options)
     steps = 4
     whole, whole_counter = evaluate_snn(snn, x, y, steps, 0, seed=5, batch_size=16)
-    world = 3  # 7 batches: ranks get 3, 2 and 2 (rank 2 also gets the short last one)
+    world = 3  # 7 batches: rank 0 gets 3 (with the short last one), ranks 1 and 2 get 2
     per_rank = []
     for rank in range(world):
         monkeypatch.setattr(distributed, "shard_indices", lambda count, r=rank: range(r, count, world))
