@@ -80,9 +80,9 @@ def evaluate_snn(snn, x: torch.Tensor, y: torch.Tensor, steps: int, sleep_steps:
 def _merge_counters(counters: list[SpikeCounter]) -> SpikeCounter:
     """One counter holding the sums of the ranks' counters (in rank order).
 
-    Each batch's counts are float32 sums widened to float64, so adding them up in
-    another order gives the same float64 totals (exactly so for whole-spike neurons such
-    as IF, whose counts are integers). A rank with no batch contributes an empty counter.
+    Each batch's counts are float32 sums widened to float64; adding such numbers in
+    another order gives the same float64 total while it fits float64's 53-bit mantissa
+    (always, for the integer counts of IF). A rank with no batch contributes an empty counter.
     """
     merged = SpikeCounter()
     for counter in counters:
