@@ -91,11 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--train-limit", type=int, help="train on the first N training images only")
     tr.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
     tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only; an error on CPU)")
+    tr.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions on recent GPUs)")
+    tr.add_argument("--download", action="store_true", help="fetch the dataset into --data-dir first (md5-checked; mnist, fashion_mnist, cifar10, cifar100)")
 
     ev = sub.add_parser("evaluate", help="convert a checkpoint and report ANN and SNN accuracy per T")
     ev.add_argument("checkpoint")
     ev.add_argument("--neuron", default="if")
     _add_method_arguments(ev)
+    ev.add_argument("--download", action="store_true", help="fetch the checkpoint's dataset into --data-dir first (md5-checked)")
 
     sub.add_parser("list", help="list registered neurons, models and datasets")
     return parser
@@ -107,7 +111,29 @@ def _cmd_demo(args) -> None:
     run_demo(args.json, epochs=args.epochs)
 
 
+def _download_if_asked(args, dataset: str) -> None:
+    """``--download``: one process per node fetches (md5-checked) while the others wait."""
+    if not args.download:
+        return
+    from . import distributed
+    from .data import download
+    from .train import resolve_device
+
+    distributed.setup(resolve_device(args.device))
+    error = None
+    if distributed.local_rank() == 0:
+        try:
+            download(dataset, args.data_dir)
+        except SnnconvError as err:
+            error = str(err)
+    # Gathering waits for every node's download and lets every rank stop on the same error.
+    errors = [e for e in distributed.gather_objects(error) if e]
+    if errors:
+        raise SnnconvError(errors[0])
+
+
 def _cmd_train(args) -> None:
+    from .distributed import print_main
     from .train import TrainConfig, train
 
     model_args = _key_values(args.model_arg, "--model-arg")
@@ -115,20 +141,25 @@ def _cmd_train(args) -> None:
         model=args.model, dataset=args.dataset, activation=args.activation, levels=args.levels, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         decay_thresholds=args.decay_thresholds, label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
-        model_args=model_args, train_limit=args.train_limit,
+        model_args=model_args, train_limit=args.train_limit, amp=args.amp, channels_last=args.channels_last,
     )
+    _download_if_asked(args, config.dataset)
     _, meta = train(config, args.out, args.data_dir, progress=not args.no_progress)
-    print(f"checkpoint: {args.out}/checkpoint.safetensors (test accuracy {meta['ann_accuracy']:.4f})")
+    print_main(f"checkpoint: {args.out}/checkpoint.safetensors (test accuracy {meta['ann_accuracy']:.4f})")
 
 
 def _cmd_evaluate(args) -> None:
+    from .checkpoint import read_checkpoint
+    from .distributed import print_main
     from .experiments import RunSpec, evaluate_checkpoint, format_table, parse_steps
 
+    if args.download:
+        _download_if_asked(args, read_checkpoint(args.checkpoint)[0]["dataset"])
     spec = RunSpec(args.neuron, parse_steps(args.steps), args.sleep_steps, args.permute, _parse_seeds(args.seeds),
                    _neuron_options(args), args.calibrate, args.stop_when_quiet)
     results = evaluate_checkpoint(args.checkpoint, [spec], args.data_dir, args.limit, args.batch_size,
                                   progress=not args.no_progress, json_path=args.json, device=args.device)
-    print(format_table(results))
+    print_main(format_table(results))
 
 
 def _cmd_list(args) -> None:
@@ -157,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("snnconv: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .distributed import shutdown
+
+        shutdown()  # leave a torchrun process group, if this command joined one
     return 0
 
 

@@ -5,6 +5,11 @@ Results schema (plain data; later additions never remove these keys)::
     {"dataset": str, "model": str, "ann_accuracy": float,
      "runs": [{"neuron": str, "options": {...}, "T": [int...], "accuracy": [float...],
                "latency_steps": [int...], ...}]}
+
+Under ``torchrun`` every rank simulates the batches ``rank, rank + W, ...`` of the
+same batch partition (each batch keeps its global index, hence its seed), and the
+correct counts and spike-event totals are summed over ranks, so the numbers equal a
+single-process run exactly; rank 0 writes the JSON.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import distributed
 from .checkpoint import load_checkpoint
 from .convert import convert
 from .data import load_dataset
@@ -62,16 +68,38 @@ def evaluate_snn(snn, x: torch.Tensor, y: torch.Tensor, steps: int, sleep_steps:
     correct = torch.zeros(total, dtype=torch.long)
     counter = SpikeCounter()
     used = steps
-    for index, part in enumerate(_batches(len(y), batch_size)):
+    parts = list(_batches(len(y), batch_size))
+    for index in distributed.shard_indices(len(parts)):  # all batches with one process
+        part = parts[index]
         out = simulate(snn, x[part], steps, sleep_steps=sleep_steps, seed=seed * 1_000_003 + index,
                        memory_budget=memory_budget, recorder=counter, stop_when_quiet=stop_when_quiet)
         used = max(used, out.shape[0])
         if out.shape[0] < total:  # quiet steps output zero: padding keeps every batch aligned
             out = torch.cat([out, out.new_zeros((total - out.shape[0], *out.shape[1:]))])
         correct += correct_per_step(out, y[part]).cpu()
-        if progress is not None:
-            progress.update(part.stop - part.start)
+        if progress is not None:  # rank 0's bar stands for all ranks' (equal) shares
+            progress.update((part.stop - part.start) * distributed.world_size())
+    if distributed.is_distributed():
+        correct = distributed.all_reduce_sum(correct)
+        counter = _merge_counters(distributed.gather_objects(counter))
+        used = max(distributed.gather_objects(used))
     return (correct.double() / len(y)).tolist(), counter, used
+
+
+def _merge_counters(counters: list[SpikeCounter]) -> SpikeCounter:
+    """One counter holding the sums of the ranks' counters (in rank order).
+
+    Each batch's counts are float32 sums widened to float64; adding such numbers in
+    another order gives the same float64 total while it fits float64's 53-bit mantissa
+    (always, for the integer counts of IF). A rank with no batch contributes an empty counter.
+    """
+    merged = SpikeCounter()
+    for counter in counters:
+        for name, events in counter.events.items():
+            merged.events[name] = merged.events[name] + events if name in merged.events else events.clone()
+        merged.neurons.update(counter.neurons)
+        merged.samples += counter.samples
+    return merged
 
 
 def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec, calibration_data: torch.Tensor | None = None,
@@ -145,7 +173,8 @@ def evaluate_checkpoint(checkpoint: str | Path, specs: list[RunSpec], data_dir: 
     from .train import resolve_device
 
     model, meta = load_checkpoint(checkpoint)
-    dev = resolve_device(device)
+    dev = distributed.setup(resolve_device(device))
+    progress = progress and distributed.is_main()
     model.to(dev)
     test = load_dataset(meta["dataset"], "test", data_dir)
     n = len(test) if limit is None else min(limit, len(test))
@@ -164,7 +193,7 @@ def evaluate_checkpoint(checkpoint: str | Path, specs: list[RunSpec], data_dir: 
         "samples": n,
         "runs": [run_method(model, x, y, spec, calibration, batch_size, progress=progress) for spec in specs],
     }
-    if json_path is not None:
+    if json_path is not None and distributed.is_main():
         write_json(json_path, results)
     return results
 

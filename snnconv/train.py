@@ -3,6 +3,10 @@
 Every epoch ends with an atomic checkpoint. All randomness of epoch e (shuffling,
 augmentation) comes from a generator seeded with (seed, e), so a run resumed from the
 checkpoint of epoch e continues exactly as an uninterrupted one would.
+
+Under ``torchrun`` the model is wrapped in DistributedDataParallel and each of the W
+ranks takes a disjoint 1/W share of every epoch's permutation (and of every global
+batch of ``batch_size``); rank 0 alone reads and writes the checkpoint.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .activations import ACTIVATION_KINDS, QuantizedClip
 from .augment import random_crop, random_flip
 from .checkpoint import read_checkpoint, save_checkpoint
@@ -44,6 +49,11 @@ class TrainConfig:
     device: str = "cpu"
     model_args: dict = field(default_factory=dict)
     train_limit: int | None = None  # train on the first N training images only (quick sources)
+    amp: bool = False  # bf16 autocast, CUDA only
+    channels_last: bool = False  # NHWC memory format for the model and its inputs
+
+    # Options that change speed, not the run: a checkpoint may be resumed with others.
+    PERFORMANCE_OPTIONS = ("device", "amp", "channels_last")
 
     def validate(self) -> None:
         check(self.activation in ACTIVATION_KINDS, f"activation must be one of {', '.join(ACTIVATION_KINDS)}, got {self.activation!r}")
@@ -99,12 +109,32 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict(state)
 
 
+def _read_resume(checkpoint: Path, config: TrainConfig) -> tuple[dict, dict, dict] | None:
+    """The checkpoint to resume from (None when there is none), refusing one from another configuration."""
+    if not checkpoint.exists():
+        return None
+    meta, state, optim_state = read_checkpoint(checkpoint)
+    # Fields added in later versions take their defaults when an older checkpoint lacks them.
+    saved, wanted = {**asdict(TrainConfig()), **meta.get("train_config", {})}, asdict(config)
+    for key in TrainConfig.PERFORMANCE_OPTIONS:  # a run may resume on another device, with or without AMP
+        saved.pop(key, None), wanted.pop(key)
+    if saved != wanted:
+        raise SnnconvError(f"{str(checkpoint)!r} was written by a different training configuration: use another --out")
+    return meta, state, optim_state
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy (fraction) of ``model`` in eval mode."""
+    """Top-1 accuracy (fraction) of ``model`` in eval mode.
+
+    Under torchrun each rank scores the batches ``rank, rank + W, ...`` and the counts
+    are summed, so every rank returns the single-process number.
+    """
     model.eval()
-    correct = sum(int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum()) for i in range(0, len(y), batch_size))
-    return correct / max(1, len(y))
+    starts = range(0, len(y), batch_size)
+    correct = sum(int((model(x[starts[i] : starts[i] + batch_size]).argmax(1) == y[starts[i] : starts[i] + batch_size]).sum())
+                  for i in distributed.shard_indices(len(starts)))
+    return distributed.sum_int(correct) / max(1, len(y))
 
 
 def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None, progress: bool = True, log=print) -> tuple[nn.Module, dict]:
@@ -113,7 +143,12 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     Returns the trained model (eval mode) and the checkpoint metadata.
     """
     config.validate()
-    device = resolve_device(config.device)
+    device = distributed.setup(resolve_device(config.device))
+    if config.amp and device.type != "cuda":
+        raise SnnconvError("--amp (bf16 autocast) needs a CUDA device: pass --device cuda (or auto on a GPU machine), or drop --amp")
+    world, rank = distributed.world_size(), distributed.rank()
+    if rank != 0:  # rank 0 speaks for the run
+        log, progress = (lambda message: None), False
     out_dir = Path(out_dir)
     check(not out_dir.exists() or out_dir.is_dir(), f"output folder {str(out_dir)!r} is a file: choose another --out folder")
     train_set = load_dataset(config.dataset, "train", data_dir)
@@ -121,17 +156,15 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     torch.manual_seed(config.seed)
     model, model_args = build_model(config, train_set)
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(_param_groups(model, config), lr=config.lr, momentum=config.momentum, nesterov=True)
     start_epoch, history = 0, []
     checkpoint = out_dir / CHECKPOINT_NAME
     remove_stale_temporaries(checkpoint)  # left by a run killed mid-write; never read
-    if checkpoint.exists():
-        meta, state, optim_state = read_checkpoint(checkpoint)
-        # Fields added in later versions take their defaults when an older checkpoint lacks them.
-        saved, wanted = {**asdict(TrainConfig()), **meta.get("train_config", {})}, asdict(config)
-        saved.pop("device", None), wanted.pop("device")  # a run may resume on another device
-        if saved != wanted:
-            raise SnnconvError(f"{str(checkpoint)!r} was written by a different training configuration: use another --out")
+    resumed = distributed.run_on_main(lambda: _read_resume(checkpoint, config))
+    if resumed is not None:
+        meta, state, optim_state = resumed
         model.load_state_dict(state)
         _restore_optimizer(optimizer, optim_state)
         start_epoch, history = meta["epochs_done"], meta.get("history", [])
@@ -140,15 +173,26 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     x_train = train_set.normalized(subset, device=device)
     y_train = train_set.labels[subset].to(device)
     x_test, y_test = test_set.normalized(device=device), test_set.labels.to(device)
-    steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
+    check(len(y_train) >= world, f"{len(y_train)} training images cannot be shared by {world} processes: use fewer")
+    # Each rank: an equal share of every permutation (the last N mod W images of it sit out
+    # that epoch) in batches of ceil(batch_size / W), so all ranks take the same number of
+    # equal-sized steps and DDP's averaged gradient is the gradient of the global batch.
+    per_rank, local_batch = len(y_train) // world, math.ceil(config.batch_size / world)
+    steps_per_epoch = math.ceil(per_rank / local_batch)
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     total_steps = steps_per_epoch * config.epochs
     padding = max(1, x_train.shape[-1] // 8)
     meta = {}
     for epoch in range(start_epoch, config.epochs):
-        model.train()
+        net.train()
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         torch.manual_seed(config.seed * 100_003 + epoch)  # layers drawing from the global RNG (dropout) resume too
-        order = torch.randperm(len(y_train), generator=generator).to(device)
+        order = torch.randperm(len(y_train), generator=generator).to(device)[rank::world][:per_rank]
+        # One process: the same generator shuffles and augments (as always). Several: the
+        # shared permutation above, then a per-rank stream so ranks augment differently.
+        augment = generator if world == 1 else torch.Generator().manual_seed((config.seed * 100_003 + epoch) * 1_000_003 + rank)
         batches = range(steps_per_epoch)
         if progress:
             from tqdm import tqdm
@@ -159,15 +203,19 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
             step = epoch * steps_per_epoch + b
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            index = order[b * config.batch_size : (b + 1) * config.batch_size]
-            x = random_crop(x_train[index], padding, generator)
+            index = order[b * local_batch : (b + 1) * local_batch]
+            x = random_crop(x_train[index], padding, augment)
             if train_set.flip:
-                x = random_flip(x, generator)
-            loss = F.cross_entropy(model(x), y_train[index], label_smoothing=config.label_smoothing)
+                x = random_flip(x, augment)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+                loss = F.cross_entropy(net(x), y_train[index], label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += float(loss.detach()) if b % 50 == 0 else 0.0
+        distributed.broadcast_buffers(model)  # BN statistics: rank 0's, the ones the checkpoint keeps
         test_acc = accuracy(model, x_test, y_test)
         history.append({"epoch": epoch + 1, "test_accuracy": test_acc})
         log(f"epoch {epoch + 1}/{config.epochs}: test accuracy {test_acc:.4f}")
@@ -181,7 +229,9 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
             "history": history,
             "ann_accuracy": test_acc,
         }
-        save_checkpoint(checkpoint, model, meta, _optimizer_tensors(optimizer))
+        if rank == 0:
+            save_checkpoint(checkpoint, model, meta, _optimizer_tensors(optimizer))
     if not meta:  # already complete: nothing trained in this call
-        meta, _, _ = read_checkpoint(checkpoint)
+        meta = resumed[0]
+    distributed.barrier()  # the last checkpoint is on disk before any rank returns
     return model.eval(), meta
