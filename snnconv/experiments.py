@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from .engine import DEFAULT_MEMORY_BUDGET, simulate
 from .errors import SnnconvError, check
 from .files import write_json
 from .metrics import SpikeCounter, correct_per_step
+from .network import SpikingNetwork
 from .train import accuracy
 
 
@@ -52,11 +54,13 @@ def _batches(n: int, batch_size: int):
 
 
 def evaluate_snn(snn, x: torch.Tensor, y: torch.Tensor, steps: int, sleep_steps: int, seed: int, batch_size: int,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET, progress=None) -> tuple[list[float], SpikeCounter]:
-    """Accuracy after every simulated step (wake + sleep) of one simulation, and spike counts."""
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, progress=None, counter: SpikeCounter | None = None
+                 ) -> tuple[list[float], SpikeCounter]:
+    """Accuracy after every simulated step (wake + sleep) of one simulation, and spike counts
+    (into ``counter`` when given, e.g. a :class:`snnconv.insight.CostCounter`)."""
     total = steps + sleep_steps
     correct = torch.zeros(total, dtype=torch.long)
-    counter = SpikeCounter()
+    counter = SpikeCounter() if counter is None else counter
     for index, part in enumerate(_batches(len(y), batch_size)):
         out = simulate(snn, x[part], steps, sleep_steps=sleep_steps, seed=seed * 1_000_003 + index,
                        memory_budget=memory_budget, recorder=counter)
@@ -67,8 +71,12 @@ def evaluate_snn(snn, x: torch.Tensor, y: torch.Tensor, steps: int, sleep_steps:
 
 
 def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec, calibration_data: torch.Tensor | None = None,
-               batch_size: int = 256, memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool = False) -> dict:
+               batch_size: int = 256, memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool = False,
+               counter_factory: Callable[[SpikingNetwork], SpikeCounter] | None = None) -> dict:
     """Convert ``model`` with ``spec`` and measure accuracy at every requested T.
+
+    ``counter_factory(snn)``, when given, makes the recorder of every simulation (one
+    per seed for causal methods, one per seed and T for window methods, in that order).
 
     Causal methods (IF, GN, CIF) read every T off one simulation of the largest T
     (CIF: every total step of the wake + sleep window). Window methods (TPP,
@@ -93,13 +101,15 @@ def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
         latency = [snn.latency_steps(t) for t in report_steps]
     for seed in spec.seeds:
         if snn.causal or spec.sleep_steps:
-            acc, counter = evaluate_snn(snn, x, y, max(report_steps), spec.sleep_steps, seed, batch_size, memory_budget, bar)
+            acc, counter = evaluate_snn(snn, x, y, max(report_steps), spec.sleep_steps, seed, batch_size, memory_budget, bar,
+                                        counter_factory(snn) if counter_factory else None)
             per_seed.append(acc if spec.sleep_steps else [acc[t - 1] for t in report_steps])
             events_per_image.append(counter.total_events() / len(y))
         else:
             accs = []
             for t in report_steps:
-                acc, counter = evaluate_snn(snn, x, y, t, 0, seed, batch_size, memory_budget, bar)
+                acc, counter = evaluate_snn(snn, x, y, t, 0, seed, batch_size, memory_budget, bar,
+                                            counter_factory(snn) if counter_factory else None)
                 accs.append(acc[-1])
             per_seed.append(accs)
             events_per_image.append(counter.total_events() / len(y))  # at the largest T
