@@ -185,7 +185,8 @@ def _structural_fanout(gm: fx.GraphModule, probe: _Probe, source: fx.Node) -> to
                 raise SnnconvError(f"layer {n.name!r} takes spikes as its weight: no synaptic count is defined")
             rest = list(args[3:]) if n.target is not F.linear else []
             ones = torch.ones(w.shape, dtype=dtype)
-            total = total + (F.linear(x, ones) if n.target is F.linear else n.target(x, ones, None, *rest, **kwargs)).sum()
+            geometry = {k: v for k, v in kwargs.items() if k not in ("bias", "weight", "input")}  # stride, padding, ...
+            total = total + (F.linear(x, ones) if n.target is F.linear else n.target(x, ones, None, *rest, **geometry)).sum()
             continue
         reach[n] = _structural_op(n, module, args, kwargs, reach)
     (grad,) = torch.autograd.grad(total, s, allow_unused=True) if total.requires_grad else (None,)

@@ -144,8 +144,8 @@ def test_compare_report_folder(digits_source, tmp_path):
     from snnconv.report import PLOTS, compare, parse_methods, redraw_report
 
     *_, checkpoint = digits_source
-    specs = parse_methods("if,gn,tpp,cif", [1, 2, 4], seeds=[0, 1], sleep_steps=4, levels=4)
-    results = compare(checkpoint, specs, tmp_path / "rep", limit=40, error_samples=8, progress=False)
+    specs = parse_methods("if,gn,tpp,cif", [1, 2], seeds=[0, 1], sleep_steps=2, levels=4)
+    results = compare(checkpoint, specs, tmp_path / "rep", limit=24, error_samples=4, progress=False)
     files = sorted(p.name for p in (tmp_path / "rep").iterdir())
     assert files == sorted(["results.json", "report.md", *PLOTS])
     for name in PLOTS:
@@ -161,7 +161,7 @@ def test_compare_report_folder(digits_source, tmp_path):
                     "spike_events_per_image", "spiking_layers"):
             assert key in run
         assert len(run["cost"]["energy_ratio"]) == len(run["accuracy"]) == len(run["layer_error"]["steps"])
-    assert by_neuron["cif"]["total_steps"] == list(range(1, 9)) and "clip-floor" in by_neuron["cif"]["note"]
+    assert by_neuron["cif"]["total_steps"] == list(range(1, 7)) and "clip-floor" in by_neuron["cif"]["note"]
     assert by_neuron["tpp"]["seeds"] == [0, 1] and by_neuron["if"]["seeds"] == [0]
     # the IF events at the largest T match the evaluate pipeline's own count
     assert by_neuron["if"]["cost"]["spike_events_per_image"][-1] == pytest.approx(by_neuron["if"]["spike_events_per_image"])
