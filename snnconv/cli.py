@@ -101,6 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_arguments(ev)
     ev.add_argument("--download", action="store_true", help="fetch the checkpoint's dataset into --data-dir first (md5-checked)")
 
+    cmp_ = sub.add_parser("compare", help="run several methods on one checkpoint; write a report folder (JSON, markdown, plots)")
+    cmp_.add_argument("checkpoint")
+    cmp_.add_argument("--neurons", default="if,gn,tpp,cif", help="comma-separated methods; NEURON+per-neuron adds permutation")
+    cmp_.add_argument("--out", required=True, help="report folder")
+    cmp_.add_argument("--error-samples", type=int, default=128, help="images for the layer-wise error (0: skip)")
+    cmp_.add_argument("--e-ac", type=float, default=0.9, help="picojoules per accumulate (SOP)")
+    cmp_.add_argument("--e-mac", type=float, default=4.6, help="picojoules per multiply-accumulate")
+    cmp_.add_argument("--redraw", action="store_true", help="only redraw report.md and plots from OUT/results.json")
+    _add_method_arguments(cmp_)
+
+    ex = sub.add_parser("export", help="export an IF conversion of a checkpoint (NIR)")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--format", default="nir", choices=["nir"])
+    ex.add_argument("--out", required=True, help="output file")
+    ex.add_argument("--neuron", default="if", help="the conversion to export (only if has a NIR form)")
+    ex.add_argument("--input-shape", help="one sample's shape C,H,W (default: from the checkpoint's dataset)")
+    ex.add_argument("--data-dir", help="dataset folder (input shape; calibration of ReLU sources)")
+    ex.add_argument("--calibrate", default="99.9", help="ReLU sources: 'max' or a percentile for the thresholds")
+
     sub.add_parser("list", help="list registered neurons, models and datasets")
     return parser
 
@@ -162,6 +181,50 @@ def _cmd_evaluate(args) -> None:
     print_main(format_table(results))
 
 
+def _cmd_compare(args) -> None:
+    from .report import compare, parse_methods, redraw_report
+
+    if args.redraw:
+        for path in redraw_report(f"{args.out}/results.json"):
+            print(path)
+        return
+    from .checkpoint import read_checkpoint
+    from .experiments import parse_steps
+
+    meta, _, _ = read_checkpoint(args.checkpoint)
+    specs = parse_methods(args.neurons, parse_steps(args.steps), seeds=_parse_seeds(args.seeds), sleep_steps=args.sleep_steps,
+                          group_size=args.group_size, target_steps=args.target_steps,
+                          levels=meta.get("activation", {}).get("levels"), calibration=args.calibrate)
+    for spec in specs:
+        spec.permute = spec.permute or args.permute
+    compare(args.checkpoint, specs, args.out, data_dir=args.data_dir, limit=args.limit, batch_size=args.batch_size,
+            error_samples=args.error_samples, e_ac=args.e_ac, e_mac=args.e_mac, progress=not args.no_progress,
+            device=args.device)
+    print((__import__("pathlib").Path(args.out) / "report.md").read_text())
+
+
+def _cmd_export(args) -> None:
+    from .checkpoint import load_checkpoint
+    from .convert import convert
+    from .data import load_dataset
+    from .export.nir import export_nir
+
+    model, meta = load_checkpoint(args.checkpoint)
+    if args.input_shape:
+        try:
+            shape = tuple(int(v) for v in args.input_shape.split(","))
+        except ValueError:
+            raise SnnconvError(f"--input-shape takes comma-separated integers such as 1,28,28, got {args.input_shape!r}") from None
+    else:
+        shape = tuple(load_dataset(meta["dataset"], "test", args.data_dir).normalized(slice(0, 1)).shape[1:])
+    calibration = None
+    if meta["activation"]["kind"] == "relu":
+        calibration = load_dataset(meta["dataset"], "train", args.data_dir).normalized(slice(0, 512))
+    snn = convert(model, args.neuron, calibration=calibration, calibration_method=args.calibrate)
+    path = export_nir(snn, args.out, shape)
+    print(f"wrote {path} (NIR; reset by subtraction recorded in node metadata)")
+
+
 def _cmd_list(args) -> None:
     from . import list_models, list_neurons
     from .data import list_datasets
@@ -171,7 +234,8 @@ def _cmd_list(args) -> None:
     print("datasets: " + ", ".join(list_datasets()))
 
 
-COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "evaluate": _cmd_evaluate, "list": _cmd_list}
+COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "evaluate": _cmd_evaluate, "compare": _cmd_compare, "export": _cmd_export,
+            "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,12 @@ single-process run exactly; rank 0 writes the JSON.
 """
 from __future__ import annotations
 
+import copy
+
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -28,6 +31,7 @@ from .engine import DEFAULT_MEMORY_BUDGET, simulate
 from .errors import SnnconvError, check
 from .files import write_json
 from .metrics import SpikeCounter, correct_per_step
+from .network import SpikingNetwork
 from .train import accuracy
 
 
@@ -61,12 +65,13 @@ def _batches(n: int, batch_size: int):
 
 def evaluate_snn(snn, x: torch.Tensor, y: torch.Tensor, steps: int, sleep_steps: int, seed: int, batch_size: int,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, progress=None, stop_when_quiet: bool = False,
-                 ) -> tuple[list[float], SpikeCounter, int]:
-    """Accuracy after every simulated step (wake + sleep) of one simulation, spike counts,
-    and the steps actually used (fewer than wake + sleep with ``stop_when_quiet``)."""
+                 counter: SpikeCounter | None = None) -> tuple[list[float], SpikeCounter, int]:
+    """Accuracy after every simulated step (wake + sleep) of one simulation, spike counts
+    (into ``counter`` when given, e.g. a :class:`snnconv.insight.CostCounter`), and the
+    steps actually used (fewer than wake + sleep with ``stop_when_quiet``)."""
     total = steps + sleep_steps
     correct = torch.zeros(total, dtype=torch.long)
-    counter = SpikeCounter()
+    counter = SpikeCounter() if counter is None else counter
     used = steps
     parts = list(_batches(len(y), batch_size))
     for index in distributed.shard_indices(len(parts)):  # all batches with one process
@@ -89,22 +94,32 @@ def evaluate_snn(snn, x: torch.Tensor, y: torch.Tensor, steps: int, sleep_steps:
 def _merge_counters(counters: list[SpikeCounter]) -> SpikeCounter:
     """One counter holding the sums of the ranks' counters (in rank order).
 
-    Each batch's counts are float32 sums widened to float64; adding such numbers in
-    another order gives the same float64 total while it fits float64's 53-bit mantissa
-    (always, for the integer counts of IF). A rank with no batch contributes an empty counter.
+    Works for any counter type: every dict of per-layer tensors (``events``, and
+    ``sops`` for a :class:`snnconv.insight.CostCounter`) is summed. Each batch's counts
+    are float32 sums widened to float64; adding such numbers in another order gives the
+    same float64 total while it fits float64's 53-bit mantissa (always, for the integer
+    counts of IF). A rank with no batch contributes an empty counter.
     """
-    merged = SpikeCounter()
-    for counter in counters:
-        for name, events in counter.events.items():
-            merged.events[name] = merged.events[name] + events if name in merged.events else events.clone()
+    merged = copy.deepcopy(counters[0])
+    for counter in counters[1:]:
+        for attr in ("events", "sops"):
+            mine, theirs = getattr(merged, attr, None), getattr(counter, attr, None)
+            if mine is None or theirs is None:
+                continue
+            for name, values in theirs.items():
+                mine[name] = mine[name] + values if name in mine else values.clone()
         merged.neurons.update(counter.neurons)
         merged.samples += counter.samples
     return merged
 
 
 def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec, calibration_data: torch.Tensor | None = None,
-               batch_size: int = 256, memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool = False) -> dict:
+               batch_size: int = 256, memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool = False,
+               counter_factory: Callable[[SpikingNetwork], SpikeCounter] | None = None) -> dict:
     """Convert ``model`` with ``spec`` and measure accuracy at every requested T.
+
+    ``counter_factory(snn)``, when given, makes the recorder of every simulation (one
+    per seed for causal methods, one per seed and T for window methods, in that order).
 
     Causal methods (IF, GN, CIF) read every T off one simulation of the largest T
     (CIF: every total step of the wake + sleep window). Window methods (TPP,
@@ -130,7 +145,7 @@ def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
     for seed in spec.seeds:
         if snn.causal or spec.sleep_steps:
             acc, counter, used = evaluate_snn(snn, x, y, max(report_steps), spec.sleep_steps, seed, batch_size, memory_budget, bar,
-                                              spec.stop_when_quiet)
+                                              spec.stop_when_quiet, counter_factory(snn) if counter_factory else None)
             if spec.sleep_steps and spec.stop_when_quiet:
                 report_steps, latency, acc = report_steps[:used], latency[:used], acc[:used]
             per_seed.append(acc if spec.sleep_steps else [acc[t - 1] for t in report_steps])
@@ -138,7 +153,8 @@ def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
         else:
             accs = []
             for t in report_steps:
-                acc, counter, _ = evaluate_snn(snn, x, y, t, 0, seed, batch_size, memory_budget, bar)
+                acc, counter, _ = evaluate_snn(snn, x, y, t, 0, seed, batch_size, memory_budget, bar,
+                                               counter=counter_factory(snn) if counter_factory else None)
                 accs.append(acc[-1])
             per_seed.append(accs)
             events_per_image.append(counter.total_events() / len(y))  # at the largest T

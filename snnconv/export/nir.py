@@ -1,0 +1,228 @@
+"""Export IF-converted networks to NIR (Neuromorphic Intermediate Representation).
+
+NIR (``pip install 'snnconv[nir]'``) has an ``IF`` node that fires when v > v_threshold
+and *resets to* v_reset. Our IF neuron fires when v >= θ and resets by *subtraction*
+(v -= θ), starting from v(0) = φ·θ. NIR has no field for either, so every IF node
+carries them in its metadata::
+
+    {"reset": "subtract", "threshold_comparison": ">=", "initial_potential": φ·θ,
+     "time_step": 1.0, "neuron": "if"}
+
+and export warns (:class:`NIRSemanticsWarning`) that a consumer reading only the
+standard fields will simulate a different network.
+
+Mapping (per step, dt = 1, v[t] = v[t-1] + r·I[t]):
+
+* conv -> ``Conv1d``/``Conv2d`` (bias every step: direct coding), linear -> ``Affine``;
+* spiking layer -> ``IF`` emitting 0/1 spikes; the θ our neurons multiply their
+  spikes by is folded into the next conv/linear weights (W' = W·θ);
+* average pooling -> ``SumPool2d`` with its 1/k² folded into the next weights too
+  (adaptive pooling when its bins are uniform); flatten -> ``Flatten``.
+
+Only chains (each layer read by layers of one path) are exported: a residual add or a
+concatenation would need the spikes scaled by θ on one branch only. GN counts, CIF
+ternary spikes and TPP's two-phase windows have no NIR primitive and are refused.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from ..errors import SnnconvError, check
+from ..files import atomic_write
+from ..network import SpikingNetwork
+from ..neurons import CIFNeuron, GroupNeuron, SpikingNeuron, TPPNeuron
+
+
+class NIRSemanticsWarning(UserWarning):
+    """The exported graph relies on metadata (reset by subtraction, v(0), >=) NIR does not standardise."""
+
+
+_WHY_NOT = {
+    TPPNeuron: "TPP integrates a whole window before firing Bernoulli spikes; NIR has no two-phase stochastic neuron",
+    CIFNeuron: "CIF emits ternary (+1/-1) spikes and tracks its spike count; NIR neurons emit binary spikes",
+}
+
+
+def _import_nir():
+    try:
+        import nir
+    except ImportError:
+        raise SnnconvError("NIR export needs the nir package: pip install 'snnconv[nir]' (or pip install nir)") from None
+    return nir
+
+
+def _check_neuron(name: str, neuron: SpikingNeuron) -> None:
+    for kind, why in _WHY_NOT.items():
+        if isinstance(neuron, kind):
+            raise SnnconvError(f"layer {name!r}: {why}. Export an IF conversion: convert(model, 'if')")
+    if isinstance(neuron, GroupNeuron) and neuron.params.group_size != 1:
+        raise SnnconvError(f"layer {name!r}: a group neuron emits counts 0..{neuron.params.group_size} per step and NIR "
+                           "neurons emit binary spikes. Export an IF conversion: convert(model, 'if') (GN with group_size=1)")
+    if not isinstance(neuron, GroupNeuron):
+        raise SnnconvError(f"layer {name!r}: neuron {type(neuron).__name__} has no NIR form; export an IF conversion")
+    if neuron.threshold.numel() != 1:
+        raise SnnconvError(f"layer {name!r} has {neuron.threshold.numel()} thresholds; the NIR export folds one θ per layer "
+                           "into the next weights: use a scalar threshold per layer")
+
+
+def _uniform_bins(m: int, n: int) -> tuple[int, int] | None:
+    """(kernel, stride) if adaptive pooling m -> n uses equal bins at a constant stride."""
+    starts = [(i * m) // n for i in range(n)]
+    ends = [-((-(i + 1) * m) // n) for i in range(n)]
+    sizes = {e - s for s, e in zip(starts, ends)}
+    strides = {b - a for a, b in zip(starts, starts[1:])} or {1}
+    return (sizes.pop(), strides.pop()) if len(sizes) == 1 and len(strides) == 1 else None
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, warn: bool = True):
+    """Build a ``nir.NIRGraph`` computing the same output at every step as ``simulate(snn, x, T)``.
+
+    Args:
+        snn: an IF conversion (``convert(model, "if")``) of a chain of conv / linear /
+            average-pool / flatten layers.
+        input_shape: one sample's shape, e.g. ``(1, 28, 28)`` (no batch dimension).
+        warn: emit :class:`NIRSemanticsWarning` about the metadata-only semantics.
+
+    Returns:
+        The graph; its ``Input`` is the analog input (applied at every step), its
+        ``Output`` the network output per step (average it over steps to classify).
+    """
+    nir = _import_nir()
+    import numpy as np
+
+    from ..insight import _Probe
+
+    check(isinstance(snn, SpikingNetwork), f"to_nir() needs a network from snnconv.convert(), got {type(snn).__name__}")
+    check(snn.permute is None, "a permuted network shuffles spikes in time, which NIR cannot express: convert without permute")
+    for name, neuron in snn.spiking_layers():
+        _check_neuron(name, neuron)
+    gm = snn.graph
+    dtype = next((p.dtype for p in gm.parameters()), torch.float32)
+    probe = _Probe(gm)
+    with torch.no_grad():
+        probe.run(torch.zeros(1, *input_shape, dtype=dtype, device=next(iter(gm.buffers())).device))
+    modules = probe.modules
+    shape = {n: tuple(v.shape[1:]) for n, v in probe.values.items() if isinstance(v, torch.Tensor)}
+    numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731
+
+    nodes: dict[str, object] = {}
+    edges: list[tuple[str, str]] = []
+    # For every fx node: the NIR node that carries its value and the factor between the
+    # snnconv value and the NIR signal (snnconv = factor * NIR), folded at the next weights.
+    carrier: dict[fx.Node, tuple[str, float]] = {}
+
+    def fold(node: fx.Node, n: fx.Node) -> tuple[str, float]:
+        if node not in carrier:
+            raise SnnconvError(f"layer {n.name!r} reads {node.name!r}, which the NIR export cannot express")
+        return carrier[node]
+
+    for n in gm.graph.nodes:
+        module = modules.get(n.target) if n.op == "call_module" else None
+        if n.op == "placeholder":
+            nodes["input"] = nir.Input(input_type={"input": np.array(input_shape)})
+            carrier[n] = ("input", 1.0)
+            continue
+        if n.op == "output":
+            (source,) = n.all_input_nodes
+            src, factor = fold(source, n)
+            if factor != 1.0:  # a spiking layer read directly by the output: scale its spikes
+                nodes[f"{source.name}_scale"] = nir.Scale(scale=np.full(shape[source], factor))
+                edges.append((src, f"{source.name}_scale"))
+                src = f"{source.name}_scale"
+            nodes["output"] = nir.Output(output_type={"output": np.array(shape[source])})
+            edges.append((src, "output"))
+            continue
+        inputs = [i for i in n.all_input_nodes if isinstance(probe.values.get(i), torch.Tensor)]
+        if len(inputs) != 1:
+            raise SnnconvError(f"layer {n.name!r} combines {len(inputs)} tensors (residual add or concatenation): the NIR "
+                               "export supports chains only, since θ would have to be folded into one branch")
+        src, factor = fold(inputs[0], n)
+        name = n.name
+        if isinstance(module, nn.Identity):
+            carrier[n] = (src, factor)
+            continue
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            check(getattr(module, "padding_mode", "zeros") == "zeros", f"layer {name!r}: only zero padding exports to NIR")
+            weight = numpy(module.weight * factor)
+            bias = numpy(module.bias) if module.bias is not None else np.zeros(weight.shape[0], dtype=weight.dtype)
+            if isinstance(module, nn.Linear):
+                nodes[name] = nir.Affine(weight=weight, bias=bias)
+            elif isinstance(module, nn.Conv2d):
+                nodes[name] = nir.Conv2d(input_shape=shape[inputs[0]][1:], weight=weight, stride=_pair(module.stride),
+                                         padding=module.padding if isinstance(module.padding, str) else _pair(module.padding),
+                                         dilation=_pair(module.dilation), groups=module.groups, bias=bias)
+            else:
+                nodes[name] = nir.Conv1d(input_shape=shape[inputs[0]][1], weight=weight, stride=module.stride[0],
+                                         padding=module.padding if isinstance(module.padding, str) else module.padding[0],
+                                         dilation=module.dilation[0], groups=module.groups, bias=bias)
+            carrier[n] = (name, 1.0)
+        elif isinstance(module, SpikingNeuron):
+            theta = float(module.threshold)
+            size = shape[n]
+            phi = module.params.initial_potential
+            nodes[name] = nir.IF(
+                r=np.ones(size), v_threshold=np.full(size, theta), v_reset=np.zeros(size),
+                metadata={"reset": "subtract", "threshold_comparison": ">=", "initial_potential": phi * theta,
+                          "time_step": 1.0, "neuron": "if"},
+            )
+            carrier[n] = (name, theta)  # snnconv passes θ·s on; NIR passes s
+        elif isinstance(module, nn.AvgPool2d) or isinstance(module, nn.AdaptiveAvgPool2d):
+            if isinstance(module, nn.AvgPool2d):
+                kernel, stride, padding = _pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding)
+                check(not module.ceil_mode and (module.count_include_pad or padding == (0, 0)),
+                      f"layer {name!r}: average pooling with ceil_mode or count_include_pad=False has a varying divisor; "
+                      "NIR's SumPool2d + one folded scale cannot express it")
+                divisor = module.divisor_override or kernel[0] * kernel[1]
+            else:
+                (h, w), out = shape[inputs[0]][1:], _pair(module.output_size)
+                bins = [_uniform_bins(m, o if o is not None else m) for m, o in zip((h, w), out)]
+                if None in bins:
+                    raise SnnconvError(f"layer {name!r}: adaptive pooling {(h, w)} -> {out} has unequal bins, which no "
+                                       "SumPool2d expresses; use an input size divisible by the output size")
+                kernel, stride, padding = (bins[0][0], bins[1][0]), (bins[0][1], bins[1][1]), (0, 0)
+                divisor = kernel[0] * kernel[1]
+            nodes[name] = nir.SumPool2d(kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(padding))
+            carrier[n] = (name, factor / divisor)
+        elif isinstance(module, nn.Flatten) or (n.op == "call_function" and n.target is torch.flatten) or (
+            n.op == "call_method" and n.target in ("flatten", "view", "reshape") and len(shape[n]) == 1
+        ):
+            if isinstance(module, nn.Flatten):
+                start, end = module.start_dim, module.end_dim
+            else:
+                start, end = 1, -1
+                if n.op == "call_function" or n.target == "flatten":
+                    start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
+                    end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
+                    if start == 0:
+                        raise SnnconvError(f"layer {name!r} flattens the batch dimension: use start_dim=1")
+            nodes[name] = nir.Flatten(input_type={"input": np.array(shape[inputs[0]])}, start_dim=start - 1,
+                                      end_dim=end - 1 if end > 0 else end)
+            carrier[n] = (name, factor)
+        else:
+            what = type(module).__name__ if module is not None else f"{n.op} {getattr(n.target, '__name__', n.target)}"
+            raise SnnconvError(f"layer {name!r} ({what}) has no NIR export: use conv/linear/average-pool/flatten layers")
+        edges.append((src, name))
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={
+        "producer": "snnconv", "coding": "direct: the Input drives the graph unchanged at every step",
+        "readout": "average the Output over the steps", "neuron_semantics": "see each IF node's metadata",
+    })
+    if warn:
+        warnings.warn("NIR IF nodes reset to v_reset and fire on v > v_threshold; this export needs reset by subtraction, "
+                      "v >= threshold and v(0) = initial_potential, recorded only in each node's metadata, which NIR "
+                      "consumers may ignore: check your simulator honours them", NIRSemanticsWarning, stacklevel=2)
+    return graph
+
+
+def export_nir(snn: SpikingNetwork, path: str | Path, input_shape: tuple[int, ...] | list[int], *, warn: bool = True) -> Path:
+    """Write :func:`to_nir` of ``snn`` to ``path`` (NIR's HDF5 format), atomically."""
+    nir = _import_nir()
+    graph = to_nir(snn, input_shape, warn=warn)
+    return atomic_write(path, lambda p: nir.write(str(p), graph))

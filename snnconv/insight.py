@@ -1,0 +1,441 @@
+"""Insight into a converted network: synaptic operations, energy, layer-wise conversion error.
+
+Counting rules (methods spec section 6, with our exact reading):
+
+* **Spike events.** A spiking layer's output window is ``θ·s(t)``; one *event* is one
+  spike unit: an IF/TPP spike is 1, a GN count of n is n, a CIF ±1 is 1
+  (``neuron.spike_units(out)``). Sleep steps count like wake steps.
+* **Fan-out.** An event at position e of a spiking layer costs one accumulate per
+  *path* from e to a synapse-bearing consumer: the next conv/linear layer, reached
+  through any chain of linear pass-through ops (flatten, view, reshape, cat, add,
+  getitem, nearest upsampling, average pooling, constant scaling). A path through an
+  average pool counts once per pool window that holds e, i.e. the pool is folded into
+  the next layer's kernel (as hardware does; the NIR export does the same). With
+  non-overlapping pools that is exactly the number of distinct synapses of the folded
+  kernel. A spiking layer read directly by another spiking layer (an identity residual)
+  or by the network output costs one accumulate per path.
+  Exactly: fanout(e) = ∂/∂s_e Σ_o G(s)_o, where G is the consumer chain with every
+  conv/linear weight replaced by ones (groups, stride, padding, dilation kept), every
+  average pool replaced by the sum pool of the same windows, mean by sum, constant
+  scales dropped, and biases removed. Padding never counts (a padded zero holds no
+  spike), so border positions get the smaller fan-out they really have.
+* **SOPs** of a layer at step t = Σ_e units_e(t)·fanout(e), summed over the batch.
+* **MACs.** Every conv/linear node costs (output elements) × (inputs per output) MACs
+  per image (the usual count, padding included). ``ann_macs`` sums all of them: the
+  ANN. ``input_macs`` sums those that run on the analog input before the first spiking
+  layer; the drive is constant under direct coding, so the engine computes it once per
+  image and we count it once (a chip that recomputes it every step pays T times it).
+  Pooling additions and bias additions are not counted, in the ANN or the SNN.
+* **Energy** (45 nm, Horowitz 2014): E_SNN = e_MAC·input_macs + e_AC·SOPs,
+  E_ANN = e_MAC·ann_macs, with e_AC = 0.9 pJ and e_MAC = 4.6 pJ by default.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .errors import SnnconvError, check
+from .metrics import SpikeCounter, running_average
+from .network import SpikingNetwork
+from .neurons import SpikingNeuron
+
+E_AC_PJ = 0.9  # picojoules per accumulate (45 nm, Horowitz ISSCC 2014)
+E_MAC_PJ = 4.6  # picojoules per multiply-accumulate
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_AVG_POOL_FUNCS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
+_ADAPTIVE_FUNCS = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3}
+_ADAPTIVE_MODULES = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}
+_AVG_MODULES = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
+_SCALE_FUNCS = {operator.mul, operator.truediv, torch.mul}
+
+
+@dataclass
+class CostProfile:
+    """Static cost facts of a network for one input shape.
+
+    Attributes:
+        fanout: per spiking layer, fan-out of every neuron ``[*neuron_shape]`` (float64).
+        ann_macs: MACs of one ANN forward pass per image (all conv/linear layers).
+        input_macs: MACs on the analog input (the conv/linear layers before the first
+            spiking layer), per image, computed once.
+        neurons: neurons per image in each spiking layer.
+    """
+
+    fanout: dict[str, torch.Tensor]
+    ann_macs: float
+    input_macs: float
+    neurons: dict[str, int]
+
+
+class _Probe(fx.Interpreter):
+    """Runs the graph on one sample for one step and keeps every node's value."""
+
+    def __init__(self, graph_module: fx.GraphModule) -> None:
+        super().__init__(graph_module, garbage_collect_values=False)
+        self.modules = dict(graph_module.named_modules())
+        self.values: dict[fx.Node, object] = {}
+        self.windows: set[fx.Node] = set()
+        self.macs: dict[fx.Node, float] = {}
+
+    def run_node(self, n: fx.Node):
+        module = self.modules.get(n.target) if n.op == "call_module" else None
+        if isinstance(module, SpikingNeuron):
+            # One step of one sample: the neuron's window is [1, 1, ...]; the values
+            # only fix shapes, so any neuron output of the right shape will do.
+            (source,) = n.all_input_nodes
+            result = module(self.env[source].unsqueeze(0)).squeeze(0)
+            self.windows.add(n)
+        else:
+            result = super().run_node(n)
+            if any(i in self.windows for i in n.all_input_nodes):
+                self.windows.add(n)
+        weight = _synaptic_weight(n, module)
+        if weight is not None and isinstance(result, torch.Tensor):
+            # (output elements per image) x (inputs per output) = weight[0].numel().
+            self.macs[n] = float(result[0].numel() * weight[0].numel())
+        self.values[n] = result
+        return result
+
+
+def _synaptic_weight(n: fx.Node, module: nn.Module | None) -> torch.Tensor | None:
+    """The weight of a conv/linear node (module or functional), else None."""
+    if isinstance(module, (*_CONV, nn.Linear)):
+        return module.weight
+    if n.op == "call_function" and n.target in (F.linear, F.conv1d, F.conv2d, F.conv3d):
+        return n.args[1] if isinstance(n.args[1], torch.Tensor) else None
+    return None
+
+
+def _sum_pool(x: torch.Tensor, dims: int, kernel, stride, padding, ceil_mode: bool) -> torch.Tensor:
+    """Sum pooling over the same windows as average pooling (padding adds nothing)."""
+    if dims == 1:
+        as_pair = lambda v: (1, v[0] if isinstance(v, (tuple, list)) else v)  # noqa: E731
+        stride = kernel if stride is None or stride == () or stride == [] else stride
+        return F.avg_pool2d(x.unsqueeze(-2), as_pair(kernel), as_pair(stride), (0, as_pair(padding)[1]), ceil_mode,
+                            True, divisor_override=1).squeeze(-2)
+    pool = F.avg_pool2d if dims == 2 else F.avg_pool3d
+    stride = kernel if stride is None or stride == () or stride == [] else stride
+    return pool(x, kernel, stride, padding, ceil_mode, True, divisor_override=1)
+
+
+def _adaptive_sum(x: torch.Tensor, dims: int, output_size) -> torch.Tensor:
+    """Sum over the bins of adaptive average pooling: bin i of n over m inputs is
+    [floor(i·m/n), ceil((i+1)·m/n)), as in PyTorch."""
+    sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * dims
+    for axis, n_out in zip(range(x.dim() - dims, x.dim()), sizes):
+        m = x.shape[axis]
+        n_out = m if n_out is None else int(n_out)
+        bins = torch.zeros(n_out, m, dtype=x.dtype, device=x.device)
+        for i in range(n_out):
+            bins[i, (i * m) // n_out : -((-(i + 1) * m) // n_out)] = 1
+        x = torch.movedim(torch.movedim(x, axis, -1) @ bins.T, -1, axis)
+    return x
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _structural_fanout(gm: fx.GraphModule, probe: _Probe, source: fx.Node) -> torch.Tensor:
+    """fanout(e) for every neuron e of ``source`` (see the module docstring), ``[*shape]``."""
+    modules = probe.modules
+    shape = probe.values[source].shape
+    dtype = torch.float64
+    s = torch.zeros(shape, dtype=dtype, requires_grad=True)
+    reach: dict[fx.Node, torch.Tensor] = {source: s}
+    total = s.new_zeros(())
+    order = list(gm.graph.nodes)
+    for n in order[order.index(source) + 1 :]:
+        if not any(i in reach for i in n.all_input_nodes):
+            continue
+
+        def load(node: fx.Node):
+            if node in reach:
+                return reach[node]
+            value = probe.values.get(node)
+            # A branch that does not carry these spikes contributes nothing structurally.
+            return torch.zeros(value.shape, dtype=dtype) if isinstance(value, torch.Tensor) else value
+
+        args = fx.node.map_arg(n.args, load)
+        kwargs = fx.node.map_arg(n.kwargs, load)
+        module = modules.get(n.target) if n.op == "call_module" else None
+        if n.op == "output":
+            outs: list[torch.Tensor] = []
+            fx.node.map_arg(n.args, lambda node: outs.append(reach[node]) if node in reach else None)
+            total = total + sum(o.sum() for o in outs)  # the readout accumulates each path once
+            continue
+        if isinstance(module, SpikingNeuron):
+            total = total + args[0].sum()  # identity synapse into the next membrane
+            continue
+        if isinstance(module, _CONV):
+            ones = torch.ones_like(module.weight, dtype=dtype)
+            total = total + module._conv_forward(args[0], ones, None).sum()
+            continue
+        if isinstance(module, nn.Linear):
+            total = total + F.linear(args[0], torch.ones_like(module.weight, dtype=dtype)).sum()
+            continue
+        if n.op == "call_function" and n.target in (F.linear, F.conv1d, F.conv2d, F.conv3d):
+            x, w = args[0], args[1]
+            if x is not reach.get(n.args[0]):
+                raise SnnconvError(f"layer {n.name!r} takes spikes as its weight: no synaptic count is defined")
+            rest = list(args[3:]) if n.target is not F.linear else []
+            ones = torch.ones(w.shape, dtype=dtype)
+            geometry = {k: v for k, v in kwargs.items() if k not in ("bias", "weight", "input")}  # stride, padding, ...
+            total = total + (F.linear(x, ones) if n.target is F.linear else n.target(x, ones, None, *rest, **geometry)).sum()
+            continue
+        reach[n] = _structural_op(n, module, args, kwargs, reach)
+    (grad,) = torch.autograd.grad(total, s, allow_unused=True) if total.requires_grad else (None,)
+    fanout = torch.zeros(shape, dtype=dtype) if grad is None else grad.detach()
+    return fanout[0]  # drop the batch of one
+
+
+def _structural_op(n: fx.Node, module, args, kwargs, reach) -> torch.Tensor:
+    """The 0/1 version of one linear pass-through op (see the module docstring)."""
+    if module is not None:
+        kind = type(module)
+        if kind in _AVG_MODULES:
+            return _sum_pool(args[0], _AVG_MODULES[kind], module.kernel_size, module.stride, module.padding, module.ceil_mode)
+        if kind in _ADAPTIVE_MODULES:
+            return _adaptive_sum(args[0], _ADAPTIVE_MODULES[kind], module.output_size)
+        return module(*args, **kwargs)  # flatten, identity, unflatten, nearest upsampling: already 0/1
+    if n.op == "call_function":
+        if n.target in _AVG_POOL_FUNCS:
+            names = ("kernel_size", "stride", "padding", "ceil_mode")
+            values = list(args[1:5]) + [None] * (5 - len(args))
+            opts = {k: kwargs.get(k, v) for k, v in zip(names, values)}
+            return _sum_pool(args[0], _AVG_POOL_FUNCS[n.target], opts["kernel_size"], opts["stride"],
+                             opts["padding"] or 0, bool(opts["ceil_mode"]))
+        if n.target in _ADAPTIVE_FUNCS:
+            return _adaptive_sum(args[0], _ADAPTIVE_FUNCS[n.target], args[1] if len(args) > 1 else kwargs["output_size"])
+        if n.target in _SCALE_FUNCS or (n.target in (operator.add, torch.add) and any(_is_number(a) for a in args)):
+            return next(a for a in args if isinstance(a, torch.Tensor))  # constants carry no synapse
+        return n.target(*args, **kwargs)
+    if n.op == "call_method":
+        self_arg, *rest = args
+        if n.target == "mean":
+            return self_arg.sum(*rest, **kwargs)
+        if n.target in ("add", "mul", "div") and rest and _is_number(rest[0]):
+            return self_arg
+        return getattr(self_arg, n.target)(*rest, **kwargs)
+    raise SnnconvError(f"node {n.name!r} ({n.op}) cannot be counted")
+
+
+def cost_profile(snn: SpikingNetwork, example: torch.Tensor) -> CostProfile:
+    """Fan-outs and MAC counts of ``snn`` for inputs shaped like ``example`` ``[batch, ...]``.
+
+    Runs the graph once on one sample (one step) to learn every shape, then one
+    structural backward pass per spiking layer. Cost: about two forward passes of one
+    image per layer; done once per evaluation, not per batch.
+    """
+    check(isinstance(snn, SpikingNetwork), f"cost_profile() needs a network from snnconv.convert(), got {type(snn).__name__}")
+    check(isinstance(example, torch.Tensor) and example.dim() >= 2, "example must be an input tensor [batch, ...]")
+    gm = snn.graph
+    reference = next(iter(gm.buffers()), None)
+    sample = example[:1].to(device=reference.device if reference is not None else "cpu",
+                            dtype=next((p.dtype for p in gm.parameters()), example.dtype))
+    probe = _Probe(gm)
+    with torch.no_grad():
+        probe.run(sample)
+    cpu_values = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in probe.values.items()}
+    probe.values = cpu_values
+    fanout: dict[str, torch.Tensor] = {}
+    neurons: dict[str, int] = {}
+    graph_cpu = gm if reference is None or reference.device.type == "cpu" else None
+    if graph_cpu is None:
+        import copy
+
+        graph_cpu = copy.deepcopy(gm).cpu()
+        probe.modules = dict(graph_cpu.named_modules())
+        node_map = dict(zip(gm.graph.nodes, graph_cpu.graph.nodes))
+        probe.values = {node_map[k]: v for k, v in probe.values.items()}
+    for n in graph_cpu.graph.nodes:
+        if n.op == "call_module" and isinstance(probe.modules[n.target], SpikingNeuron):
+            with torch.enable_grad():
+                fanout[n.target] = _structural_fanout(graph_cpu, probe, n)
+            neurons[n.target] = fanout[n.target].numel()
+    ann_macs = sum(probe.macs.values())
+    input_macs = sum(m for n, m in probe.macs.items() if n not in probe.windows)
+    return CostProfile(fanout, float(ann_macs), float(input_macs), neurons)
+
+
+class CostCounter(SpikeCounter):
+    """Recorder for :func:`snnconv.simulate` counting spike events, SOPs and energy.
+
+    ``events[name]`` and ``sops[name]`` are float64 ``[total_steps]`` summed over the
+    batch (and over repeated simulations of the same length). Pass it as ``recorder=``;
+    it never changes the simulation.
+
+    Args:
+        snn: the network that will be simulated.
+        example: an input ``[batch, ...]`` of the shape that will be simulated.
+        e_ac, e_mac: picojoules per accumulate / per multiply-accumulate.
+        profile: a :func:`cost_profile` already made for this network and shape (reused
+            across seeds and T instead of recomputed).
+    """
+
+    def __init__(self, snn: SpikingNetwork, example: torch.Tensor, e_ac: float = E_AC_PJ, e_mac: float = E_MAC_PJ,
+                 profile: CostProfile | None = None) -> None:
+        super().__init__()
+        check(e_ac >= 0 and e_mac >= 0, f"energies per operation must be >= 0, got e_ac={e_ac}, e_mac={e_mac}")
+        self.profile = cost_profile(snn, example) if profile is None else profile
+        self.sops: dict[str, torch.Tensor] = {}
+        self.e_ac, self.e_mac = float(e_ac), float(e_mac)
+        self._fanout_device: dict[str, torch.Tensor] = {}
+
+    def record(self, name: str, neuron, out: torch.Tensor) -> None:
+        units = neuron.spike_units(out).flatten(2)  # [steps, batch, neurons]
+        per_element = units.sum(1).double()  # [steps, neurons]: events summed over the batch
+        fan = self._fanout_device.get(name)
+        if fan is None:
+            fan = self._fanout_device[name] = self.profile.fanout[name].flatten().to(per_element.device)
+        check(fan.numel() == per_element.shape[1], f"layer {name!r} has {per_element.shape[1]} neurons but the "
+              f"cost profile was made for {fan.numel()}: build the CostCounter with an input of the simulated shape")
+        for store, value in ((self.events, per_element.sum(1).cpu()), (self.sops, (per_element @ fan).cpu())):
+            if name in store and store[name].shape == value.shape:
+                store[name] += value
+            else:
+                store[name] = value
+        self.neurons[name] = units.shape[2]
+        if name == next(iter(self.events)):
+            self.samples += out.shape[1]
+
+    def total_sops(self) -> float:
+        return float(sum(s.sum() for s in self.sops.values()))
+
+    def sops_per_step(self) -> torch.Tensor:
+        """SOPs of all layers at every step, float64 ``[total_steps]`` (summed over samples)."""
+        return torch.stack(list(self.sops.values())).sum(0)
+
+    def events_per_step(self) -> torch.Tensor:
+        return torch.stack(list(self.events.values())).sum(0)
+
+    def energy_pj(self, sops_per_image: float) -> float:
+        """E_SNN per image for a given SOP count: e_MAC·input_macs + e_AC·SOPs."""
+        return self.e_mac * self.profile.input_macs + self.e_ac * sops_per_image
+
+    def summary(self, upto: int | None = None) -> dict:
+        """Per-image costs over the first ``upto`` steps (all steps by default), as plain data.
+
+        Keys: spike_events, sops, input_macs, ann_macs, energy_pj, ann_energy_pj,
+        energy_ratio (E_SNN / E_ANN), firing_rate / sops per layer.
+        """
+        check(self.samples > 0, "nothing was recorded: pass the counter as recorder= to simulate()")
+        steps = next(iter(self.events.values())).numel()
+        upto = steps if upto is None else upto
+        check(1 <= upto <= steps, f"upto must be in 1..{steps}, got {upto}")
+        per = 1.0 / self.samples
+        sops = float(self.sops_per_step()[:upto].sum()) * per
+        ann = self.e_mac * self.profile.ann_macs
+        layers = {
+            name: {
+                "neurons": self.neurons[name],
+                "spike_events": float(e[:upto].sum()) * per,
+                "firing_rate": float(e[:upto].sum()) * per / (self.neurons[name] * upto),
+                "sops": float(self.sops[name][:upto].sum()) * per,
+            }
+            for name, e in self.events.items()
+        }
+        return {
+            "steps": upto,
+            "spike_events": float(self.events_per_step()[:upto].sum()) * per,
+            "sops": sops,
+            "input_macs": self.profile.input_macs,
+            "ann_macs": self.profile.ann_macs,
+            "energy_pj": self.energy_pj(sops),
+            "ann_energy_pj": ann,
+            "energy_ratio": self.energy_pj(sops) / ann if ann > 0 else None,
+            "e_ac_pj": self.e_ac,
+            "e_mac_pj": self.e_mac,
+            "layers": layers,
+        }
+
+
+class _AverageRecorder:
+    """Keeps each spiking layer's running-average output at the requested steps."""
+
+    def __init__(self, report_steps: list[int], wake_steps: int | None) -> None:
+        self.report_steps = report_steps
+        self.wake = wake_steps
+        self.averages: dict[str, list[torch.Tensor]] = {}
+
+    def record(self, name: str, neuron, out: torch.Tensor) -> None:
+        avg = running_average(out.double(), self.wake)[[t - 1 for t in self.report_steps]]  # [len(steps), B, ...]
+        self.averages.setdefault(name, []).append(avg.cpu())
+
+
+def _relative_mse(estimate: torch.Tensor, target: torch.Tensor) -> float | None:
+    """Σ(ŷ − a)² / Σa² over batch and neurons; None when the ANN layer is all zero."""
+    denominator = float(target.square().sum())
+    numerator = float((estimate - target).square().sum())
+    if denominator == 0.0:
+        return 0.0 if numerator == 0.0 else None
+    return numerator / denominator
+
+
+def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, steps: list[int] | int, *,
+                    sleep_steps: int = 0, seed: int = 0) -> dict[str, list[float | None]]:
+    """Relative MSE between each ANN activation and its spiking layer's average output.
+
+    For spiking layer l (``site_i``) and each T: err_l(T) = Σ(ȳ_l(T) − a_l)² / Σ a_l²,
+    where a_l is the ANN activation (the source's QCFS/clip-floor/ReLU output, BN
+    folded) and ȳ_l(T) = Σ_{t<=T} out_l(t) / min(T, wake) the layer's running-average
+    output, summed over the batch and neurons. None where the ANN layer is all zero and
+    the SNN is not.
+
+    Args:
+        model: the source ANN the network was converted from.
+        snn: ``convert(model, ...)`` (with the same calibration, if any).
+        x: input ``[batch, ...]``.
+        steps: the T values; with ``sleep_steps`` give one T (the wake steps) and the
+            error is reported after every total step 1..T+S.
+        seed: for stochastic neurons and permutation.
+
+    Returns:
+        ``{layer name: [error at each reported step]}`` in layer order.
+    """
+    from .convert import prepare
+    from .convert.activation_sites import ActivationSite
+    from .engine import simulate
+
+    steps = [steps] if isinstance(steps, int) else sorted(set(steps))
+    check(len(steps) >= 1 and all(isinstance(t, int) and t >= 1 for t in steps), f"steps must be integers >= 1, got {steps}")
+    check(sleep_steps == 0 or len(steps) == 1, "with sleep steps give one T (the wake steps)")
+    ann = prepare(model).eval()
+    ref = next(iter(snn.graph.parameters()), None)
+    if ref is not None:
+        ann.to(device=ref.device, dtype=ref.dtype)
+    activations: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda mod, i, o, name=name: activations.__setitem__(name, o.detach().double().cpu()))
+               for name, m in ann.named_modules() if isinstance(m, ActivationSite)]
+    try:
+        with torch.no_grad():
+            ann(x.to(device=ref.device, dtype=ref.dtype) if ref is not None else x)
+    finally:
+        for h in handles:
+            h.remove()
+    layer_names = [name for name, _ in snn.spiking_layers()]
+    missing = [n for n in layer_names if n not in activations]
+    check(not missing, f"spiking layers {missing} have no ANN activation of that name: pass the model the network was converted from")
+    if sleep_steps:
+        report = list(range(1, steps[0] + sleep_steps + 1))
+        runs = [(steps[0], report)]
+    elif snn.causal:
+        report = steps
+        runs = [(max(steps), steps)]
+    else:
+        report = steps
+        runs = [(t, [t]) for t in steps]  # window methods depend on T as a whole
+    errors: dict[str, list[float | None]] = {name: [] for name in layer_names}
+    for t, at in runs:
+        recorder = _AverageRecorder(at, steps[0] if sleep_steps else None)
+        simulate(snn, x, t, sleep_steps=sleep_steps, seed=seed, recorder=recorder)
+        for name in layer_names:
+            averages = torch.cat(recorder.averages[name], dim=1)  # chunks along the batch
+            errors[name] += [_relative_mse(a, activations[name]) for a in averages]
+    check(all(len(v) == len(report) for v in errors.values()), "internal: one error per reported step")
+    return errors
