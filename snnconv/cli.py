@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_arguments(ev)
 
     sub.add_parser("list", help="list registered neurons, models and datasets")
+
+    from .detection.cli import add_detection_commands
+
+    add_detection_commands(sub, _add_method_arguments)
     return parser
 
 
@@ -122,6 +126,25 @@ def _cmd_evaluate(args) -> None:
     print(format_table(results))
 
 
+def _method_spec(args):
+    from .experiments import RunSpec, parse_steps
+
+    return RunSpec(args.neuron, parse_steps(args.steps), args.sleep_steps, args.permute, _parse_seeds(args.seeds),
+                   _neuron_options(args), args.calibrate)
+
+
+def _cmd_detect_train(args) -> None:
+    from .detection.cli import cmd_detect_train
+
+    cmd_detect_train(args)
+
+
+def _cmd_detect_evaluate(args) -> None:
+    from .detection.cli import cmd_detect_evaluate
+
+    cmd_detect_evaluate(args, _method_spec(args))
+
+
 def _cmd_list(args) -> None:
     from . import list_models, list_neurons
     from .data import list_datasets
@@ -131,7 +154,8 @@ def _cmd_list(args) -> None:
     print("datasets: " + ", ".join(list_datasets()))
 
 
-COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "evaluate": _cmd_evaluate, "list": _cmd_list}
+COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "evaluate": _cmd_evaluate, "list": _cmd_list,
+            "detect-train": _cmd_detect_train, "detect-evaluate": _cmd_detect_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:
