@@ -270,9 +270,9 @@ def write_fake_mnist(folder, count=64, seed=0):
 
 def test_mnist_detection_is_deterministic_and_well_formed(tmp_path):
     folder = write_fake_mnist(tmp_path / "MNIST")
-    a = load_detection_dataset("mnist_detection", "train", folder, count=40, size=64)
-    b = load_detection_dataset("mnist_detection", "train", folder, count=40, size=64)
-    c = load_detection_dataset("mnist_detection", "train", folder, count=40, size=64, seed=1)
+    a = load_detection_dataset("mnist_detection", "train", folder, train_count=40, size=64)
+    b = load_detection_dataset("mnist_detection", "train", folder, train_count=40, size=64)
+    c = load_detection_dataset("mnist_detection", "train", folder, train_count=40, size=64, seed=1)
     assert torch.equal(a.images, b.images) and torch.equal(a.boxes, b.boxes) and torch.equal(a.labels, b.labels)
     assert not torch.equal(a.images, c.images)
     present = a.labels >= 0
@@ -302,7 +302,7 @@ def test_scatter_digits_boxes_follow_the_ink():
 
 # --- training, resume, evaluation, CLI --------------------------------------------------
 
-TINY = {"count": 48, "size": 32, "min_scale": 10, "max_scale": 16, "max_objects": 2}
+TINY = {"train_count": 48, "test_count": 16, "size": 32, "min_scale": 10, "max_scale": 16, "max_objects": 2}
 
 
 def _config(**changes):

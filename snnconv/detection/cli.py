@@ -29,7 +29,7 @@ def add_detection_commands(sub, add_method_arguments) -> None:
     tr.add_argument("--model", default="yolo_detector")
     tr.add_argument("--dataset", default="mnist_detection", help="mnist_detection, voc2007 or coco2017")
     tr.add_argument("--data-dir", help="MNIST idx folder, VOCdevkit, or the COCO folder")
-    tr.add_argument("--dataset-arg", action="append", help="dataset option KEY=VALUE (e.g. count=6000, size=64)")
+    tr.add_argument("--dataset-arg", action="append", help="dataset option KEY=VALUE (e.g. train_count=6000, size=64)")
     tr.add_argument("--activation", default="qcfs", choices=["qcfs", "clipfloor", "relu"])
     tr.add_argument("--levels", type=int, default=4)
     tr.add_argument("--backbone", default="vgg", choices=["vgg", "resnet"])

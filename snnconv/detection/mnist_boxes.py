@@ -97,11 +97,12 @@ def scatter_digits(digits: np.ndarray, digit_labels: np.ndarray, count: int, siz
 
 
 @register_detection_dataset("mnist_detection")
-def load_mnist_detection(data_dir: Path | None, split: str, count: int | None = None, size: int = 64, max_objects: int = 3,
-                         min_scale: int = 12, max_scale: int = 32, seed: int = 0) -> DetectionDataset:
+def load_mnist_detection(data_dir: Path | None, split: str, train_count: int = 6000, test_count: int = 500, size: int = 64,
+                         max_objects: int = 3, min_scale: int = 12, max_scale: int = 32, seed: int = 0) -> DetectionDataset:
     """MNIST-detection from the MNIST idx files in ``data_dir`` (or its ``raw/``).
 
-    ``count`` defaults to 6,000 train / 500 test canvases; the split's seed is
+    ``train_count`` / ``test_count`` canvases per split (both options are accepted for
+    either split, so one option dict describes the whole dataset); the split's seed is
     ``2 * seed`` (train) or ``2 * seed + 1`` (test).
     """
     from ..errors import SnnconvError
@@ -112,10 +113,9 @@ def load_mnist_detection(data_dir: Path | None, split: str, count: int | None = 
     images_file, labels_file = _FILES[split]
     digits = read_idx(folder / images_file, 0x00000803)
     labels = read_idx(folder / labels_file, 0x00000801)
-    if count is None:
-        count = 6000 if split == "train" else 500
+    count = train_count if split == "train" else test_count
     if not (isinstance(count, int) and count >= 1):
-        raise SnnconvError(f"count must be an integer >= 1, got {count!r}")
+        raise SnnconvError(f"{split}_count must be an integer >= 1, got {count!r}")
     if size % 16 or size < 16:
         raise SnnconvError(f"canvas size must be a multiple of 16 (the detector pools 4 times), got {size}")
     try:
