@@ -24,6 +24,7 @@ from snnconv.experiments import RunSpec
 from snnconv.files import write_json, write_text
 
 LEVELS = 4
+NAMES = {"group_size": "tau", "initial_potential": "v(0)/theta"}
 
 
 def _specs(source: str, gn_steps: list[int], if_steps: list[int], cif_sleep: int) -> list[RunSpec]:
@@ -33,13 +34,15 @@ def _specs(source: str, gn_steps: list[int], if_steps: list[int], cif_sleep: int
         RunSpec("if", if_steps),
         RunSpec("gn", gn_steps, options={"group_size": LEVELS}),
         RunSpec("tpp", gn_steps, seeds=[0]),
+        # v(0) is open for TPP (methods.md section 4): measure the alternative too.
+        RunSpec("tpp", gn_steps, seeds=[0], options={"initial_potential": 0.0}),
     ]
 
 
 def _rows(results: dict, source: str, cif_report: set[int]) -> list[str]:
     rows = []
     for run in results["runs"]:
-        label = run["neuron"].upper() + (f" (tau={run['options']['group_size']})" if "group_size" in run["options"] else "")
+        label = run["neuron"].upper() + "".join(f" ({NAMES[k]}={v})" for k, v in run["options"].items())
         if run.get("sleep_steps"):
             label = f"CIF + WSC (T={run['wake_steps']}, S={run['sleep_steps']})"
         for i, (t, lat, m50, m) in enumerate(zip(run["T"], run["latency_steps"], run["map50"], run["map"])):
@@ -69,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     results, timings = {}, {}
     for source in ("qcfs", "clipfloor"):
         t0 = time.time()
+        already = (out / source / "checkpoint.safetensors").exists()
         config = DetectTrainConfig(dataset="mnist_detection", dataset_args=dataset_args,
                                    activation=source, levels=LEVELS, width=args.width, epochs=args.epochs, seed=args.seed)
         train_detector(config, out / source, args.data_dir, progress=False, log=lambda m, s=source: print(f"[{s}] {m}", flush=True))
         timings[f"train_{source}_s"] = round(time.time() - t0, 1)
+        timings[f"train_{source}_resumed_from_checkpoint"] = already
         t0 = time.time()
         specs = _specs(source, [1, 2, 4, 8], [1, 2, 4, 8, 16, 32], args.sleep_steps)
         results[source] = evaluate_detector(out / source / "checkpoint.safetensors", specs, args.data_dir, progress=False)
@@ -103,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         *_rows(results["qcfs"], "QCFS", cif_report),
         *_rows(results["clipfloor"], "clip-floor", cif_report),
         "",
-        f"Wall time {timings['total_s']:.0f} s (training {timings['train_qcfs_s'] + timings['train_clipfloor_s']:.0f} s, "
-        f"evaluation {timings['evaluate_qcfs_s'] + timings['evaluate_clipfloor_s']:.0f} s). Command: `{command}`",
+        f"Wall time {timings['total_s']:.0f} s (training {timings['train_qcfs_s'] + timings['train_clipfloor_s']:.0f} s"
+        + (" (checkpoints found and reused)" if timings["train_qcfs_resumed_from_checkpoint"] else "")
+        + f", evaluation {timings['evaluate_qcfs_s'] + timings['evaluate_clipfloor_s']:.0f} s). Command: `{command}`",
     ]
     write_text(out / "detection.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
