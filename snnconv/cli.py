@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--calibrate", default="99.9", help="ReLU sources: 'max' or a percentile for the thresholds")
 
     sub.add_parser("list", help="list registered neurons, models and datasets")
+
+    from .detection.cli import add_detection_commands
+
+    add_detection_commands(sub, _add_method_arguments)
     return parser
 
 
@@ -225,6 +229,25 @@ def _cmd_export(args) -> None:
     print(f"wrote {path} (NIR; reset by subtraction recorded in node metadata)")
 
 
+def _method_spec(args):
+    from .experiments import RunSpec, parse_steps
+
+    return RunSpec(args.neuron, parse_steps(args.steps), args.sleep_steps, args.permute, _parse_seeds(args.seeds),
+                   _neuron_options(args), args.calibrate, args.stop_when_quiet)
+
+
+def _cmd_detect_train(args) -> None:
+    from .detection.cli import cmd_detect_train
+
+    cmd_detect_train(args)
+
+
+def _cmd_detect_evaluate(args) -> None:
+    from .detection.cli import cmd_detect_evaluate
+
+    cmd_detect_evaluate(args, _method_spec(args))
+
+
 def _cmd_list(args) -> None:
     from . import list_models, list_neurons
     from .data import list_datasets
@@ -235,7 +258,7 @@ def _cmd_list(args) -> None:
 
 
 COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "evaluate": _cmd_evaluate, "compare": _cmd_compare, "export": _cmd_export,
-            "list": _cmd_list}
+            "list": _cmd_list, "detect-train": _cmd_detect_train, "detect-evaluate": _cmd_detect_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:
