@@ -17,6 +17,7 @@ from torch import fx, nn
 from torch.fx.node import map_arg
 
 from .errors import SnnconvError, check
+from .functional import check_threshold
 from .network import PERMUTE_MODES, SpikingNetwork
 from .neurons import SpikingNeuron
 
@@ -129,9 +130,12 @@ class _WindowRunner(fx.Interpreter):
         neuron: SpikingNeuron = self.modules[n.target]
         (source,) = n.all_input_nodes
         value = self.env[source]
+        owned = source in self.windows and self._owned(source, value)
         window = self._unfold(value) if source in self.windows else self._as_window(value)
         wake = self.schedule.steps if self.schedule.sleep_steps else None
-        out = neuron(window, wake_steps=wake, generator=self.generator)
+        # simulate() validated the input and the parameters, so the window is finite:
+        # no per-window scan (validate=False), unlike direct calls.
+        out = neuron(window, wake_steps=wake, generator=self.generator, inplace=owned, validate=False)
         if self.schedule.permute is not None:
             out = permute_window(out, self.schedule.permute, self.generator)
         if self.recorder is not None:
@@ -142,6 +146,19 @@ class _WindowRunner(fx.Interpreter):
                 self.last_active_step = max(self.last_active_step, int(active[-1]))
         self.windows.add(n)
         return self._fold(out)
+
+    def _owned(self, node: fx.Node, value: torch.Tensor) -> bool:
+        """May the neuron overwrite this window? Only if this neuron is its one reader
+        and no other live value shares its memory (an identity or view node passes the
+        same storage on), so reusing it as the neuron's buffer saves a window-sized
+        allocation and a pass over memory without changing what anyone else sees."""
+        if len(node.users) != 1 or not value.is_contiguous():
+            return False
+        storage = value.untyped_storage().data_ptr()
+        return not any(
+            other is not node and isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == storage
+            for other, v in self.env.items()
+        )
 
     def output_window(self, result) -> torch.Tensor:
         check(isinstance(result, torch.Tensor), "simulate() supports models with one tensor output")
@@ -168,9 +185,30 @@ def _check_input(snn: nn.Module, x: torch.Tensor, steps: int, sleep_steps: int, 
     check(sleep_steps == 0 or snn.sleeps, f"sleep steps need neurons that sleep (cif); {snn.neuron!r} does not")
 
 
-def _chunk_size(snn: SpikingNetwork, x: torch.Tensor, total: int, memory_budget: int) -> int:
-    """Samples per chunk so that the live windows stay under ``memory_budget`` bytes."""
-    largest = 0
+def _check_network(snn: SpikingNetwork) -> None:
+    """Refuse NaN/inf weights and bad thresholds once per simulation.
+
+    With a finite input and finite weights every window inside is finite, which is
+    why the engine does not scan each window again (see ``SpikingNeuron.forward``, ``validate``).
+    One concatenated scan: a separate check per tensor was ~50 tiny ops per call.
+    """
+    tensors = [t.detach().reshape(-1) for t in list(snn.graph.parameters()) + list(snn.graph.buffers()) if t.is_floating_point()]
+    if tensors and not bool(torch.isfinite(torch.cat([t.to(tensors[0].dtype) for t in tensors])).all()):
+        bad = next(n for n, t in list(snn.graph.named_parameters()) + list(snn.graph.named_buffers())
+                   if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+        raise SnnconvError(f"the network's {bad!r} contains NaN or inf: check the source model's weights")
+    for _, neuron in snn.spiking_layers():
+        if bool((neuron.threshold <= 0).any()):
+            check_threshold(neuron.threshold)  # raises with the message naming the fix
+
+
+def _largest_activation(snn: SpikingNetwork, x: torch.Tensor) -> int:
+    """Elements per sample of the largest value in the graph, found by running one sample
+    for one step; remembered per input shape, since it depends on shapes only."""
+    key = (id(snn.graph), tuple(x.shape[1:]), x.dtype, x.device)
+    cache = snn.__dict__.setdefault("_activation_sizes", {})
+    if key in cache:
+        return cache[key]
     probe_input = x[:1]
     sizes: list[int] = []
 
@@ -186,8 +224,13 @@ def _chunk_size(snn: SpikingNetwork, x: torch.Tensor, total: int, memory_budget:
     finally:
         for h in handles:
             h.remove()
-    largest = max(sizes + [probe_input.numel()])
-    per_sample = largest * total * x.element_size() * _LIVE_COPIES
+    cache[key] = max(sizes + [probe_input.numel()])
+    return cache[key]
+
+
+def _chunk_size(snn: SpikingNetwork, x: torch.Tensor, total: int, memory_budget: int) -> int:
+    """Samples per chunk so that the live windows stay under ``memory_budget`` bytes."""
+    per_sample = _largest_activation(snn, x) * total * x.element_size() * _LIVE_COPIES
     return max(1, memory_budget // per_sample)
 
 
@@ -234,6 +277,7 @@ def simulate(
     """
     permute = snn.permute if permute is None and isinstance(snn, SpikingNetwork) else permute
     _check_input(snn, x, steps, sleep_steps, permute)
+    _check_network(snn)
     check(isinstance(memory_budget, int) and memory_budget > 0, f"memory_budget must be a positive byte count, got {memory_budget!r}")
     reference = next(iter(snn.graph.buffers()), None)
     if reference is not None:
