@@ -86,16 +86,17 @@ def build_source(name: str, checkpoint: str | None, x: torch.Tensor, seed: int) 
     return model, f"random weights (seed {seed}), QCFS L=4, lambda = 99th percentile of each layer's input"
 
 
-def contenders(model: torch.nn.Module, x: torch.Tensor, steps: int, neurons: list[str], with_sj: bool) -> dict:
-    """name -> zero-argument callable running T steps (or T ANN forwards) on ``x``."""
+def contenders(model: torch.nn.Module, x: torch.Tensor, neurons: list[str], with_sj: bool, check_steps: int = 4) -> dict:
+    """name -> callable ``run(T)`` running T steps (or T ANN forwards) on ``x``. Networks are
+    built once; with SpikingJelly, the fairness check runs first (``check_steps`` steps)."""
     folded = prepare(model).eval()
     runs = {
-        "ann": lambda: [model(x) for _ in range(steps)],
-        "ann_folded": lambda: [folded(x) for _ in range(steps)],
+        "ann": lambda steps: [model(x) for _ in range(steps)],
+        "ann_folded": lambda steps: [folded(x) for _ in range(steps)],
     }
     snns = {n: convert(model, n, **NEURON_OPTIONS[n]) for n in neurons}
     for n, snn in snns.items():
-        runs[n] = (lambda s=snn: simulate(s, x, steps))
+        runs[n] = (lambda steps, s=snn: simulate(s, x, steps))
     if with_sj:
         from spikingjelly.activation_based import functional
 
@@ -106,18 +107,19 @@ def contenders(model: torch.nn.Module, x: torch.Tensor, steps: int, neurons: lis
         sj_bridge.match_thresholds(sj_multi, reference)
         functional.set_step_mode(sj_multi, "m")
 
-        def run_multi():
+        def run_multi(steps):
             functional.reset_net(sj_multi)
             return sj_multi(x.unsqueeze(0).expand(steps, *x.shape))
 
-        runs["sj"] = lambda: sj_bridge.simulate(sj_single, x, steps)
+        runs["sj"] = lambda steps: sj_bridge.simulate(sj_single, x, steps)
         runs["sj_multistep"] = run_multi
         with torch.no_grad():  # the fairness check: the same spikes give the same outputs
-            ours = simulate(reference, x, steps)
+            ours = simulate(reference, x, check_steps)
             for name in ("sj", "sj_multistep"):
-                theirs = runs[name]()
+                theirs = runs[name](check_steps)
                 if not torch.equal(ours, theirs):
                     raise SystemExit(f"fairness check failed: {name} differs from ours by {(ours - theirs).abs().max():.3g}")
+            print(f"fairness check passed: ours IF, sj and sj_multistep give identical outputs over {check_steps} steps", flush=True)
     return runs
 
 
@@ -132,13 +134,13 @@ def race(runs: dict, steps: int, reps: int, warmup: int) -> dict:
     names = list(runs)
     for _ in range(warmup):
         for n in names:
-            runs[n]()
+            runs[n](steps)
     times: dict[str, list[float]] = {n: [] for n in names}
     for rep in range(reps):
         order = names[rep % len(names):] + names[: rep % len(names)]  # rotate: no fixed position
         for n in order:
             start = time.perf_counter()
-            runs[n]()
+            runs[n](steps)
             times[n].append(time.perf_counter() - start)
     result = {}
     for n in names:
@@ -218,8 +220,8 @@ def main_speed(args) -> None:
         model, desc = build_source(name, checkpoints.get(name), x, args.seed)
         results["sources"][name] = desc
         results["models"][name] = {}
+        runs = contenders(model, x, neurons, with_sj)
         for steps in [int(t) for t in args.steps.split(",")]:
-            runs = contenders(model, x, steps, neurons, with_sj)
             results["models"][name][steps] = race(runs, steps, args.reps, args.warmup)
             summary = ", ".join(f"{n} {r['ratio_to_ann']:.3f}" for n, r in results["models"][name][steps].items())
             print(f"{name} T={steps}: x T·ANN: {summary}  (load {os.getloadavg()[0]:.1f})", flush=True)
@@ -236,12 +238,12 @@ def main_profile(args) -> None:
     sections = []
     for name in args.models.split(","):
         model, desc = build_source(name, None, x, args.seed)
-        runs = contenders(model, x, steps, args.neurons.split(","), not args.no_spikingjelly and sj_bridge.available())
+        runs = contenders(model, x, args.neurons.split(","), not args.no_spikingjelly and sj_bridge.available())
         for contender in runs:
             with torch.no_grad():
-                runs[contender]()  # warm-up
+                runs[contender](steps)  # warm-up
                 with profile(activities=[ProfilerActivity.CPU]) as prof:
-                    runs[contender]()
+                    runs[contender](steps)
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
             sections.append(f"## {name}, T={steps}, batch {args.batch}, {args.threads} threads: {contender}\n\n```\n{table}\n```\n")
     import snnconv
@@ -304,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", default="4,8,32")
     p.add_argument("--neurons", default="if,gn,tpp,cif")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads, the same for every contender")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
