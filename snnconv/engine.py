@@ -18,6 +18,7 @@ from torch import fx, nn
 from torch.fx.node import map_arg
 
 from .errors import SnnconvError, check
+from .functional import check_threshold
 from .network import PERMUTE_MODES, SpikingNetwork
 from .neurons import SpikingNeuron
 
@@ -134,9 +135,12 @@ class _WindowRunner(fx.Interpreter):
         neuron: SpikingNeuron = self.modules[n.target]
         (source,) = n.all_input_nodes
         value = self.env[source]
+        owned = source in self.windows and self._owned(source, value)
         window = self._unfold(value) if source in self.windows else self._as_window(value)
         wake = self.schedule.steps if self.schedule.sleep_steps else None
-        out = neuron(window, wake_steps=wake, generator=self.generator)
+        # simulate() validated the input and the parameters, so the window is finite:
+        # no per-window scan (validate=False), unlike direct calls.
+        out = neuron(window, wake_steps=wake, generator=self.generator, inplace=owned, validate=False)
         if self.schedule.permute is not None:
             out = permute_window(out, self.schedule.permute, self.generator)
         if self.recorder is not None:
@@ -147,6 +151,19 @@ class _WindowRunner(fx.Interpreter):
                 self.last_active_step = max(self.last_active_step, int(active[-1]))
         self.windows.add(n)
         return self._fold(out)
+
+    def _owned(self, node: fx.Node, value: torch.Tensor) -> bool:
+        """May the neuron overwrite this window? Only if this neuron is its one reader
+        and no other live value shares its memory (an identity or view node passes the
+        same storage on), so reusing it as the neuron's buffer saves a window-sized
+        allocation and a pass over memory without changing what anyone else sees."""
+        if len(node.users) != 1 or not value.is_contiguous():
+            return False
+        storage = value.untyped_storage().data_ptr()
+        return not any(
+            other is not node and isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == storage
+            for other, v in self.env.items()
+        )
 
     def output_window(self, result) -> torch.Tensor:
         check(isinstance(result, torch.Tensor), "simulate() supports models with one tensor output")
@@ -184,13 +201,30 @@ def _check_input(snn: nn.Module, x: torch.Tensor, steps, sleep_steps, permute: s
     return steps, sleep_steps, seed, memory_budget
 
 
+def _check_network(snn: SpikingNetwork) -> None:
+    """Refuse NaN/inf weights and bad thresholds once per simulation.
+
+    With a finite input and finite weights every window inside is finite, which is
+    why the engine does not scan each window again (see ``SpikingNeuron.forward``, ``validate``).
+    One concatenated scan: a separate check per tensor was ~50 tiny ops per call.
+    """
+    tensors = [t.detach().reshape(-1) for t in list(snn.graph.parameters()) + list(snn.graph.buffers()) if t.is_floating_point()]
+    if tensors and not bool(torch.isfinite(torch.cat([t.to(tensors[0].dtype) for t in tensors])).all()):
+        bad = next(n for n, t in list(snn.graph.named_parameters()) + list(snn.graph.named_buffers())
+                   if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+        raise SnnconvError(f"the network's {bad!r} contains NaN or inf: check the source model's weights")
+    for _, neuron in snn.spiking_layers():
+        if bool((neuron.threshold <= 0).any()):
+            check_threshold(neuron.threshold)  # raises with the message naming the fix
+
+
 def _largest_activation(snn: SpikingNetwork, sample: torch.Tensor) -> int:
     """Elements per sample of the largest value in the graph, probed once per input shape.
 
     The probe runs the graph on one sample for one step; the answer is cached on the
     network (keyed by shape and dtype), so later calls pay nothing.
     """
-    key = (tuple(sample.shape[1:]), sample.dtype)
+    key = (tuple(sample.shape[1:]), sample.dtype, sample.device)
     cache = snn.__dict__.setdefault("_activation_sizes", {})
     if key not in cache:
         sizes = [sample[:1].numel()]
@@ -277,6 +311,7 @@ def simulate(
     """
     permute = snn.permute if permute is None and isinstance(snn, SpikingNetwork) else permute
     steps, sleep_steps, seed, memory_budget = _check_input(snn, x, steps, sleep_steps, permute, seed, memory_budget)
+    _check_network(snn)
     reference = next(iter(snn.graph.buffers()), None)
     if reference is not None:
         x = x.to(device=reference.device, dtype=next((p.dtype for p in snn.graph.parameters()), reference.dtype))

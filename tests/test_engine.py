@@ -119,3 +119,49 @@ def test_stop_when_quiet_drops_only_steps_that_change_nothing():
     assert torch.equal(short, full[:used])
     assert torch.count_nonzero(full[used:]) == 0  # the dropped steps add nothing
     assert torch.count_nonzero(full[used - 1]) > 0
+
+
+@pytest.mark.parametrize("neuron,kw", [("if", {}), ("gn", {}), ("tpp", {}), ("cif", {"sleep_steps": 3})])
+def test_inplace_windows_change_nothing(neuron, kw, monkeypatch):
+    """The engine lets a neuron overwrite its input window only when nobody else reads it:
+    a residual net (a window read by a neuron and by an addition) gives the same outputs
+    with the in-place path switched off, and the input is left untouched."""
+    from snnconv.neurons import SpikingNeuron
+
+    from snnconv.activations import make_activation
+
+    act = "clipfloor" if neuron == "cif" else "qcfs"
+
+    class Residual(nn.Module):  # identity shortcut: the stem neuron's window has two readers
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), make_activation(act, 4, 1.0))
+            self.body = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), make_activation(act, 4, 1.0), nn.Conv2d(6, 6, 3, padding=1))
+            self.act = make_activation(act, 4, 1.0)
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(6 * 25, 3))
+
+        def forward(self, x):
+            h = self.stem(x)
+            s = self.body(h) + h
+            return self.head(self.act(s) + s)  # s: read by a neuron and by the addition
+
+    torch.manual_seed(0)
+    model = Residual().eval()
+    x = torch.rand(3, 3, 5, 5) * 2
+    snn = convert(model, neuron)
+    x_before = x.clone()
+    fast = simulate(snn, x, 4, seed=1, **kw)
+    assert torch.equal(x, x_before)
+    for cls in {type(m) for _, m in snn.spiking_layers()}:
+        monkeypatch.setattr(cls, "supports_inplace", False)
+    assert not any(m.supports_inplace for _, m in snn.spiking_layers())
+    assert torch.equal(fast, simulate(snn, x, 4, seed=1, **kw))
+    assert SpikingNeuron.supports_inplace is False
+
+
+def test_nan_weights_are_refused_once_per_simulation():
+    model, x = make_source("small_cnn", "qcfs", batch=2, dtype=torch.float32)
+    snn = convert(model, "if")
+    next(snn.graph.parameters()).data[0] = float("nan")
+    with pytest.raises(SnnconvError, match="NaN or inf"):
+        simulate(snn, x, 2)

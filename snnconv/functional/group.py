@@ -9,7 +9,19 @@ import torch
 from .params import GroupParams
 
 
-def group_window(x: torch.Tensor, threshold: torch.Tensor, params: GroupParams = GroupParams()) -> torch.Tensor:
+def is_constant_window(x: torch.Tensor) -> bool:
+    """True for a window that is one ``[batch, ...]`` value repeated T times without copies
+    (``value.expand(T, ...)``, stride 0 along time): the engine's view of a static input."""
+    return x.shape[0] > 1 and x.stride(0) == 0
+
+
+def group_window(
+    x: torch.Tensor,
+    threshold: torch.Tensor,
+    params: GroupParams = GroupParams(),
+    *,
+    inplace: bool = False,
+) -> torch.Tensor:
     """Run tau IF members sharing one membrane over a whole window.
 
     Update, for t = 1..T, with tau = ``params.group_size`` and phi = ``params.initial_potential``::
@@ -26,23 +38,37 @@ def group_window(x: torch.Tensor, threshold: torch.Tensor, params: GroupParams =
         x: input window ``[T, batch, ...]``, floating point.
         threshold: theta, a positive scalar tensor (or broadcastable to ``x.shape[1:]``).
         params: group size and initial potential.
+        inplace: ``x`` may be overwritten (the engine passes windows nobody else reads):
+            the drive, the counts and the output then all live in ``x``'s memory, so the
+            neuron allocates nothing of window size. The values are the same either way.
 
     Returns:
-        ``[T, batch, ...]``: theta/tau times the member count n(t) in 0..tau.
+        ``[T, batch, ...]``: theta/tau times the member count n(t) in 0..tau
+        (``x`` itself when ``inplace`` and ``x`` is writable).
     """
     tau = params.group_size
     # The potential is kept in units of theta/tau so that at T = 1 the arithmetic is
     # the very same as QCFS's floor(z * (L / lambda) + phi): bit-identical, not just close.
     scale = tau / threshold
-    drive = x * scale
-    potential = torch.full_like(x[0], params.initial_potential)
-    counts = torch.empty_like(x)
+    if is_constant_window(x):
+        # A static input: scale it once, not T times (same product for every step).
+        step_drive = x[0] * scale
+        drive = step_drive.expand_as(x)
+        counts = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    elif inplace and x.is_contiguous():
+        # Step t reads drive[t] before writing n(t) over it: one buffer for all three.
+        drive = counts = x.mul_(scale)
+    else:
+        drive = x * scale
+        counts = drive  # drive is our own fresh tensor: same reuse as above
+    potential = torch.full_like(drive[0], params.initial_potential)
     for t in range(x.shape[0]):
         potential.add_(drive[t])
         n = counts[t]
         if tau == 1:
-            # Same values as clamp(floor(u), 0, 1), one op cheaper on the hot path.
-            n.copy_(potential >= 1.0)
+            # Writes 1.0 / 0.0 straight into the float buffer: the values of
+            # clamp(floor(u), 0, 1) without a floor, a clamp or a bool temporary.
+            torch.ge(potential, 1.0, out=n)
         else:
             torch.floor(potential, out=n)
             n.clamp_(0, tau)
@@ -50,7 +76,7 @@ def group_window(x: torch.Tensor, threshold: torch.Tensor, params: GroupParams =
     return counts.mul_(threshold / tau)
 
 
-def if_window(x: torch.Tensor, threshold: torch.Tensor, initial_potential: float = 0.0) -> torch.Tensor:
+def if_window(x: torch.Tensor, threshold: torch.Tensor, initial_potential: float = 0.0, *, inplace: bool = False) -> torch.Tensor:
     """IF neuron with reset by subtraction over a whole window ``[T, batch, ...]``::
 
         v(0) = phi * theta
@@ -58,4 +84,4 @@ def if_window(x: torch.Tensor, threshold: torch.Tensor, initial_potential: float
 
     Exactly :func:`group_window` with one member.
     """
-    return group_window(x, threshold, GroupParams(1, initial_potential))
+    return group_window(x, threshold, GroupParams(1, initial_potential), inplace=inplace)

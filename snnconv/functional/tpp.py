@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .group import is_constant_window
 from .params import TPPParams
 
 
@@ -15,6 +16,8 @@ def tpp_window(
     threshold: torch.Tensor,
     params: TPPParams = TPPParams(),
     generator: torch.Generator | None = None,
+    *,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Integrate the whole window, then fire Bernoulli spikes owed / slots left.
 
@@ -33,6 +36,8 @@ def tpp_window(
         threshold: theta, positive.
         params: initial potential.
         generator: source of the Bernoulli draws (same seed, same spikes on one device).
+        inplace: ``x`` may be overwritten (it is dead after phase 1): the random numbers
+            and then the spikes are written into its memory. Same values either way.
 
     Returns:
         ``[T, batch, ...]`` with values in {0, theta}.
@@ -40,13 +45,17 @@ def tpp_window(
     steps = x.shape[0]
     owed = x.sum(0).div_(threshold).add_(params.initial_potential)
     # One draw for the whole window: no per-step RNG call and the same numbers
-    # whatever the order the loop below consumes them in.
-    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    spikes = torch.empty_like(x)
+    # whatever the order the loop below consumes them in. rand() is empty().uniform_(),
+    # so drawing into x's memory gives the very same numbers.
+    if inplace and x.is_contiguous() and not is_constant_window(x):
+        noise = x.uniform_(0.0, 1.0, generator=generator)
+    else:
+        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    probability = torch.empty_like(owed)
     for k in range(steps):
         slots_left = steps - k
-        probability = (owed / slots_left).clamp_(0.0, 1.0)
-        s = spikes[k]
-        s.copy_(noise[k] < probability)
+        torch.div(owed, slots_left, out=probability).clamp_(0.0, 1.0)
+        # Step k's noise is read once, then overwritten by its spike (1.0 / 0.0).
+        s = torch.lt(noise[k], probability, out=noise[k])
         owed.sub_(s)
-    return spikes.mul_(threshold)
+    return noise.mul_(threshold)
