@@ -12,4 +12,5 @@ train --model small_cnn --dataset mnist --data-dir "$data/MNIST" --activation qc
 train --model small_cnn --dataset mnist --data-dir "$data/MNIST" --activation clipfloor --levels 4 --epochs 2 --out "$out/mnist_clipfloor4"
 train --model vgg6 --dataset cifar10_jpeg --data-dir "$data/cifar10" --activation qcfs --levels 4 --epochs 3 --train-limit 20000 --out "$out/cifar_qcfs4"
 train --model small_cnn --dataset mnist --data-dir "$data/MNIST" --activation clipfloor --levels 8 --epochs 1 --out "$out/mnist_clipfloor8"
-train --model vgg6 --dataset cifar10_jpeg --data-dir "$data/cifar10" --activation clipfloor --levels 4 --epochs 3 --train-limit 20000 --out "$out/cifar_clipfloor4"
+train --model vgg6 --dataset cifar10_jpeg --data-dir "$data/cifar10" --activation clipfloor --levels 4 --epochs 3 --train-limit 10000 --out "$out/cifar_clipfloor4"
+train --model vgg6 --dataset cifar10_jpeg --data-dir "$data/cifar10" --activation clipfloor --levels 8 --epochs 3 --train-limit 10000 --out "$out/cifar_clipfloor8"

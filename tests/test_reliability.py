@@ -469,7 +469,8 @@ def test_small_budget_chunks_bound_peak_memory_and_keep_results(neuron, options,
     assert first_layer_batches == [2, 2, 2, 6]
     with PeakMemory([x, *snn.parameters(), *snn.buffers()]) as unbounded:
         simulate(snn, x, steps, seed=3, **options)
-    assert unbounded.peak > 2 * budget  # the budget really was binding
+    # the budget really was binding: 6 samples at once need more than it, and more than 2 at a time
+    assert unbounded.peak > budget and unbounded.peak > 1.4 * memory.peak
     assert chunked.shape == full.shape == (total, 6, 10)
     if neuron != "tpp" and "permute" not in options:
         assert torch.equal(chunked, full)
