@@ -10,6 +10,8 @@ schedule (sleep steps with biases off, permutation) is applied here, for any mod
 """
 from __future__ import annotations
 
+import math
+
 import numbers
 from dataclasses import dataclass
 
@@ -202,20 +204,24 @@ def _check_input(snn: nn.Module, x: torch.Tensor, steps, sleep_steps, permute: s
 
 
 def _check_network(snn: SpikingNetwork) -> None:
-    """Refuse NaN/inf weights and bad thresholds once per simulation.
+    """Refuse NaN/inf weights and bad thresholds, once per simulation and only when changed.
 
-    With a finite input and finite weights every window inside is finite, which is
-    why the engine does not scan each window again (see ``SpikingNeuron.forward``, ``validate``).
-    One concatenated scan: a separate check per tensor was ~50 tiny ops per call.
+    With a finite input and finite weights every window inside is finite, which is why
+    the engine does not scan each window again (see ``SpikingNeuron.forward``,
+    ``validate``). The scan is skipped when no parameter changed since the last one
+    (tensor versions are bumped by every in-place write), and uses ``aminmax``, which
+    allocates nothing the size of a weight.
     """
-    tensors = [t.detach().reshape(-1) for t in list(snn.graph.parameters()) + list(snn.graph.buffers()) if t.is_floating_point()]
-    if tensors and not bool(torch.isfinite(torch.cat([t.to(tensors[0].dtype) for t in tensors])).all()):
-        bad = next(n for n, t in list(snn.graph.named_parameters()) + list(snn.graph.named_buffers())
-                   if t.is_floating_point() and not bool(torch.isfinite(t).all()))
-        raise SnnconvError(f"the network's {bad!r} contains NaN or inf: check the source model's weights")
+    named = [(n, t) for n, t in list(snn.graph.named_parameters()) + list(snn.graph.named_buffers()) if t.is_floating_point()]
+    versions = tuple((id(t), t._version) for _, t in named)
+    if snn.__dict__.get("_checked_versions") == versions:
+        return
+    for name, tensor in named:
+        if tensor.numel() and not all(math.isfinite(float(v)) for v in torch.aminmax(tensor.detach())):
+            raise SnnconvError(f"the network's {name!r} contains NaN or inf: check the source model's weights")
     for _, neuron in snn.spiking_layers():
-        if bool((neuron.threshold <= 0).any()):
-            check_threshold(neuron.threshold)  # raises with the message naming the fix
+        check_threshold(neuron.threshold)  # raises with the message naming the fix
+    snn.__dict__["_checked_versions"] = versions
 
 
 def _largest_activation(snn: SpikingNetwork, sample: torch.Tensor) -> int:

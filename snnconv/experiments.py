@@ -113,6 +113,25 @@ def _merge_counters(counters: list[SpikeCounter]) -> SpikeCounter:
     return merged
 
 
+def report_schedule(snn, spec: RunSpec) -> tuple[list[int], list[int]]:
+    """The T of every reported accuracy and its latency in steps.
+
+    Wake-sleep runs report every total step (T = the wake steps each time, latency
+    1..T+S); others report each requested T once, with the network's latency for it.
+    """
+    if spec.sleep_steps:
+        total = spec.steps[0] + spec.sleep_steps
+        return [spec.steps[0]] * total, list(range(1, total + 1))
+    report_steps = sorted(set(spec.steps))
+    return report_steps, [snn.latency_steps(t) for t in report_steps]
+
+
+def results_record(meta: dict, checkpoint: str | Path, runs: list[dict], samples: int, **scores) -> dict:
+    """The top level of the results JSON: source, test samples, the ANN's scores, runs."""
+    return {"dataset": meta["dataset"], "model": meta["model"], **scores, "checkpoint": str(checkpoint),
+            "activation": meta["activation"], "samples": samples, "runs": runs}
+
+
 def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec, calibration_data: torch.Tensor | None = None,
                batch_size: int = 256, memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool = False,
                counter_factory: Callable[[SpikingNetwork], SpikeCounter] | None = None) -> dict:
@@ -136,12 +155,7 @@ def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
         bar = tqdm(total=sims * len(y), desc=f"{spec.neuron}{'+' + spec.permute if spec.permute else ''}", unit="img", leave=False)
     per_seed: list[list[float]] = []
     events_per_image: list[float] = []
-    if spec.sleep_steps:
-        report_steps = [spec.steps[0]] * (spec.steps[0] + spec.sleep_steps)
-        latency = list(range(1, spec.steps[0] + spec.sleep_steps + 1))
-    else:
-        report_steps = sorted(set(spec.steps))
-        latency = [snn.latency_steps(t) for t in report_steps]
+    report_steps, latency = report_schedule(snn, spec)
     for seed in spec.seeds:
         if snn.causal or spec.sleep_steps:
             acc, counter, used = evaluate_snn(snn, x, y, max(report_steps), spec.sleep_steps, seed, batch_size, memory_budget, bar,
@@ -182,52 +196,63 @@ def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
     return run
 
 
+def load_evaluation(checkpoint: str | Path, data_dir: str | Path | None, limit: int | None, device: torch.device,
+                    calibration_samples: int = 512) -> tuple[nn.Module, dict, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A checkpoint's model (on ``device``), its metadata, the first ``limit`` test images
+    and labels, and for ReLU sources ``calibration_samples`` training images (else None)."""
+    model, meta = load_checkpoint(checkpoint)
+    model.to(device)
+    test = load_dataset(meta["dataset"], "test", data_dir)
+    n = len(test) if limit is None else min(limit, len(test))
+    check(n >= 1, "the evaluation set is empty: raise --limit")
+    x, y = test.normalized(slice(0, n), device=device), test.labels[:n].to(device)
+    calibration = None
+    if meta["activation"]["kind"] == "relu":
+        train = load_dataset(meta["dataset"], "train", data_dir)
+        calibration = train.normalized(slice(0, calibration_samples), device=device)
+    return model, meta, x, y, calibration
+
+
 def evaluate_checkpoint(checkpoint: str | Path, specs: list[RunSpec], data_dir: str | Path | None = None, limit: int | None = None,
                         batch_size: int = 256, calibration_samples: int = 512, progress: bool = True,
                         json_path: str | Path | None = None, device: str = "cpu") -> dict:
     """Load a checkpoint, evaluate the ANN and every run spec on the test split, optionally write JSON."""
     from .train import resolve_device
 
-    model, meta = load_checkpoint(checkpoint)
     dev = distributed.setup(resolve_device(device))
     progress = progress and distributed.is_main()
-    model.to(dev)
-    test = load_dataset(meta["dataset"], "test", data_dir)
-    n = len(test) if limit is None else min(limit, len(test))
-    check(n >= 1, "the evaluation set is empty: raise --limit")
-    x, y = test.normalized(slice(0, n), device=dev), test.labels[:n].to(dev)
-    calibration = None
-    if meta["activation"]["kind"] == "relu":
-        train = load_dataset(meta["dataset"], "train", data_dir)
-        calibration = train.normalized(slice(0, calibration_samples), device=dev)
-    results = {
-        "dataset": meta["dataset"],
-        "model": meta["model"],
-        "ann_accuracy": accuracy(model, x, y),
-        "checkpoint": str(checkpoint),
-        "activation": meta["activation"],
-        "samples": n,
-        "runs": [run_method(model, x, y, spec, calibration, batch_size, progress=progress) for spec in specs],
-    }
+    model, meta, x, y, calibration = load_evaluation(checkpoint, data_dir, limit, dev, calibration_samples)
+    n = len(y)
+    runs = [run_method(model, x, y, spec, calibration, batch_size, progress=progress) for spec in specs]
+    results = results_record(meta, checkpoint, runs, n, ann_accuracy=accuracy(model, x, y))
     if json_path is not None and distributed.is_main():
         write_json(json_path, results)
     return results
+
+
+def run_label(run: dict) -> str:
+    """A run's name in tables: neuron, permutation and options."""
+    label = run["neuron"] + (f"+{run['permute']}" if run.get("permute") else "")
+    if run["options"]:
+        label += " (" + ", ".join(f"{k}={v}" for k, v in run["options"].items()) + ")"
+    return label
+
+
+def run_table(run: dict, cells: list[str]) -> list[str]:
+    """Markdown lines of a one-row table for ``run``: a column per reported T (or total
+    step), each cell followed by its latency in brackets when that differs from T."""
+    steps = run.get("total_steps") or run["T"]
+    header = "| method | " + " | ".join(f"{'step' if run.get('total_steps') else 'T'}={t}" for t in steps) + " |"
+    cells = [cell + (f" [{lat}]" if lat != t else "") for cell, t, lat in zip(cells, steps, run["latency_steps"])]
+    return [header, "|" + "---|" * (len(steps) + 1), f"| {run_label(run)} | " + " | ".join(cells) + " |", ""]
 
 
 def format_table(results: dict) -> str:
     """A markdown table: one row per run, one column per reported T (latency in brackets when it differs)."""
     lines = [f"{results['dataset']} / {results['model']}: ANN accuracy {100 * results['ann_accuracy']:.2f}%", ""]
     for run in results["runs"]:
-        label = run["neuron"] + (f"+{run['permute']}" if run.get("permute") else "")
-        if run["options"]:
-            label += " (" + ", ".join(f"{k}={v}" for k, v in run["options"].items()) + ")"
-        steps = run.get("total_steps") or run["T"]
-        header = "| method | " + " | ".join(f"{'step' if run.get('total_steps') else 'T'}={t}" for t in steps) + " |"
-        cells = []
-        for acc, std, t, lat in zip(run["accuracy"], run["accuracy_std"], steps, run["latency_steps"]):
-            cell = f"{100 * acc:.2f}" + (f" ± {100 * std:.2f}" if std else "")
-            cells.append(cell + (f" [{lat}]" if lat != t else ""))
-        lines += [header, "|" + "---|" * (len(steps) + 1), f"| {label} | " + " | ".join(cells) + " |", ""]
+        cells = [f"{100 * acc:.2f}" + (f" ± {100 * std:.2f}" if std else "") for acc, std in zip(run["accuracy"], run["accuracy_std"])]
+        lines += run_table(run, cells)
     return "\n".join(lines)
 
 

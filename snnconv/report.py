@@ -19,10 +19,9 @@ import json
 import statistics
 from pathlib import Path
 
-import torch
 
 from .errors import SnnconvError, check
-from .experiments import RunSpec, run_method
+from .experiments import RunSpec, load_evaluation, results_record, run_method
 from .files import atomic_write, write_json, write_text
 from .insight import E_AC_PJ, E_MAC_PJ, CostCounter, cost_profile, layerwise_error
 
@@ -108,22 +107,12 @@ def compare(checkpoint: str | Path, specs: list[RunSpec], out_dir: str | Path, *
     Returns:
         The results dict written to ``out_dir/results.json``.
     """
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset
     from .train import accuracy, resolve_device
 
     check(len(specs) >= 1, "give at least one method")
     check(error_samples >= 0, f"error samples must be >= 0, got {error_samples}")
-    model, meta = load_checkpoint(checkpoint)
-    dev = resolve_device(device)
-    model.to(dev)
-    test = load_dataset(meta["dataset"], "test", data_dir)
-    n = len(test) if limit is None else min(limit, len(test))
-    check(n >= 1, "the evaluation set is empty: raise --limit")
-    x, y = test.normalized(slice(0, n), device=dev), test.labels[:n].to(dev)
-    calibration = None
-    if meta["activation"]["kind"] == "relu":
-        calibration = load_dataset(meta["dataset"], "train", data_dir).normalized(slice(0, calibration_samples), device=dev)
+    model, meta, x, y, calibration = load_evaluation(checkpoint, data_dir, limit, resolve_device(device), calibration_samples)
+    n = len(y)
     runs = []
     methods = specs
     if progress:
@@ -152,15 +141,7 @@ def compare(checkpoint: str | Path, specs: list[RunSpec], out_dir: str | Path, *
             run["layer_error"] = {"steps": run["latency_steps"] if spec.sleep_steps else run["T"], "samples": min(n, error_samples),
                                   "layers": errors}
         runs.append(run)
-    results = {
-        "dataset": meta["dataset"],
-        "model": meta["model"],
-        "ann_accuracy": accuracy(model, x, y),
-        "checkpoint": str(checkpoint),
-        "activation": meta["activation"],
-        "samples": n,
-        "runs": runs,
-    }
+    results = results_record(meta, checkpoint, runs, n, ann_accuracy=accuracy(model, x, y))
     out = Path(out_dir)
     write_json(out / "results.json", results)
     render_report(results, out)

@@ -30,6 +30,16 @@ from .models import create_model
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
+def check_schedule(config) -> None:
+    """Checks shared by every training configuration (classifier and detector): the
+    activation, levels, epochs, batch size and learning rate."""
+    check(config.activation in ACTIVATION_KINDS, f"activation must be one of {', '.join(ACTIVATION_KINDS)}, got {config.activation!r}")
+    check(isinstance(config.levels, int) and config.levels >= 1, f"levels must be an integer >= 1, got {config.levels!r}")
+    check(config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}")
+    check(config.batch_size >= 1, f"batch size must be >= 1, got {config.batch_size}")
+    check(config.lr > 0, f"learning rate must be > 0, got {config.lr}")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (stored in the checkpoint)."""
@@ -56,11 +66,7 @@ class TrainConfig:
     PERFORMANCE_OPTIONS = ("device", "amp", "channels_last")
 
     def validate(self) -> None:
-        check(self.activation in ACTIVATION_KINDS, f"activation must be one of {', '.join(ACTIVATION_KINDS)}, got {self.activation!r}")
-        check(isinstance(self.levels, int) and self.levels >= 1, f"levels must be an integer >= 1, got {self.levels!r}")
-        check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
-        check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        check_schedule(self)
         check(0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         check(self.train_limit is None or self.train_limit >= 1, f"train limit must be >= 1, got {self.train_limit}")
 

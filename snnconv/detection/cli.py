@@ -2,22 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from ..errors import SnnconvError
 
 
 def _json_pairs(pairs: list[str] | None, flag: str) -> dict:
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SnnconvError(f"{flag} takes KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    from ..cli import _key_values  # the main CLI loads this module lazily: no import cycle
+
+    return _key_values(pairs, flag)
 
 
 def add_detection_commands(sub, add_method_arguments) -> None:

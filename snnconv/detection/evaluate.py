@@ -19,7 +19,7 @@ from ..checkpoint import load_checkpoint
 from ..convert import convert
 from ..engine import DEFAULT_MEMORY_BUDGET, simulate
 from ..errors import SnnconvError, check
-from ..experiments import RunSpec
+from ..experiments import RunSpec, report_schedule, run_table
 from ..files import write_json
 from ..metrics import SpikeCounter, running_average
 from .boxes import postprocess
@@ -80,12 +80,7 @@ def run_detection_method(model: nn.Module, x: torch.Tensor, targets: list[dict],
 
         sims = len(spec.seeds) * (1 if snn.causal else len(spec.steps))
         bar = tqdm(total=sims * x.shape[0], desc=f"{spec.neuron}{'+' + spec.permute if spec.permute else ''}", unit="img", leave=False)
-    if spec.sleep_steps:
-        report_steps = [spec.steps[0]] * (spec.steps[0] + spec.sleep_steps)
-        latency = list(range(1, spec.steps[0] + spec.sleep_steps + 1))
-    else:
-        report_steps = sorted(set(spec.steps))
-        latency = [snn.latency_steps(t) for t in report_steps]
+    report_steps, latency = report_schedule(snn, spec)
     per_seed: list[list[dict[str, float]]] = []
     events: list[float] = []
     for seed in spec.seeds:
@@ -172,13 +167,5 @@ def format_detection_table(results: dict) -> str:
     lines = [f"{results['dataset']} / {results['model']}: ANN mAP@0.5 {100 * results['ann_map50']:.2f}, "
              f"mAP@[.5:.95] {100 * results['ann_map']:.2f}", ""]
     for run in results["runs"]:
-        label = run["neuron"] + (f"+{run['permute']}" if run.get("permute") else "")
-        if run["options"]:
-            label += " (" + ", ".join(f"{k}={v}" for k, v in run["options"].items()) + ")"
-        steps = run.get("total_steps") or run["T"]
-        header = "| method | " + " | ".join(f"{'step' if run.get('total_steps') else 'T'}={t}" for t in steps) + " |"
-        cells = []
-        for m50, m, t, lat in zip(run["map50"], run["map"], steps, run["latency_steps"]):
-            cells.append(f"{100 * m50:.2f} ({100 * m:.2f})" + (f" [{lat}]" if lat != t else ""))
-        lines += [header, "|" + "---|" * (len(steps) + 1), f"| {label} | " + " | ".join(cells) + " |", ""]
+        lines += run_table(run, [f"{100 * m50:.2f} ({100 * m:.2f})" for m50, m in zip(run["map50"], run["map"])])
     return "\n".join(lines)

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..activations import ACTIVATION_KINDS, QuantizedClip
+from ..activations import QuantizedClip
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..errors import SnnconvError, check
 from ..models import create_model
-from ..train import resolve_device
+from ..train import check_schedule, resolve_device
 from .boxes import postprocess
 from .dataset import DetectionDataset, load_detection_dataset
 from .loss import detection_loss
@@ -48,11 +48,7 @@ class DetectTrainConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
-        check(self.activation in ACTIVATION_KINDS, f"activation must be one of {', '.join(ACTIVATION_KINDS)}, got {self.activation!r}")
-        check(isinstance(self.levels, int) and self.levels >= 1, f"levels must be an integer >= 1, got {self.levels!r}")
-        check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
-        check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        check_schedule(self)
         check(0 <= self.warmup_fraction < 1, f"warm-up fraction must be in [0, 1), got {self.warmup_fraction}")
 
 
