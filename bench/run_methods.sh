@@ -10,6 +10,10 @@ runs=${2:-runs}
 filter=${3:-}
 #      result name     preset source checkpoint  data folder  test images  extra
 jobs=(
+  "digits_gn       gn   digits_qcfs4      -       450"
+  "digits_tpp      tpp  digits_qcfs4      -       450   --seeds 0,1,2"
+  "digits_casc_L4  casc digits_clipfloor4 -       450   --sleep-steps 28"
+  "digits_casc_L8  casc digits_clipfloor8 -       450   --sleep-steps 24"
   "mnist_gn        gn   mnist_qcfs4       MNIST   2000"
   "mnist_tpp       tpp  mnist_qcfs4       MNIST   500   --seeds 0,1,2"
   "mnist_casc_L4   casc mnist_clipfloor4  MNIST   1000  --sleep-steps 28"
@@ -22,7 +26,9 @@ jobs=(
 for job in "${jobs[@]}"; do
   read -r name preset source folder limit extra <<<"$job"
   [[ $name == "$filter"* ]] || continue
+  where=(--data-dir "$data/$folder")
+  [[ $folder == - ]] && where=()  # digits: bundled with scikit-learn
   # shellcheck disable=SC2086  # extra holds whole options
   python3 bench/methods.py --preset "$preset" --checkpoint "$runs/$source/checkpoint.safetensors" \
-    --data-dir "$data/$folder" --limit "$limit" $extra --out "bench/results/$name"
+    "${where[@]}" --limit "$limit" $extra --out "bench/results/$name"
 done

@@ -188,7 +188,7 @@ class TPPNeuron(SpikingNeuron):
     causal = False
     stochastic = True
 
-    def __init__(self, threshold, initial_potential: float = 0.5) -> None:
+    def __init__(self, threshold, initial_potential: float = 0.0) -> None:
         super().__init__(threshold)
         self.params = TPPParams(initial_potential)
 
@@ -323,8 +323,8 @@ def _gn(
 
 @register_neuron("tpp")
 def _tpp(threshold, *, source: SourceInfo, initial_potential: float | None = None) -> SpikingNeuron:
-    """Two-phase probabilistic neuron; v(0) = theta/2 unless given (measured default, see README)."""
-    return TPPNeuron(threshold, 0.5 if initial_potential is None else initial_potential)
+    """Two-phase probabilistic neuron; v(0) = 0 unless given (measured default, see README)."""
+    return TPPNeuron(threshold, 0.0 if initial_potential is None else initial_potential)
 
 
 @register_neuron("cif")

@@ -142,9 +142,14 @@ class GroupParams:
 
 @dataclass(frozen=True)
 class TPPParams:
-    """Two-phase probabilistic neuron: ``initial_potential`` is v(0) / theta (0 or 0.5)."""
+    """Two-phase probabilistic neuron: ``initial_potential`` is v(0) / theta (0 or 0.5).
 
-    initial_potential: float = 0.5
+    Default 0: phase 2 emits clip(u / theta, 0, T) spikes in expectation (no floor), so
+    v(0) = theta/2 would add half a spike to every neuron; measured in the README
+    ("Benchmarks": v(0) = 0 wins at every T on digits, MNIST and CIFAR-10).
+    """
+
+    initial_potential: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "initial_potential", _fraction(self.initial_potential))
