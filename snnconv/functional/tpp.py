@@ -54,7 +54,9 @@ def tpp_window(
     probability = torch.empty_like(owed)
     for k in range(steps):
         slots_left = steps - k
-        torch.div(owed, slots_left, out=probability).clamp_(0.0, 1.0)
+        # p = owed / slots left, unclamped: noise is in [0, 1), so comparing it with p
+        # gives the very spikes of clip(p, 0, 1) for one pass less over the layer.
+        torch.div(owed, slots_left, out=probability)
         # Step k's noise is read once, then overwritten by its spike (1.0 / 0.0).
         s = torch.lt(noise[k], probability, out=noise[k])
         owed.sub_(s)
