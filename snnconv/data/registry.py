@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from ..errors import SnnconvError
+from ..registry import Registry
 
 
 @dataclass
@@ -39,30 +40,29 @@ class Dataset:
 
 
 Loader = Callable[[Path | None, str], Dataset]
-_DATASETS: dict[str, Loader] = {}
+_DATASETS: Registry[Loader] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
     """Decorator: register ``loader(data_dir, split) -> Dataset`` under ``name``."""
-
-    def decorate(loader: Loader) -> Loader:
-        _DATASETS[name] = loader
-        return loader
-
-    return decorate
+    return _DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
+    return _DATASETS.names()
 
 
-def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> Dataset:
-    """Load split ``"train"`` or ``"test"`` of dataset ``name`` from ``data_dir``."""
-    if name not in _DATASETS:
-        raise SnnconvError(f"unknown dataset {name!r}: choose one of {', '.join(list_datasets())}")
+def split_and_folder(split: str, data_dir: str | Path | None) -> Path | None:
+    """Check a split name and a data folder given by the user; the folder as a Path (or None)."""
     if split not in ("train", "test"):
         raise SnnconvError(f"split must be 'train' or 'test', got {split!r}")
     path = None if data_dir is None else Path(data_dir)
     if path is not None and not path.is_dir():
         raise SnnconvError(f"data directory {str(path)!r} does not exist: pass --data-dir pointing at the dataset folder")
-    return _DATASETS[name](path, split)
+    return path
+
+
+def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> Dataset:
+    """Load split ``"train"`` or ``"test"`` of dataset ``name`` from ``data_dir``."""
+    loader = _DATASETS.get(name)
+    return loader(split_and_folder(split, data_dir), split)

@@ -14,7 +14,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..data.registry import split_and_folder
 from ..errors import SnnconvError
+from ..registry import Registry
 
 
 @dataclass
@@ -101,30 +103,19 @@ def letterbox(path: Path, size: int, channels: int = 3) -> tuple[np.ndarray, flo
 
 
 Loader = Callable[..., DetectionDataset]
-_LOADERS: dict[str, Loader] = {}
+_LOADERS: Registry[Loader] = Registry("detection dataset")
 
 
 def register_detection_dataset(name: str) -> Callable[[Loader], Loader]:
     """Decorator: register ``loader(data_dir, split, **options) -> DetectionDataset``."""
-
-    def decorate(loader: Loader) -> Loader:
-        _LOADERS[name] = loader
-        return loader
-
-    return decorate
+    return _LOADERS.register(name)
 
 
 def list_detection_datasets() -> list[str]:
-    return sorted(_LOADERS)
+    return _LOADERS.names()
 
 
 def load_detection_dataset(name: str, split: str, data_dir: str | Path | None = None, **options) -> DetectionDataset:
     """Load split ``"train"`` or ``"test"`` of detection dataset ``name`` (options: e.g. ``size``)."""
-    if name not in _LOADERS:
-        raise SnnconvError(f"unknown detection dataset {name!r}: choose one of {', '.join(list_detection_datasets())}")
-    if split not in ("train", "test"):
-        raise SnnconvError(f"split must be 'train' or 'test', got {split!r}")
-    path = None if data_dir is None else Path(data_dir)
-    if path is not None and not path.is_dir():
-        raise SnnconvError(f"data directory {str(path)!r} does not exist: pass --data-dir pointing at the dataset folder")
-    return _LOADERS[name](path, split, **options)
+    loader = _LOADERS.get(name)
+    return loader(split_and_folder(split, data_dir), split, **options)
