@@ -11,6 +11,15 @@ from ..errors import SnnconvError
 from ..registry import Registry
 
 
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 images ``[N, C, H, W]`` as float ``(x / 255 - mean) / std`` on ``device``
+    (the copy to the device is the uint8 one: four times less traffic)."""
+    x = images.to(device).float().div_(255)
+    mean_ = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_ = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return x.sub_(mean_).div_(std_)
+
+
 @dataclass
 class Dataset:
     """A whole split held as tensors (small enough for memory, as all ours are).
@@ -29,11 +38,7 @@ class Dataset:
 
     def normalized(self, index: slice | torch.Tensor | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
         """Images as float ``(x / 255 - mean) / std``, optionally a subset, on ``device``."""
-        images = self.images if index is None else self.images[index]
-        x = images.to(device).float().div_(255)
-        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
-        return x.sub_(mean).div_(std)
+        return normalize(self.images if index is None else self.images[index], self.mean, self.std, device)
 
     def __len__(self) -> int:
         return self.labels.shape[0]

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.registry import split_and_folder
+from ..data.registry import normalize, split_and_folder
 from ..errors import SnnconvError
 from ..registry import Registry
 
@@ -48,11 +48,7 @@ class DetectionDataset:
 
     def normalized(self, index: slice | torch.Tensor | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
         """Images as float ``(x / 255 - mean) / std`` ``[n, C, S, S]``, optionally a subset."""
-        images = self.images if index is None else self.images[index]
-        x = images.to(device).float().div_(255)
-        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
-        return x.sub_(mean).div_(std)
+        return normalize(self.images if index is None else self.images[index], self.mean, self.std, device)
 
     def targets(self, index: slice | None = None) -> list[dict[str, torch.Tensor]]:
         """Ground truth per image: dicts with ``boxes [n, 4]``, ``labels [n]``, ``ignore [n]``."""
