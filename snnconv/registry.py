@@ -35,6 +35,3 @@ class Registry(Generic[F]):
         if name not in self._factories:
             raise SnnconvError(f"unknown {self.kind} {name!r}: choose one of {', '.join(self.names())}")
         return self._factories[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._factories
