@@ -25,6 +25,12 @@ from .network import PERMUTE_MODES, SpikingNetwork
 from .neurons import SpikingNeuron
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of activations per chunk (2 GiB)
+# On CPU a chunk whose largest window fits in the last-level cache runs faster than one
+# big window: each neuron's T-step loop and the next layer then read data still in
+# cache. About 8 MiB for the largest window was best for vgg6 and resnet20 at T = 4, 8
+# and 32 on a 32 MiB L3, up to 2x faster than one chunk of 64 samples
+# (bench/results/chunking.md). GPUs want big batches: no such limit there.
+CPU_WINDOW_BYTES = 8 << 20
 # Live copies of the largest activation window at once: input window, the neuron's
 # scaled drive and its output, plus the next layer's output. Neurons integrate
 # float16/bfloat16 in float32, so a copy costs at least 4 bytes per element.
@@ -261,15 +267,32 @@ def bytes_per_sample(snn: SpikingNetwork, x: torch.Tensor, total_steps: int, per
     return _largest_activation(snn, x) * total_steps * per_element
 
 
-def _chunk_size(snn: SpikingNetwork, x: torch.Tensor, total: int, permute: str | None, memory_budget: int) -> int:
-    """Samples per chunk so that the live windows stay under ``memory_budget`` bytes."""
+def _chunk_size(snn: SpikingNetwork, x: torch.Tensor, total: int, permute: str | None, memory_budget: int,
+                window_bytes: int | None) -> int:
+    """Samples per chunk: the live windows stay under ``memory_budget`` bytes and, when
+    ``window_bytes`` is set, the largest window under it too (at least one sample)."""
     per_sample = bytes_per_sample(snn, x, total, permute)
     if per_sample > memory_budget:
         raise SnnconvError(
             f"one sample needs about {per_sample} bytes of activations over {total} steps, more than "
             f"memory_budget = {memory_budget}: lower T or raise memory_budget"
         )
-    return memory_budget // per_sample
+    chunk = memory_budget // per_sample
+    if window_bytes is not None:
+        window_per_sample = _largest_activation(snn, x) * total * max(4, x.element_size())
+        chunk = min(chunk, max(1, window_bytes // window_per_sample))
+    return chunk
+
+
+def _window_bytes(window_bytes, device: torch.device) -> int | None:
+    """Resolve simulate()'s ``window_bytes``: ``"auto"`` is cache-sized on CPU, unlimited elsewhere."""
+    if isinstance(window_bytes, str) and window_bytes == "auto":
+        return CPU_WINDOW_BYTES if device.type == "cpu" else None
+    if window_bytes is None:
+        return None
+    window_bytes = _integer(window_bytes, "window_bytes")
+    check(window_bytes > 0, f"window_bytes must be a positive byte count, 'auto' or None, got {window_bytes}")
+    return window_bytes
 
 
 def simulate(
@@ -281,6 +304,7 @@ def simulate(
     permute: str | None = None,
     seed: int = 0,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    window_bytes: int | str | None = "auto",
     recorder=None,
     stop_when_quiet: bool = False,
 ) -> torch.Tensor:
@@ -303,6 +327,11 @@ def simulate(
         memory_budget: bytes of activation windows per chunk (estimated by
             :func:`bytes_per_sample`); larger batches are split, and a T for which one
             sample alone needs more is refused with an error rather than run.
+        window_bytes: also split batches so that the largest activation window of a chunk
+            stays under this many bytes (at least one sample per chunk). ``"auto"``:
+            ``CPU_WINDOW_BYTES`` (8 MiB, cache-sized) on CPU, no limit on other devices;
+            ``None``: no limit. Deterministic neurons give the same outputs whatever the
+            chunking; TPP and permutation draw per chunk (same seed, same chunks, same spikes).
         recorder: optional object with ``record(name, neuron, out_window)`` (counters).
         stop_when_quiet: wake-sleep only: drop the sleep steps after the last step at
             which any neuron of the network spiked. From then on every neuron has zero
@@ -323,7 +352,8 @@ def simulate(
         x = x.to(device=reference.device, dtype=next((p.dtype for p in snn.graph.parameters()), reference.dtype))
     schedule = Schedule(steps, sleep_steps, permute)
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    chunk = min(x.shape[0], _chunk_size(snn, x, schedule.total, permute, memory_budget))
+    window_bytes = _window_bytes(window_bytes, x.device)
+    chunk = min(x.shape[0], _chunk_size(snn, x, schedule.total, permute, memory_budget, window_bytes))
     check(not stop_when_quiet or sleep_steps > 0, "stop_when_quiet needs sleep steps (wake-sleep conversion)")
     outputs = []
     last_active = -1

@@ -23,6 +23,35 @@ def test_chunked_equals_unchunked(neuron):
         assert torch.equal(full, chunked)
 
 
+def test_cpu_chunks_are_cache_sized_by_default_and_keep_results():
+    from snnconv.engine import CPU_WINDOW_BYTES, _largest_activation
+
+    model, x = make_source("small_cnn", "qcfs", batch=12, dtype=torch.float32)
+    snn = convert(model, "if")
+    window = _largest_activation(snn, x) * 6 * 4  # bytes of the largest float32 window per sample, T = 6
+    seen = []
+    handle = snn.spiking_layers()[0][1].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    try:
+        per_three = simulate(snn, x, 6, window_bytes=3 * window)
+        assert seen == [3, 3, 3, 3]
+        seen.clear()
+        whole = simulate(snn, x, 6, window_bytes=None)
+        assert seen == [12]
+        seen.clear()
+        auto = simulate(snn, x, 6)
+        assert seen[0] == min(12, max(1, CPU_WINDOW_BYTES // window))
+    finally:
+        handle.remove()
+    assert torch.equal(per_three, whole) and torch.equal(auto, whole)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "big", True])
+def test_bad_window_bytes_is_refused(bad):
+    model, x = make_source("small_cnn", "qcfs", batch=2, dtype=torch.float32)
+    with pytest.raises(SnnconvError, match="window_bytes"):
+        simulate(convert(model, "if"), x, 2, window_bytes=bad)
+
+
 def test_first_layer_runs_once_on_constant_input():
     model, x = make_source("small_cnn", "qcfs", batch=3, dtype=torch.float32)
     snn = convert(model, "if")

@@ -165,6 +165,41 @@ def test_tpp_emits_exactly_m_spikes():
     assert torch.equal((out / theta).sum(0)[0], m)
 
 
+@pytest.mark.parametrize("steps", [1, 3, 7, 12, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tpp_exact_counts_survive_rounding_at_every_T(steps, dtype):
+    """p = 1 must always fire and p = 0 never, whatever T: the level owed * 2^16 / n
+    is rounded, and a draw at the very top of the 16-bit range must still fire."""
+    m = torch.arange(0, steps + 1, dtype=dtype).repeat(3000)
+    theta = 0.3
+    x = (m * theta).reshape(1, 1, -1).expand(steps, 1, -1) / steps
+    out = tpp_window(x.contiguous(), torch.tensor(theta, dtype=dtype), TPPParams(0.0), torch.Generator().manual_seed(steps))
+    assert torch.equal((out / theta).round().sum(0)[0], m)
+
+
+def test_uniform_levels_are_uniform_and_ignore_the_thread_count():
+    from snnconv.functional.tpp import uniform_levels
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = uniform_levels((7, 100_003), torch.Generator().manual_seed(5))
+        torch.set_num_threads(2)
+        two = uniform_levels((7, 100_003), torch.Generator().manual_seed(5))
+    finally:
+        torch.set_num_threads(threads)
+    assert one.dtype == torch.int16 and one.shape == (7, 100_003)
+    assert torch.equal(one, two)  # blocks are seeded by position, not by thread
+    values = one.flatten().long() + 32768  # 0 .. 2^16 - 1
+    # every 16-bit lane of the 64-bit words is uniform, the top one (sign bit) included
+    lanes = values[: values.numel() // 4 * 4].reshape(-1, 4).double()
+    assert ((lanes.mean(0) - 32767.5).abs() < 200).all()
+    assert ((lanes >= 32768).double().mean(0) - 0.5).abs().max() < 0.005
+    counts = torch.bincount(values // 4096, minlength=16).double()  # 16 equal bins
+    expected = values.numel() / 16
+    assert float(((counts - expected) ** 2 / expected).sum()) < 37.7  # chi-square, 15 dof, 99.9%
+
+
 def test_tpp_extremes():
     g = torch.Generator().manual_seed(1)
     x = torch.tensor([-5.0, 0.0, 9.0, 100.0]).reshape(1, 1, 4).expand(6, 1, 4).contiguous()
