@@ -1,14 +1,12 @@
 """Exact properties of every neuron (../shared/methods.md sections 2-5) and registry-wide checks."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from snnconv import QCFS, ClipFloor, SnnconvError, create_neuron, list_neurons
-from snnconv.functional import cif_window, group_window, tpp_window
-from snnconv.functional.params import CIFParams, GroupParams, TPPParams
+from snnconv.functional import cif_window, tpp_window
+from snnconv.functional.params import CIFParams, TPPParams
 from snnconv.neurons import SourceInfo, neuron_options
 
 ALL = list_neurons()
