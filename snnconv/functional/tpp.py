@@ -102,7 +102,10 @@ def tpp_window(
     """
     steps = x.shape[0]
     # Half-precision windows are summed in float32: the level below spans +-2^15.
-    owed = x.sum(0, dtype=torch.promote_types(x.dtype, torch.float32)).div_(threshold).add_(params.initial_potential)
+    work = torch.promote_types(x.dtype, torch.float32)
+    # A static input (one step repeated, stride 0 in time) sums to T times that step.
+    total = x[0].to(work) * steps if is_constant_window(x) else x.sum(0, dtype=work)
+    owed = total.div_(threshold).add_(params.initial_potential)
     # One draw for the whole window: no per-step RNG call, and the same numbers whatever
     # order the loop below consumes them in. They are copied into the float buffer the
     # spikes go to, once: comparing int16 with floats step by step made a converted
