@@ -236,8 +236,9 @@ def main_profile(args) -> None:
     x, _ = load_input(args.batch, args.data_dir, args.seed)
     steps = int(args.steps.split(",")[0])
     sections = []
+    checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
     for name in args.models.split(","):
-        model, desc = build_source(name, None, x, args.seed)
+        model, desc = build_source(name, checkpoints.get(name), x, args.seed)
         runs = contenders(model, x, args.neurons.split(","), not args.no_spikingjelly and sj_bridge.available())
         for contender in runs:
             with torch.no_grad():
@@ -245,7 +246,7 @@ def main_profile(args) -> None:
                 with profile(activities=[ProfilerActivity.CPU]) as prof:
                     runs[contender](steps)
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
-            sections.append(f"## {name}, T={steps}, batch {args.batch}, {args.threads} threads: {contender}\n\n```\n{table}\n```\n")
+            sections.append(f"## {name} ({desc}), T={steps}, batch {args.batch}, {args.threads} threads: {contender}\n\n```\n{table}\n```\n")
     import snnconv
 
     header = (f"# torch profiler, snnconv from {Path(snnconv.__file__).parent}, load {os.getloadavg()[0]:.1f}\n\n"
@@ -270,8 +271,10 @@ def child_memory(args) -> None:
         run = lambda: model(x)  # noqa: E731
     else:
         snn = convert(model, args.child, **NEURON_OPTIONS[args.child])
-        budget = args.budget
-        run = lambda: simulate(snn, x, steps, memory_budget=budget) if budget else simulate(snn, x, steps)  # noqa: E731
+        options = {"memory_budget": args.budget} if args.budget else {}
+        if args.no_window_cap:
+            options["window_bytes"] = None
+        run = lambda: simulate(snn, x, steps, **options)  # noqa: E731
     with torch.no_grad():
         base = _rss_bytes()
         run()
@@ -283,20 +286,27 @@ def main_memory(args) -> None:
     """Peak memory of one simulation vs T, with the default budget and a small one, each in a
     fresh process (ru_maxrss of the process minus its RSS just before the run)."""
     rows = []
-    budgets = [0] + [int(b) for b in args.budgets.split(",")]
-    cases = [("ann", 1, 0)] + [(n, t, b) for n in args.neurons.split(",") for b in budgets for t in [int(s) for s in args.steps.split(",")]]
-    for neuron, steps, budget in cases:
+    # (memory_budget, cap windows at window_bytes): the defaults (both on); the budget
+    # alone at its default and at each --budgets value (window_bytes=None)
+    settings = [(0, True), (0, False)] + [(int(b), False) for b in args.budgets.split(",")]
+    cases = [("ann", 1, 0, True)] + [(n, t, b, cap) for n in args.neurons.split(",") for b, cap in settings
+                                     for t in [int(s) for s in args.steps.split(",")]]
+    for neuron, steps, budget, cap in cases:
         cmd = [sys.executable, __file__, "--child", neuron, "--steps", str(steps), "--budget", str(budget), "--models",
                args.models.split(",")[0], "--batch", str(args.batch), "--threads", str(args.threads)]
+        if not cap:
+            cmd.append("--no-window-cap")
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path[1:])})
         value = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append({"neuron": neuron, "T": steps, "memory_budget": budget or "default (2 GiB)", **value})
+        rows.append({"neuron": neuron, "T": steps, "memory_budget": budget or "default (2 GiB)",
+                     "window_bytes": "default (8 MiB on CPU)" if cap else None, **value})
         print(rows[-1], flush=True)
     data = {**environment(args), "model": args.models.split(",")[0], "rows": rows}
     lines = [f"Peak memory of one run, {data['model']}, batch {args.batch} (growth of the process's peak RSS over its RSS "
-             "before the run; fresh process each)", "", "| run | T | memory_budget | peak MiB |", "|---|---|---|---|"]
+             "before the run; fresh process each)", "", "| run | T | memory_budget | window_bytes | peak MiB |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['neuron']} | {r['T']} | {r['memory_budget']} | {r['peak_growth_bytes'] / 2**20:.0f} |")
+        window = "-" if r["neuron"] == "ann" else (r["window_bytes"] or "None (no cap)")
+        lines.append(f"| {r['neuron']} | {r['T']} | {r['memory_budget']} | {window} | {r['peak_growth_bytes'] / 2**20:.0f} |")
     write(args.out, data, "\n".join(lines))
 
 
@@ -319,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budgets", default=str(256 << 20), help="--memory: memory_budget values besides the default")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--budget", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--no-window-cap", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="bench/results/speed", help="output path without extension")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)  # the same for every contender
