@@ -11,12 +11,9 @@ the largest float32 window of a chunk, which is what the default caps.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -53,21 +50,12 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             for steps in [int(s) for s in args.steps.split(",")]:
                 window = _largest_activation(snn, x) * steps * 4  # float32 bytes per sample
-                runs = {c: (lambda c=c: simulate(snn, x, steps, window_bytes=c * window)) for c in chunks}
-                runs["ann"] = lambda: [model(x) for _ in range(steps)]
-                for run in runs.values():  # warm-up
-                    run()
-                times = {c: [] for c in runs}
-                for rep in range(args.reps):
-                    names = list(runs)
-                    for c in names[rep % len(names):] + names[: rep % len(names)]:
-                        start = time.perf_counter()
-                        runs[c]()
-                        times[c].append(time.perf_counter() - start)
+                runs = {c: (lambda t, c=c: simulate(snn, x, t, window_bytes=c * window)) for c in chunks}
+                runs["ann"] = lambda t: [model(x) for _ in range(t)]
+                timed = speed.race(runs, steps, args.reps, warmup=1)  # interleaved, paired ratios to T x ANN
                 for c in chunks:
-                    ratio = statistics.median(t / a for t, a in zip(times[c], times["ann"]))
                     rows.append({"model": name, "T": steps, "samples_per_chunk": c, "window_mib": c * window / 2**20,
-                                 "ratio_to_ann": ratio, "source": source})
+                                 "ratio_to_ann": timed[c]["ratio_to_ann"], "source": source})
                 best = min((r for r in rows if r["model"] == name and r["T"] == steps), key=lambda r: r["ratio_to_ann"])
                 print(f"{name} T={steps}: best {best['samples_per_chunk']} samples per chunk "
                       f"({best['window_mib']:.1f} MiB window), {best['ratio_to_ann']:.3f} x T·ANN", flush=True)
@@ -83,11 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         for steps in [int(s) for s in args.steps.split(",")]:
             cells = [f"{r['ratio_to_ann']:.2f} ({r['window_mib']:.1f})" for r in rows if r["model"] == name and r["T"] == steps]
             lines.append(f"| {name} | {steps} | " + " | ".join(cells) + " |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    speed.write(args.out, results, "\n".join(lines))
 
 
 if __name__ == "__main__":

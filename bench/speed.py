@@ -150,8 +150,8 @@ def race(runs: dict, steps: int, reps: int, warmup: int) -> dict:
         result[n] = {"seconds": times[n], "median_s": med, "iqr_s": [q1, q3], "per_step_ms": 1000 * med / steps,
                      "ratio_to_ann": rmed, "ratio_iqr": [r1, r3]}
     for n in names:
-        paired = [t / f for t, f in zip(times[n], times["ann_folded"])]
-        result[n]["ratio_to_ann_folded"] = statistics.median(paired)
+        if "ann_folded" in times:
+            result[n]["ratio_to_ann_folded"] = statistics.median(t / f for t, f in zip(times[n], times["ann_folded"]))
         if "if" in times:
             result[n]["ratio_to_if"] = statistics.median([t / i for t, i in zip(times[n], times["if"])])
         if "sj" in times:

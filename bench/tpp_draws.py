@@ -4,7 +4,9 @@ On one window ``[T, batch, C, H, W]`` (a vgg6-sized layer by default), interleav
 median of ``--reps``:
 
 * the draws alone: float32 ``uniform_`` (one 32-bit mt19937 draw per value, what
-  ``torch.rand`` does) against ``uniform_levels`` (four 16-bit values per 64-bit draw);
+  ``torch.rand`` does) against ``uniform_levels`` (four 16-bit values per 64-bit draw),
+  and the same blocks filled by numpy's SFC64 generator instead of mt19937 (measured as
+  an alternative, not shipped: see the README);
 * the whole neuron: ``tpp_window`` as shipped, the same phase 2 fed by float32 uniforms
   (the implementation before this change, kept here as the reference), and the IF
   neuron on the same window for scale.
@@ -14,7 +16,7 @@ median of ``--reps``:
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import shlex
 import statistics
@@ -22,10 +24,33 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from snnconv.functional import TPPParams, if_window, tpp_window
-from snnconv.functional.tpp import uniform_levels
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import speed  # noqa: E402
+
+from snnconv.functional import TPPParams, if_window, tpp_window  # noqa: E402
+from snnconv.functional.tpp import _BLOCK_WORDS, _thread_pool, uniform_levels  # noqa: E402
+
+
+def sfc64_levels(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """``uniform_levels`` with numpy's SFC64 in place of mt19937: same blocks, same threads."""
+    count = math.prod(shape)
+    words = np.empty((count + 3) // 4, dtype=np.int64)
+    starts = range(0, words.size, _BLOCK_WORDS)
+    seeds = torch.randint(0, (1 << 63) - 1, (len(starts),), generator=generator, dtype=torch.int64).tolist()
+    workers = torch.get_num_threads()
+
+    def fill(first: int) -> None:
+        for start, seed in zip(starts[first::workers], seeds[first::workers]):
+            stop = min(start + _BLOCK_WORDS, words.size)
+            words[start:stop] = np.random.SFC64(seed).random_raw(stop - start).view(np.int64)
+
+    for done in [_thread_pool(workers).submit(fill, i) for i in range(min(workers, len(starts)))]:
+        done.result()
+    return torch.from_numpy(words).view(torch.int16)[:count].view(shape)
 
 
 def tpp_float_uniforms(x: torch.Tensor, threshold: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -56,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     contenders = {
         "draws: float32 uniform_ (1 per value)": lambda buf: floats.uniform_(0.0, 1.0, generator=generator),
         "draws: uniform_levels (16-bit, 4 per 64-bit word)": lambda buf: uniform_levels(shape, generator),
+        "draws: same blocks from numpy SFC64 (not shipped)": lambda buf: sfc64_levels(shape, generator),
         "TPP, float32 uniforms (before)": lambda buf: tpp_float_uniforms(buf, theta, generator),
         "TPP, 16-bit draws (shipped)": lambda buf: tpp_window(buf, theta, TPPParams(), generator, inplace=True),
         "IF (same window)": lambda buf: if_window(buf, theta, inplace=True),
@@ -81,11 +107,7 @@ def main(argv: list[str] | None = None) -> None:
              f"interleaved runs; load {load_before[0]:.1f} -> {results['load_after'][0]:.1f}", "",
              "| contender | ms | x IF on the same window (paired median) |", "|---|---|---|"]
     lines += [f"| {r['contender']} | {r['median_ms']:.1f} | {r['ratio_to_if']:.2f} |" for r in rows]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    speed.write(args.out, results, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ schedule (sleep steps with biases off, permutation) is applied here, for any mod
 from __future__ import annotations
 
 import math
-
 import numbers
 from dataclasses import dataclass
 
@@ -27,8 +26,9 @@ from .neurons import SpikingNeuron
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of activations per chunk (2 GiB)
 # On CPU a chunk whose largest window fits in the last-level cache runs faster than one
 # big window: each neuron's T-step loop and the next layer then read data still in
-# cache. About 8 MiB for the largest window was best for vgg6 and resnet20 at T = 4, 8
-# and 32 on a 32 MiB L3, up to 2x faster than one chunk of 64 samples
+# cache. On a 32 MiB L3, 8 MiB for the largest window was best or tied for vgg6 and
+# resnet20 in 4 of 6 (network, T) cases (4 or 16 MiB in the other two, by 0.07 and 0.11
+# x T·ANN), while one chunk of 64 samples cost up to 1.7x the best
 # (bench/results/chunking.md). GPUs want big batches: no such limit there.
 CPU_WINDOW_BYTES = 8 << 20
 # Live copies of the largest activation window at once: input window, the neuron's

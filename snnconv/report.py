@@ -19,7 +19,6 @@ import json
 import statistics
 from pathlib import Path
 
-
 from .errors import SnnconvError, check
 from .experiments import RunSpec, load_evaluation, results_record, run_method
 from .files import atomic_write, write_json, write_text

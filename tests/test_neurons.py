@@ -206,6 +206,18 @@ def test_tpp_extremes():
     assert counts.tolist() == [0.0, 0.0, 6.0, 6.0]
 
 
+def test_tpp_static_window_equals_its_materialised_copy():
+    """The engine passes a static input as one step repeated without copies (stride 0 in
+    time); TPP sums it as T x that step. Same sum, same draws: the same spikes."""
+    step = torch.tensor([0.0, 0.25, 0.5, 1.5, 2.0, 3.75, -1.0]).repeat(500).reshape(1, -1)  # dyadic: exact sums
+    static = step.expand(4, *step.shape)
+    theta = torch.tensor(0.5)
+    a = tpp_window(static, theta, TPPParams(0.0), torch.Generator().manual_seed(6))
+    b = tpp_window(static.contiguous(), theta, TPPParams(0.0), torch.Generator().manual_seed(6))
+    assert static.stride(0) == 0 and torch.equal(a, b)
+    assert torch.equal((a / theta).sum(0), (4 * step / theta).clamp(0, 4))  # integer owed: exact counts
+
+
 def test_tpp_placement_is_uniform():
     """m spikes land in each of the T slots with probability m / T (chi-square bound).
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 
-
 def _json_pairs(pairs: list[str] | None, flag: str) -> dict:
     from ..cli import _key_values  # the main CLI loads this module lazily: no import cycle
 
