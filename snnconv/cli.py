@@ -83,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=0.05)
     tr.add_argument("--momentum", type=float, default=0.9)
     tr.add_argument("--weight-decay", type=float, default=5e-4)
-    tr.add_argument("--decay-thresholds", action="store_true", help="apply weight decay to the clip values lambda too")
+    tr.add_argument("--decay-thresholds", action=argparse.BooleanOptionalAction, default=True,
+                    help="weight decay on the clip values lambda too, as in the QCFS authors' code (default: on)")
+    tr.add_argument("--threshold-percentile", type=float, default=85.0,
+                    help="initialise each lambda to this percentile of its layer's positive pre-activations on a "
+                         "training batch (default 85); 0 keeps the activation's fixed default (QCFS 8, clip-floor 1)")
     tr.add_argument("--label-smoothing", type=float, default=0.0)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="cpu")
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--train-limit", type=int, help="train on the first N training images only")
     tr.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
     tr.add_argument("--no-progress", action="store_true")
-    tr.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only; an error on CPU)")
+    tr.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16: AVX512-BF16 or AMX)")
     tr.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions on recent GPUs)")
     tr.add_argument("--download", action="store_true", help="fetch the dataset into --data-dir first (md5-checked; mnist, fashion_mnist, cifar10, cifar100)")
 
@@ -165,10 +169,13 @@ def _cmd_train(args) -> None:
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         decay_thresholds=args.decay_thresholds, label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
         model_args=model_args, train_limit=args.train_limit, amp=args.amp, channels_last=args.channels_last,
+        threshold_percentile=args.threshold_percentile or None,
     )
     _download_if_asked(args, config.dataset)
     _, meta = train(config, args.out, args.data_dir, progress=not args.no_progress)
-    print_main(f"checkpoint: {args.out}/checkpoint.safetensors (test accuracy {meta['ann_accuracy']:.4f})")
+    limit = meta.get("clip_limit_accuracy")
+    limit_text = "" if limit is None else f", clip limit {limit:.4f}"
+    print_main(f"checkpoint: {args.out}/checkpoint.safetensors (test accuracy {meta['ann_accuracy']:.4f}{limit_text})")
 
 
 def _cmd_evaluate(args) -> None:
