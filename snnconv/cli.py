@@ -100,13 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--download", action="store_true", help="fetch the dataset into --data-dir first (md5-checked; mnist, fashion_mnist, cifar10, cifar100)")
 
     ev = sub.add_parser("evaluate", help="convert a checkpoint and report ANN and SNN accuracy per T")
-    ev.add_argument("checkpoint")
+    ev.add_argument("checkpoint", help="checkpoint file, or a pretrained zoo name (snnconv list)")
     ev.add_argument("--neuron", default="if")
     _add_method_arguments(ev)
     ev.add_argument("--download", action="store_true", help="fetch the checkpoint's dataset into --data-dir first (md5-checked)")
 
     cmp_ = sub.add_parser("compare", help="run several methods on one checkpoint; write a report folder (JSON, markdown, plots)")
-    cmp_.add_argument("checkpoint")
+    cmp_.add_argument("checkpoint", help="checkpoint file, or a pretrained zoo name (snnconv list)")
     cmp_.add_argument("--neurons", default="if,gn,tpp,cif", help="comma-separated methods; NEURON+per-neuron adds permutation")
     cmp_.add_argument("--out", required=True, help="report folder")
     cmp_.add_argument("--error-samples", type=int, default=128, help="images for the layer-wise error (0: skip)")
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_arguments(cmp_)
 
     ex = sub.add_parser("export", help="export an IF conversion of a checkpoint (NIR)")
-    ex.add_argument("checkpoint")
+    ex.add_argument("checkpoint", help="checkpoint file, or a pretrained zoo name (snnconv list)")
     ex.add_argument("--format", default="nir", choices=["nir"])
     ex.add_argument("--out", required=True, help="output file")
     ex.add_argument("--neuron", default="if", help="the conversion to export (only if has a NIR form)")
@@ -258,10 +258,12 @@ def _cmd_detect_evaluate(args) -> None:
 def _cmd_list(args) -> None:
     from . import list_models, list_neurons
     from .data import list_datasets
+    from .zoo import list_pretrained
 
     print("neurons: " + ", ".join(list_neurons()))
     print("models: " + ", ".join(list_models()))
     print("datasets: " + ", ".join(list_datasets()))
+    print("pretrained sources (snnconv/zoo): " + (", ".join(list_pretrained()) or "none"))
 
 
 COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "evaluate": _cmd_evaluate, "compare": _cmd_compare, "export": _cmd_export,
