@@ -5,7 +5,8 @@
 """
 from __future__ import annotations
 
-from typing import Iterable
+import copy
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -15,19 +16,25 @@ from ..network import SpikingNetwork
 from ..neurons import list_neurons
 from .activation_sites import ActivationSite, activation_sites, mark_activation_sites
 from .calibrate import calibrate_thresholds
+from .custom import ActivationFactory, map_activations
 from .fold_bn import fold_batchnorm
 from .remove_dropout import remove_dropout
 from .swap_neurons import swap_to_neurons
 from .trace import trace
 
 
-def prepare(model: nn.Module) -> torch.fx.GraphModule:
+def prepare(model: nn.Module, activations: Mapping[type, ActivationFactory] | None = None) -> torch.fx.GraphModule:
     """Trace a copy of ``model`` and run the structural passes (no neurons yet).
 
     The result computes the same function as ``model`` in eval mode (BN folded,
-    dropout gone) with every activation marked as an :class:`ActivationSite`.
+    dropout gone) with every activation marked as an :class:`ActivationSite`;
+    ``activations`` maps user activation classes first (:func:`map_activations`).
     """
-    graph_module = trace(model)
+    if activations:
+        if not isinstance(model, nn.Module):
+            raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
+        model = map_activations(copy.deepcopy(model), activations)
+    graph_module = trace(model, copy_model=not activations)
     remove_dropout(graph_module)
     fold_batchnorm(graph_module)
     mark_activation_sites(graph_module)
@@ -41,6 +48,7 @@ def convert(
     calibration: torch.Tensor | Iterable | None = None,
     calibration_method: str | float = "99.9",
     permute: str | None = None,
+    activations: Mapping[type, ActivationFactory] | None = None,
     **neuron_options,
 ) -> SpikingNetwork:
     """Convert a trained ANN into a spiking network; ``model`` is never modified.
@@ -55,6 +63,10 @@ def convert(
         permute: ``"per-neuron"`` or ``"per-layer"``: shuffle each spiking layer's output
             spike trains in time before the next layer reads them (temporal-misalignment
             experiment); redrawn per sample. A default for :func:`simulate`.
+        activations: ``{UserClass: factory}`` for activation modules written in the
+            source's own code, e.g. ``{MyFloor: lambda m: QCFS(levels=m.t,
+            threshold=float(m.up))}``; each replacement is checked to compute the same
+            function (:func:`snnconv.convert.map_activations`).
         **neuron_options: passed to the neuron factory (e.g. ``group_size=4``).
 
     Returns:
@@ -62,7 +74,7 @@ def convert(
     """
     if neuron not in list_neurons():
         raise SnnconvError(f"unknown neuron {neuron!r}: choose one of {', '.join(list_neurons())}")
-    graph_module = prepare(model)
+    graph_module = prepare(model, activations)
     if calibration is not None:
         calibrate_thresholds(graph_module, calibration, calibration_method)
     dtype = next((p.dtype for p in graph_module.parameters()), torch.float32)
@@ -77,6 +89,7 @@ __all__ = [
     "calibrate_thresholds",
     "convert",
     "fold_batchnorm",
+    "map_activations",
     "mark_activation_sites",
     "prepare",
     "remove_dropout",

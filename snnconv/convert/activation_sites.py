@@ -15,6 +15,7 @@ from torch import fx, nn
 
 from ..activations import QuantizedClip, is_relu_node
 from ..errors import SnnconvError
+from .fold_bn import ChannelAffine
 
 
 class ActivationSite(nn.Module):
@@ -47,7 +48,7 @@ class ActivationSite(nn.Module):
 SUPPORTED_MODULES = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
     nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.Flatten, nn.Identity, nn.Upsample, nn.Unflatten, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
+    nn.Flatten, nn.Identity, nn.Upsample, nn.Unflatten, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, ChannelAffine,
 )
 SUPPORTED_FUNCTIONS = {
     operator.add, operator.sub, operator.neg, operator.getitem, getattr, torch.add, torch.sub, torch.subtract,
