@@ -75,7 +75,7 @@ def permute_window(window: torch.Tensor, mode: str, generator: torch.Generator |
 class BatchSize(int):
     """The batch size read off a data tensor in ``forward`` (``x.shape[0]``, ``x.size(0)``).
 
-    User code that reads it and reshapes with it (``h.reshape(n, -1)``) means "the
+    Its value is the number of samples. User code that reads it and reshapes with it (``h.reshape(n, -1)``) means "the
     batch": the engine substitutes the folded batch ``steps * batch`` where the value
     meets a window, the plain batch elsewhere, so folding time into the batch is
     invisible to forward().
@@ -94,6 +94,17 @@ _NO_CONSTANT_FUNCTIONS = {
 }
 
 
+def _plain(value):
+    """fx's immutable containers as the plain list / dict the model returned."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
 def _dynamic_nodes(graph: fx.Graph) -> set[fx.Node]:
     """Nodes whose value depends on the input (and so carries its batch dimension)."""
     dynamic: set[fx.Node] = set()
@@ -109,12 +120,13 @@ def _is_size_read(node: fx.Node) -> bool:
     )
 
 
-def _mark_batch(value, dim_arg):
-    """Tag the batch entry of a size read (a ``torch.Size`` or one int) as :class:`BatchSize`."""
+def _mark_batch(value, dim_arg, batch: int):
+    """Tag the batch entry of a size read (a ``torch.Size`` or one int) as
+    :class:`BatchSize` of value ``batch`` (also when read off a folded window)."""
     if isinstance(value, tuple) and dim_arg is None:
-        return (BatchSize(value[0]), *value[1:]) if len(value) else value
+        return (BatchSize(batch), *value[1:]) if len(value) else value
     if isinstance(value, int) and not isinstance(value, bool) and dim_arg in (0,):
-        return BatchSize(value)
+        return BatchSize(batch)
     return value
 
 
@@ -165,7 +177,7 @@ class _WindowRunner(fx.Interpreter):
             return super().run_node(n)
         with self._set_current_node(n):
             if n.op == "output":
-                return map_arg(n.args[0], self._output_leaf)
+                return _plain(map_arg(n.args[0], self._output_leaf))
             has_window = any(i in self.windows for i in n.all_input_nodes)
             if n.op == "call_module" and isinstance(self.modules[n.target], SpikingNeuron):
                 return self._run_neuron(n)
@@ -176,15 +188,17 @@ class _WindowRunner(fx.Interpreter):
                     return self._fold(self._as_window(value))
                 return value
 
-            folded_batch = self.schedule.total * self.batch if has_window else self.batch
-            args = self._batch_sizes(map_arg(n.args, load), folded_batch)
-            kwargs = self._batch_sizes(map_arg(n.kwargs, load), folded_batch)
+            args, kwargs = map_arg(n.args, load), map_arg(n.kwargs, load)
+            if has_window:  # the batch of a window is steps * batch
+                args = self._batch_sizes(args, self.schedule.total * self.batch)
+                kwargs = self._batch_sizes(kwargs, self.schedule.total * self.batch)
             try:
                 result = getattr(self, n.op)(n.target, args, kwargs)
             except RuntimeError as err:
                 raise SnnconvError(f"layer {n.name!r} failed on its input ({err}); check the input shape") from err
             if _is_size_read(n) and n.all_input_nodes and n.all_input_nodes[0] in self.dynamic:
-                result = _mark_batch(result, args[1] if len(args) > 1 and n.op == "call_method" else kwargs.get("dim"))
+                dim = args[1] if len(args) > 1 and n.op == "call_method" else kwargs.get("dim")
+                result = _mark_batch(result, dim, self.batch)
             if has_window:
                 self.windows.add(n)
                 if self.schedule.sleep_steps and isinstance(result, torch.Tensor):

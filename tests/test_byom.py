@@ -30,7 +30,7 @@ def _spread(model, x):
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (QCFS, ClipFloor)):
-                m.threshold.clamp_(min=0.25)
+                m.threshold.clamp_(min=0.05)
     return model
 
 
@@ -232,3 +232,216 @@ def test_reused_relu_gets_one_activation_per_call_site():
     expected = model.c(QCFS(L, 2.0)(model.b(QCFS(L, 0.5)(model.a(x)))))
     assert torch.allclose(swapped(x), expected, atol=1e-6)
     assert torch.allclose(_gn_t1(swapped, x)[0], expected, atol=1e-5)
+
+
+# 7. custom activation modules --------------------------------------------------------
+
+class _FloorSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.floor(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class PaperQCFS(nn.Module):
+    """QCFS as the paper's code writes it: clamp(floor(x / up * t + 0.5) / t, 0, 1) * up."""
+
+    def __init__(self, t=4, up=8.0):
+        super().__init__()
+        self.t = t
+        self.up = nn.Parameter(torch.tensor(up))
+
+    def forward(self, x):
+        x = x / self.up
+        x = torch.clamp(_FloorSTE.apply(x * self.t + 0.5) / self.t, 0, 1)
+        return x * self.up
+
+
+class WhereClip(nn.Module):
+    """clip(x, 0, 1) written with torch.where."""
+
+    def forward(self, x):
+        x = torch.where(x < 0, torch.zeros_like(x), x)
+        return torch.where(x > 1, torch.ones_like(x), x)
+
+
+class PaperNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4 * 8 * 8, 3)
+        self.act1, self.act2 = PaperQCFS(L, 1.3), PaperQCFS(L, 0.9)
+
+    def forward(self, x):
+        return self.fc(self.act2(self.conv2(self.act1(self.conv1(x)))).flatten(1))
+
+
+def test_custom_activation_is_named_and_mapped():
+    torch.manual_seed(4)
+    model = PaperNet().eval()
+    x = torch.rand(6, 1, 8, 8)
+    with pytest.raises(SnnconvError) as err:
+        convert(model, "gn", group_size=L)
+    assert str(err.value).startswith("module 'act1' (PaperQCFS) computes function floor, which has no spiking form: "
+                                     "if PaperQCFS is an activation, map it to a supported one, convert(model, neuron, "
+                                     "activations={PaperQCFS: lambda m: QCFS(levels=..., threshold=...)})")
+    mapping = {PaperQCFS: lambda m: QCFS(levels=m.t, threshold=m.up.item())}
+    out = _gn_t1(model, x, activations=mapping)
+    assert torch.allclose(out[0], model(x), atol=1e-5)
+    # a mapping that reads the wrong levels computes another function: refused, not converted
+    with pytest.raises(SnnconvError, match=r"activations mapping for 'act1' \(PaperQCFS\) gives QCFS that computes a different function"):
+        convert(model, "gn", activations={PaperQCFS: lambda m: QCFS(levels=2 * m.t, threshold=m.up.item())})
+
+
+def test_where_clip_is_named_and_mapped_to_hardtanh():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(5, 8), WhereClip(), nn.Linear(8, 2)).eval()
+    with pytest.raises(SnnconvError, match=r"^module '1' \(WhereClip\) computes function lt"):
+        convert(model, "if")
+    x = torch.randn(64, 5)
+    snn = convert(model, "if", activations={WhereClip: lambda m: nn.Hardtanh(0.0, 1.0)})
+    avg = running_average(snn(x, 256))[-1]
+    assert (avg - model(x)).abs().max() < 0.02  # rate code of clip(x, 0, 1), theta = 1
+
+
+# 8. forward() that reads sizes -------------------------------------------------------
+
+class ReadsSizes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act, self.fc = nn.Conv2d(1, 4, 3, padding=1), QCFS(L, 1.0), nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        n = x.shape[0]
+        h = self.act(self.conv(x))
+        a = h.reshape(n, -1)
+        b = h.view(x.size(0), 4, -1).flatten(1)
+        c = h.reshape(x.size()[0], -1)
+        return self.fc(a) + self.fc(b) - self.fc(c)
+
+
+def test_sizes_read_in_forward_follow_the_batch():
+    torch.manual_seed(6)
+    model = ReadsSizes().eval()
+    x = torch.rand(3, 1, 8, 8)
+    _spread(model, x)
+    reference = nn.Sequential(model.conv, model.act, nn.Flatten(), model.fc).eval()
+    for steps in (1, 2, 5):
+        assert torch.equal(convert(model, "if")(x, steps), convert(reference, "if")(x, steps))
+    assert torch.allclose(_gn_t1(model, x)[0], model(x), atol=1e-5)
+
+
+# 9. several outputs ------------------------------------------------------------------
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(1, 4, 3, padding=1), QCFS(L, 1.0)
+        self.cls, self.box = nn.Linear(4 * 8 * 8, 3), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        h = self.act(self.conv(x))
+        return {"classes": self.cls(h.flatten(1)), "boxes": (self.box(h), self.box(h).mean((2, 3)))}
+
+
+def test_several_outputs_keep_their_structure():
+    torch.manual_seed(7)
+    model = TwoHeads().eval()
+    x = torch.rand(5, 1, 8, 8)
+    _spread(model, x)
+    ann = model(x)
+    out = _gn_t1(model, x)
+    assert set(out) == {"classes", "boxes"}
+    assert out["classes"].shape == (1, 5, 3) and out["boxes"][0].shape == (1, 5, 2, 8, 8) and out["boxes"][1].shape == (1, 5, 2)
+    assert torch.allclose(out["classes"][0], ann["classes"], atol=1e-5)
+    assert torch.allclose(out["boxes"][0][0], ann["boxes"][0], atol=1e-5)
+    # chunked (one sample per chunk) gives the same structure and numbers
+    chunked = simulate(convert(model, "if"), x, 4, window_bytes=1)
+    whole = simulate(convert(model, "if"), x, 4, window_bytes=None)
+    assert torch.allclose(chunked["boxes"][1], whole["boxes"][1], atol=1e-6) and chunked["boxes"][1].shape == (4, 5, 2)
+    readout = running_average(whole)
+    assert readout["classes"].shape == (4, 5, 3)
+
+
+# 10. max pooling ---------------------------------------------------------------------
+
+def test_max_pool_on_the_analog_input_is_exact_and_refused_after_spikes():
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), QCFS(L, 1.0), nn.Flatten(), nn.Linear(64, 3)).eval()
+    x = torch.rand(4, 1, 8, 8)
+    _spread(model, x)
+    assert torch.allclose(_gn_t1(model, x)[0], model(x), atol=1e-5)
+    after = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), QCFS(L, 1.0), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 3))
+    with pytest.raises(SnnconvError) as err:
+        convert(after, "if")
+    assert str(err.value) == (
+        "layer '2' (MaxPool2d after a spiking layer) has no faithful spiking form: max pooling is exact only on the "
+        "analog input, before the first activation: move it there, or replace it by average pooling (nn.AvgPool2d, "
+        "same kernel) and retrain the source ANN"
+    )
+
+
+# 11. BatchNorm anywhere --------------------------------------------------------------
+
+class BatchNormPlaces(nn.Module):
+    """BN after average pooling, after an activation (pre-activation block), after a
+    residual addition, and after a conv whose output is also used elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.bn_pool, self.bn_act, self.bn_add, self.bn_shared = (nn.BatchNorm2d(4) for _ in range(4))
+        self.act1, self.act2, self.act3 = ClipFloor(L), ClipFloor(L), ClipFloor(L)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        y = self.act1(self.a(x))
+        z = self.act2(self.b(self.bn_act(y)))                 # BN after the activation
+        s = self.c(z)
+        u = self.act3(self.bn_add(z + self.bn_shared(s) + s))  # BN after a residual add; s used twice
+        return self.fc(self.bn_pool(F.avg_pool2d(u, 2)).flatten(1))  # BN after pooling
+
+
+def test_batchnorm_in_every_place_matches_the_ann():
+    from helpers import randomize_batchnorm
+
+    torch.manual_seed(9)
+    model = BatchNormPlaces().double().eval()
+    randomize_batchnorm(model, torch.Generator().manual_seed(9))
+    x = torch.rand(4, 2, 8, 8, dtype=torch.float64)
+    _spread(model, x)
+    ann = model(x)
+    readout = _cif_readout(model, x, sleep=48)
+    assert torch.allclose(readout[-1], ann, atol=1e-9)  # every BN shift is off in sleep
+    assert (readout[L - 1] - ann).abs().max() > 1e-3
+
+
+# 12. every spelling of the same operation --------------------------------------------
+
+class Normalising(nn.Module):
+    def __init__(self, spelling):
+        super().__init__()
+        self.spelling = spelling
+        self.register_buffer("mean", torch.tensor([0.4, 0.5]).view(1, 2, 1, 1))
+        self.register_buffer("std", torch.tensor([0.2, 0.3]).view(1, 2, 1, 1))
+        self.conv, self.act, self.fc = nn.Conv2d(2, 4, 3, padding=1), QCFS(L, 1.0), nn.Linear(4, 3)
+
+    def forward(self, x):
+        if self.spelling == "operators":
+            x = (x - self.mean) / self.std
+        else:
+            x = torch.div(torch.sub(x, self.mean), self.std)
+        h = self.act(self.conv(x))
+        pooled = torch.mean(h, (2, 3)) if self.spelling == "operators" else h.mean((2, 3))
+        return self.fc(pooled * 2.0)
+
+
+@pytest.mark.parametrize("spelling", ["operators", "functions"])
+def test_normalisation_and_mean_in_any_spelling(spelling):
+    torch.manual_seed(10)
+    model = Normalising(spelling).eval()
+    x = torch.rand(4, 2, 6, 6)
+    _spread(model, x)
+    assert torch.allclose(_gn_t1(model, x)[0], model(x), atol=1e-5)

@@ -138,8 +138,7 @@ def _refuse_inside_user_module(node: fx.Node, what: str) -> None:
     raise SnnconvError(
         f"module {path!r} ({kind.__name__}) computes {what}, which has no spiking form: if {kind.__name__} is an "
         f"activation, map it to a supported one, convert(model, neuron, activations={{{kind.__name__}: lambda m: "
-        f"QCFS(levels=..., threshold=...)}}) (CLI: --activation {kind.__name__}=qcfs:levels=ATTR,threshold=ATTR); "
-        "otherwise express it with conv, linear, average-pool, add or cat"
+        f"QCFS(levels=..., threshold=...)}}); otherwise express it with conv, linear, average-pool, add or cat"
     )
 
 
@@ -253,8 +252,6 @@ def mark_activation_sites(graph_module: fx.GraphModule) -> fx.GraphModule:
         node.replace_all_uses_with(new)
         graph_module.graph.erase_node(node)
         sites.append(new)
-    if not sites:
-        raise SnnconvError("the model has no activation to convert: add ReLU, QCFS or ClipFloor activations")
     modules = dict(graph_module.named_modules())
     graph = graph_module.graph
     dynamic = _downstream(graph, [n for n in graph.nodes if n.op == "placeholder"])
@@ -263,6 +260,8 @@ def mark_activation_sites(graph_module: fx.GraphModule) -> fx.GraphModule:
         if node.op == "call_module" and isinstance(modules.get(node.target), ActivationSite):
             continue
         _check_supported(node, modules, dynamic, spiking)
+    if not sites:
+        raise SnnconvError("the model has no activation to convert: add ReLU, QCFS or ClipFloor activations")
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
     return graph_module

@@ -24,8 +24,8 @@ _MISMATCH_FRACTION = 0.002  # probe points allowed to differ (a floor can round 
 
 def _probe_scale(replacement: nn.Module) -> float:
     threshold = getattr(replacement, "threshold", None)
-    if isinstance(threshold, torch.Tensor) and threshold.numel() == 1 and float(threshold) > 0:
-        return float(threshold)
+    if isinstance(threshold, torch.Tensor) and threshold.numel() == 1 and float(threshold.detach()) > 0:
+        return float(threshold.detach())
     if isinstance(replacement, nn.ReLU6):
         return 6.0
     if isinstance(replacement, nn.Hardtanh):
