@@ -445,3 +445,20 @@ def test_normalisation_and_mean_in_any_spelling(spelling):
     x = torch.rand(4, 2, 6, 6)
     _spread(model, x)
     assert torch.allclose(_gn_t1(model, x)[0], model(x), atol=1e-5)
+
+
+def test_several_outputs_are_counted_per_path():
+    """Every spike of the one spiking layer reaches 3 class logits and 2 box channels
+    through each of the two box-head calls: fan-out 3 + 2 + 2 = 7 synaptic operations."""
+    from snnconv.insight import CostCounter
+
+    torch.manual_seed(7)
+    model = TwoHeads().eval()
+    x = torch.rand(2, 1, 8, 8)
+    _spread(model, x)
+    snn = convert(model, "if")
+    counter = CostCounter(snn, x)
+    simulate(snn, x, 4, recorder=counter)
+    (name,) = counter.profile.fanout
+    assert torch.equal(counter.profile.fanout[name], torch.full((4, 8, 8), 7.0, dtype=torch.float64))
+    assert counter.total_sops() == 7 * counter.total_events() > 0
