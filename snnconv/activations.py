@@ -69,6 +69,27 @@ class ClipFloor(QuantizedClip):
         super().__init__(levels, threshold, 0.0, trainable)
 
 
+MIN_THRESHOLD = 1e-3
+
+
+@torch.no_grad()
+def keep_thresholds_positive(model: nn.Module, minimum: float = MIN_THRESHOLD) -> list[str]:
+    """Clamp every QCFS / clip-floor lambda to ``>= minimum``, in place; call after each
+    optimizer step. A gradient step can push lambda through 0, after which the layer is
+    no clipped ReLU and no spiking threshold matches it (conversion refuses it).
+    ``snnconv train`` calls this after every step.
+
+    Returns:
+        The names of the activations whose lambda was raised (empty when none was).
+    """
+    raised = []
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedClip) and not float(module.threshold) >= minimum:
+            module.threshold.clamp_(min=minimum).nan_to_num_(nan=minimum)
+            raised.append(name)
+    return raised
+
+
 def make_activation(kind: str, levels: int = 4, threshold: float | None = None) -> nn.Module:
     """Build an activation by name: ``"qcfs"``, ``"clipfloor"`` or ``"relu"``."""
     if kind == "qcfs":
@@ -154,6 +175,7 @@ __all__ = [
     "QuantizedClip",
     "floor_ste",
     "is_relu_node",
+    "keep_thresholds_positive",
     "make_activation",
     "swap_relu",
 ]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .activations import ACTIVATION_KINDS, QuantizedClip
+from .activations import ACTIVATION_KINDS, QuantizedClip, keep_thresholds_positive
 from .augment import random_crop, random_flip
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import Dataset, load_dataset
@@ -220,6 +220,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            keep_thresholds_positive(model)  # lambda <= 0 could not be converted
             loss_sum += float(loss.detach()) if b % 50 == 0 else 0.0
         distributed.broadcast_buffers(model)  # BN statistics: rank 0's, the ones the checkpoint keeps
         test_acc = accuracy(model, x_test, y_test)

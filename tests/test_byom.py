@@ -462,3 +462,30 @@ def test_several_outputs_are_counted_per_path():
     (name,) = counter.profile.fanout
     assert torch.equal(counter.profile.fanout[name], torch.full((4, 8, 8), 7.0, dtype=torch.float64))
     assert counter.total_sops() == 7 * counter.total_events() > 0
+
+
+# 13. a negative lambda --------------------------------------------------------------
+
+def test_negative_lambda_is_named_and_training_keeps_it_positive():
+    from snnconv.activations import keep_thresholds_positive
+
+    model = nn.Sequential(nn.Linear(3, 4), QCFS(L, 1.0), nn.Linear(4, 4), QCFS(L, 1.0), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[3].threshold.fill_(-0.25)
+    with pytest.raises(SnnconvError) as err:
+        convert(model, "if")
+    assert str(err.value) == (
+        "activation '3' (QCFS) has clip value lambda = -0.25, but it must be > 0 (it is the spiking threshold): "
+        "retrain with lambda kept positive (snnconv train does this; in your own loop call "
+        "snnconv.activations.keep_thresholds_positive(model) after each optimizer.step()), or set it to a positive value"
+    )
+    # a gradient step that drives lambda through zero is undone by the clamp
+    optimizer = torch.optim.SGD(model.parameters(), lr=10.0)
+    with torch.no_grad():
+        model[3].threshold.fill_(0.01)
+    model[3].threshold.grad = torch.tensor(1.0)
+    optimizer.step()
+    assert model[3].threshold.item() < 0
+    assert keep_thresholds_positive(model) == ["3"]
+    assert model[3].threshold.item() == pytest.approx(1e-3) and model[1].threshold.item() == 1.0
+    convert(model, "if")  # now converts

@@ -94,7 +94,15 @@ def _clamp_bounds(node: fx.Node) -> tuple[float, float | None] | None:
 def _site_for(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | None:
     module = modules.get(node.target) if node.op == "call_module" else None
     if isinstance(module, QuantizedClip):
-        return ActivationSite(module, "quantized", module.levels, module.shift, module.threshold.detach().clone())
+        lam = module.threshold.detach().clone()
+        if not bool(torch.isfinite(lam).all()) or bool((lam <= 0).any()):
+            raise SnnconvError(
+                f"activation {node.target!r} ({type(module).__name__}) has clip value lambda = {lam.flatten()[0].item():.4g}, "
+                "but it must be > 0 (it is the spiking threshold): retrain with lambda kept positive (snnconv train "
+                "does this; in your own loop call snnconv.activations.keep_thresholds_positive(model) after each "
+                "optimizer.step()), or set it to a positive value"
+            )
+        return ActivationSite(module, "quantized", module.levels, module.shift, lam)
     if isinstance(module, nn.ReLU6) or (node.op == "call_function" and node.target is F.relu6):
         return ActivationSite(None, "clip", None, 0.0, 6.0, upper=6.0)
     if isinstance(module, nn.Hardtanh) and module.min_val == 0:
