@@ -23,6 +23,7 @@ from torch.utils import _pytree as pytree
 
 from .errors import SnnconvError, check
 from .functional import check_threshold
+from .inputs import check_input
 from .network import PERMUTE_MODES, SpikingNetwork
 from .neurons import SpikingNeuron
 
@@ -305,11 +306,7 @@ def _check_input(snn: nn.Module, x: torch.Tensor, steps, sleep_steps, permute: s
     """Validate simulate()'s arguments; return (steps, sleep_steps, seed, memory_budget) as ints."""
     if not isinstance(snn, SpikingNetwork):
         raise SnnconvError(f"simulate() needs a network from snnconv.convert(), got {type(snn).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise SnnconvError(f"input must be a torch.Tensor [batch, ...], got {type(x).__name__}")
-    check(x.dim() >= 2 and x.shape[0] >= 1, f"input must have shape [batch, ...] with batch >= 1, got {tuple(x.shape)}")
-    check(x.is_floating_point(), f"input must be floating point, got {x.dtype}: scale it to floats first")
-    check(bool(torch.isfinite(x).all()), "input contains NaN or inf: clean the data first")
+    check_input(snn.graph, x, "input")
     steps = _integer(steps, "T (steps)")
     sleep_steps = _integer(sleep_steps, "sleep_steps")
     seed = _integer(seed, "seed")

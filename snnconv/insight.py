@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import SnnconvError, check
+from .inputs import check_input
 from .metrics import SpikeCounter, running_average
 from .network import SpikingNetwork
 from .neurons import SpikingNeuron
@@ -233,11 +234,9 @@ def cost_profile(snn: SpikingNetwork, example: torch.Tensor) -> CostProfile:
     image per layer; done once per evaluation, not per batch.
     """
     check(isinstance(snn, SpikingNetwork), f"cost_profile() needs a network from snnconv.convert(), got {type(snn).__name__}")
-    check(isinstance(example, torch.Tensor) and example.dim() >= 2, "example must be an input tensor [batch, ...]")
     gm = snn.graph
     reference = next(iter(gm.buffers()), None)
-    sample = example[:1].to(device=reference.device if reference is not None else "cpu",
-                            dtype=next((p.dtype for p in gm.parameters()), example.dtype))
+    sample = check_input(gm, example, "example")[:1]
     probe = _Probe(gm)
     with torch.no_grad():
         probe.run(sample)
@@ -405,7 +404,8 @@ def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, step
     steps = [steps] if isinstance(steps, int) else sorted(set(steps))
     check(len(steps) >= 1 and all(isinstance(t, int) and t >= 1 for t in steps), f"steps must be integers >= 1, got {steps}")
     check(sleep_steps == 0 or len(steps) == 1, "with sleep steps give one T (the wake steps)")
-    ann = prepare(model).eval()
+    x = check_input(snn.graph, x, "input")
+    ann = prepare(model, getattr(snn, "activations", None)).eval()
     ref = next(iter(snn.graph.parameters()), None)
     if ref is not None:
         ann.to(device=ref.device, dtype=ref.dtype)

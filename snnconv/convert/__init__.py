@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import SnnconvError
+from ..inputs import check_input
 from ..network import SpikingNetwork
 from ..neurons import list_neurons
 from .activation_sites import ActivationSite, activation_sites, mark_activation_sites
@@ -76,11 +77,25 @@ def convert(
         raise SnnconvError(f"unknown neuron {neuron!r}: choose one of {', '.join(list_neurons())}")
     graph_module = prepare(model, activations)
     if calibration is not None:
+        calibration = _checked_batches(graph_module, calibration)
         calibrate_thresholds(graph_module, calibration, calibration_method)
     dtype = next((p.dtype for p in graph_module.parameters()), torch.float32)
     swap_to_neurons(graph_module, neuron, **neuron_options)
     graph_module.to(dtype)
-    return SpikingNetwork(graph_module, neuron, dict(neuron_options), permute=permute)
+    snn = SpikingNetwork(graph_module, neuron, dict(neuron_options), permute=permute)
+    snn.activations = dict(activations) if activations else None  # layerwise_error() re-prepares the source
+    return snn
+
+
+def _checked_batches(graph_module: torch.fx.GraphModule, calibration) -> list[torch.Tensor]:
+    """Calibration data as checked batches (:func:`snnconv.inputs.check_input`), all checked before any is used."""
+    if isinstance(calibration, torch.Tensor):
+        return [check_input(graph_module, calibration, "calibration data")]
+    try:
+        batches = list(calibration)
+    except TypeError:
+        raise SnnconvError(f"calibration must be a tensor [N, ...] or an iterable of batches, got {type(calibration).__name__}") from None
+    return [check_input(graph_module, b[0] if isinstance(b, (tuple, list)) else b, "calibration data") for b in batches]
 
 
 __all__ = [
