@@ -489,3 +489,77 @@ def test_negative_lambda_is_named_and_training_keeps_it_positive():
     assert keep_thresholds_positive(model) == ["3"]
     assert model[3].threshold.item() == pytest.approx(1e-3) and model[1].threshold.item() == 1.0
     convert(model, "if")  # now converts
+
+
+# 14. NIR export of a (3, 5) kernel and of groups = 2 --------------------------------
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(2, 4, (3, 5), padding=(1, 2)), nn.Conv2d(2, 4, 3, padding=1, groups=2),
+    nn.Conv2d(2, 4, (3, 5), padding="same", groups=2),
+])
+def test_nir_round_trip_of_rectangular_and_grouped_kernels(conv, tmp_path):
+    pytest.importorskip("nir")
+    from test_nir import run_nir
+    from snnconv.export import export_nir, read_nir
+
+    torch.manual_seed(11)
+    model = nn.Sequential(conv, QCFS(L, 1.0), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).double().eval()
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    _spread(model, x)
+    snn = convert(model, "if")
+    export_nir(snn, tmp_path / "net.nir", (2, 6, 6), warn=False)
+    graph = read_nir(tmp_path / "net.nir")
+    expected = simulate(snn, x, 8)
+    assert expected.abs().sum() > 0
+    assert torch.allclose(run_nir(graph, x, 8), expected, rtol=1e-9, atol=1e-9)
+
+
+# 15. the same input checks on every path ---------------------------------------------
+
+def _paths(model, snn):
+    from snnconv.export import to_nir
+    from snnconv.insight import CostCounter, layerwise_error
+
+    return {
+        "input": lambda x: simulate(snn, x, 2),
+        "calibration data": lambda x: convert(model, "if", calibration=x),
+        "example": lambda x: CostCounter(snn, x),
+        "layer error": lambda x: layerwise_error(model, snn, x, 2),
+        "an input of input_shape": lambda x: to_nir(snn, tuple(x.shape[1:]), warn=False),
+    }
+
+
+@pytest.mark.parametrize("bad,message", [
+    (lambda x: (x * 255).to(torch.uint8), "{what} is torch.uint8, not floating point: scale it to floats first "
+     "(e.g. x.float() / 255, then the training normalisation)"),
+    (lambda x: x[:, :1], "{what} has 1 channels (dim 1) but layer '0' (Conv2d) takes 2: give data shaped like the training data"),
+    (lambda x: x[:, :, :, :, None], "{what} has shape (3, 2, 6, 6, 1) but layer '0' (Conv2d) takes [batch, 2, ...] with 4 dims: give 4 dims"),
+    (lambda x: x.clone().fill_(float("nan")), "{what} contains NaN or inf: clean the data first"),
+])
+def test_every_path_checks_its_input_the_same_way(bad, message):
+    pytest.importorskip("nir")
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.rand(3, 2, 6, 6)
+    snn = convert(model, "if", calibration=x)
+    for what, run in _paths(model, snn).items():
+        if what == "an input of input_shape" and "NaN" in message or "uint8" in message and what == "an input of input_shape":
+            continue  # a shape holds neither values nor a dtype
+        with pytest.raises(SnnconvError) as err:
+            run(bad(x))
+        shown = "input" if what == "layer error" else what
+        expected = message.format(what=shown)
+        if what == "an input of input_shape":  # the export probes one sample of that shape
+            expected = expected.replace("(3, 2,", "(1, 2,")
+        assert str(err.value) == expected, what
+
+
+def test_float64_data_runs_on_a_float32_network_and_a_missing_batch_dim_is_named():
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.rand(3, 2, 6, 6)
+    snn = convert(model, "if", calibration=x.double())
+    assert torch.equal(snn(x.double(), 4), snn(x, 4))
+    assert snn.graph.get_submodule("site_0").threshold == convert(model, "if", calibration=x).graph.get_submodule("site_0").threshold
+    with pytest.raises(SnnconvError) as err:
+        simulate(snn, x[0], 4)
+    assert str(err.value) == ("input has shape (2, 6, 6) but layer '0' (Conv2d) takes [batch, 2, ...] with 4 dims: "
+                              "add the batch dimension (x.unsqueeze(0))")

@@ -83,6 +83,17 @@ def _pair(v) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
+def _explicit_padding(module: nn.Conv2d):
+    """A Conv2d's padding as two ints where "same"/"valid" has a symmetric form (portable
+    to readers that only take ints), else the string."""
+    if not isinstance(module.padding, str):
+        return _pair(module.padding)
+    if module.padding == "valid":
+        return (0, 0)
+    total = [d * (k - 1) for d, k in zip(_pair(module.dilation), _pair(module.kernel_size))]
+    return tuple(t // 2 for t in total) if all(t % 2 == 0 for t in total) else module.padding
+
+
 def _fix_conv_types(node, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> None:
     """Set a NIR conv node's input/output types to the shapes the layer really has.
 
@@ -174,7 +185,7 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
                 nodes[name] = nir.Affine(weight=weight, bias=bias)
             elif isinstance(module, nn.Conv2d):
                 nodes[name] = nir.Conv2d(input_shape=shape[inputs[0]][1:], weight=weight, stride=_pair(module.stride),
-                                         padding=module.padding if isinstance(module.padding, str) else _pair(module.padding),
+                                         padding=_explicit_padding(module),
                                          dilation=_pair(module.dilation), groups=module.groups, bias=bias)
                 _fix_conv_types(nodes[name], shape[inputs[0]], shape[n])
             else:
