@@ -21,6 +21,7 @@ from torch import fx, nn
 from torch.fx.node import map_arg
 from torch.utils import _pytree as pytree
 
+from .convert.max_pool import MaxPoolGate
 from .errors import SnnconvError, check
 from .functional import check_threshold
 from .inputs import check_input
@@ -182,6 +183,10 @@ class _WindowRunner(fx.Interpreter):
             has_window = any(i in self.windows for i in n.all_input_nodes)
             if n.op == "call_module" and isinstance(self.modules[n.target], SpikingNeuron):
                 return self._run_neuron(n)
+            if has_window and n.op == "call_module" and isinstance(self.modules[n.target], MaxPoolGate):
+                (source,) = n.all_input_nodes  # reads the whole window: the gate follows running counts
+                self.windows.add(n)
+                return self._fold(self.modules[n.target].window(self._unfold(self.env[source])))
 
             def load(node: fx.Node):
                 value = self.env[node]

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import SnnconvError, check
+from .convert.max_pool import MaxPoolGate
 from .inputs import check_input
 from .metrics import SpikeCounter, running_average
 from .network import SpikingNetwork
@@ -203,6 +204,8 @@ def _structural_op(n: fx.Node, module, args, kwargs, reach) -> torch.Tensor:
             return _sum_pool(args[0], _AVG_MODULES[kind], module.kernel_size, module.stride, module.padding, module.ceil_mode)
         if kind in _ADAPTIVE_MODULES:
             return _adaptive_sum(args[0], _ADAPTIVE_MODULES[kind], module.output_size)
+        if isinstance(module, MaxPoolGate):  # counted as if every spike passed the gate: an upper bound
+            return _sum_pool(args[0], module.dims, module.kernel_size, module.stride, module.padding, module.ceil_mode)
         return module(*args, **kwargs)  # flatten, identity, unflatten, nearest upsampling: already 0/1
     if n.op == "call_function":
         if n.target in _AVG_POOL_FUNCS:
@@ -405,7 +408,7 @@ def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, step
     check(len(steps) >= 1 and all(isinstance(t, int) and t >= 1 for t in steps), f"steps must be integers >= 1, got {steps}")
     check(sleep_steps == 0 or len(steps) == 1, "with sleep steps give one T (the wake steps)")
     x = check_input(snn.graph, x, "input")
-    ann = prepare(model, getattr(snn, "activations", None)).eval()
+    ann = prepare(model, getattr(snn, "activations", None), getattr(snn, "max_pool", None)).eval()
     ref = next(iter(snn.graph.parameters()), None)
     if ref is not None:
         ann.to(device=ref.device, dtype=ref.dtype)

@@ -24,12 +24,14 @@ from .swap_neurons import swap_to_neurons
 from .trace import trace
 
 
-def prepare(model: nn.Module, activations: Mapping[type, ActivationFactory] | None = None) -> torch.fx.GraphModule:
+def prepare(model: nn.Module, activations: Mapping[type, ActivationFactory] | None = None,
+            max_pool: str | None = None) -> torch.fx.GraphModule:
     """Trace a copy of ``model`` and run the structural passes (no neurons yet).
 
     The result computes the same function as ``model`` in eval mode (BN folded,
     dropout gone) with every activation marked as an :class:`ActivationSite`;
-    ``activations`` maps user activation classes first (:func:`map_activations`).
+    ``activations`` maps user activation classes first (:func:`map_activations`);
+    ``max_pool="gate"`` gates max pooling after spiking layers (:class:`MaxPoolGate`).
     """
     if activations:
         if not isinstance(model, nn.Module):
@@ -38,7 +40,7 @@ def prepare(model: nn.Module, activations: Mapping[type, ActivationFactory] | No
     graph_module = trace(model, copy_model=not activations)
     remove_dropout(graph_module)
     fold_batchnorm(graph_module)
-    mark_activation_sites(graph_module)
+    mark_activation_sites(graph_module, max_pool)
     return graph_module
 
 
@@ -50,6 +52,7 @@ def convert(
     calibration_method: str | float = "99.9",
     permute: str | None = None,
     activations: Mapping[type, ActivationFactory] | None = None,
+    max_pool: str | None = None,
     **neuron_options,
 ) -> SpikingNetwork:
     """Convert a trained ANN into a spiking network; ``model`` is never modified.
@@ -68,6 +71,9 @@ def convert(
             source's own code, e.g. ``{MyFloor: lambda m: QCFS(levels=m.t,
             threshold=float(m.up))}``; each replacement is checked to compute the same
             function (:func:`snnconv.convert.map_activations`).
+        max_pool: ``"gate"`` converts max pooling after a spiking layer with the
+            max-pool gate of Rueckauer et al. 2017 (approximate; IF, GN, TPP); by
+            default it is refused. Max pooling on the analog input is always exact.
         **neuron_options: passed to the neuron factory (e.g. ``group_size=4``).
 
     Returns:
@@ -75,7 +81,10 @@ def convert(
     """
     if neuron not in list_neurons():
         raise SnnconvError(f"unknown neuron {neuron!r}: choose one of {', '.join(list_neurons())}")
-    graph_module = prepare(model, activations)
+    if max_pool == "gate" and neuron == "cif":
+        raise SnnconvError("max_pool='gate' follows running spike counts, which CIF's negative spikes and sleep phase "
+                           "break: use if, gn or tpp, or average pooling")
+    graph_module = prepare(model, activations, max_pool)
     if calibration is not None:
         calibration = _checked_batches(graph_module, calibration)
         calibrate_thresholds(graph_module, calibration, calibration_method)
@@ -84,6 +93,7 @@ def convert(
     graph_module.to(dtype)
     snn = SpikingNetwork(graph_module, neuron, dict(neuron_options), permute=permute)
     snn.activations = dict(activations) if activations else None  # layerwise_error() re-prepares the source
+    snn.max_pool = max_pool
     return snn
 
 

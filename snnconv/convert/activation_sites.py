@@ -16,6 +16,7 @@ from torch import fx, nn
 from ..activations import QuantizedClip, is_relu_node
 from ..errors import SnnconvError
 from .fold_bn import ChannelAffine
+from .max_pool import MaxPoolGate
 
 
 class ActivationSite(nn.Module):
@@ -70,8 +71,9 @@ _MAX_POOL_FUNCTIONS = {
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
 }
 _MAX_POOL_FIX = (
-    "max pooling is exact only on the analog input, before the first activation: move it there, or replace it by "
-    "average pooling (nn.AvgPool2d, same kernel) and retrain the source ANN"
+    "max pooling is exact only on the analog input, before the first activation: move it there, convert with "
+    "max_pool='gate' (an approximate spiking max, Rueckauer et al. 2017), or replace it by average pooling "
+    "(nn.AvgPool2d, same kernel) and retrain the source ANN"
 )
 
 
@@ -176,13 +178,15 @@ def _touches_batch(node: fx.Node) -> bool:
     return False
 
 
-def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set, spiking: set) -> None:
+def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set, spiking: set, max_pool: str | None = None) -> None:
     if node.op in ("placeholder", "output", "get_attr") or node not in dynamic:
         return  # values that do not depend on the input are used as they are
     where = _where(node)
     if node.op == "call_module":
         module = modules[node.target]
         kind = type(module)
+        if isinstance(module, MaxPoolGate):
+            return
         if isinstance(module, _MAX_POOLS):
             if node in spiking:
                 raise _unsupported(f"{kind.__name__} after a spiking layer", where, _MAX_POOL_FIX)
@@ -238,8 +242,21 @@ def _downstream(graph: fx.Graph, roots) -> set[fx.Node]:
     return found
 
 
-def mark_activation_sites(graph_module: fx.GraphModule) -> fx.GraphModule:
+def _gate_max_pools(graph_module: fx.GraphModule, spiking: set) -> None:
+    """Replace each max-pool module after a spiking layer by a :class:`MaxPoolGate`."""
+    for node in graph_module.graph.nodes:
+        if node in spiking and node.op == "call_module":
+            module = graph_module.get_submodule(node.target)
+            if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+                parent, _, name = node.target.rpartition(".")
+                setattr(graph_module.get_submodule(parent) if parent else graph_module, name, MaxPoolGate.from_module(module))
+
+
+def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = None) -> fx.GraphModule:
     """Replace every activation node by an :class:`ActivationSite` module, in place.
+
+    ``max_pool="gate"``: max-pool modules after a spiking layer become
+    :class:`~snnconv.convert.max_pool.MaxPoolGate` (approximate); otherwise they are refused.
 
     Raises :class:`SnnconvError` for any node the SNN cannot represent (max pooling
     after a spiking layer, GELU, LSTM, a multiplication of two input-dependent tensors,
@@ -264,6 +281,11 @@ def mark_activation_sites(graph_module: fx.GraphModule) -> fx.GraphModule:
     graph = graph_module.graph
     dynamic = _downstream(graph, [n for n in graph.nodes if n.op == "placeholder"])
     spiking = _downstream(graph, sites)
+    if max_pool not in (None, "gate"):
+        raise SnnconvError(f"max_pool must be None or 'gate', got {max_pool!r}")
+    if max_pool == "gate":
+        _gate_max_pools(graph_module, spiking)
+        modules = dict(graph_module.named_modules())
     for node in graph.nodes:
         if node.op == "call_module" and isinstance(modules.get(node.target), ActivationSite):
             continue
