@@ -58,8 +58,10 @@ def convert(
     """Convert a trained ANN into a spiking network; ``model`` is never modified.
 
     Args:
-        model: an ``nn.Module`` built from conv/linear/avg-pool/add/cat/flatten/nearest
-            upsampling layers and ReLU, QCFS or ClipFloor activations (modules or functions).
+        model: any torch.fx-traceable ``nn.Module`` whose layers between activations are
+            affine (conv, linear, average pooling, BatchNorm anywhere, add, cat, reshape,
+            scaling by constants: README "What converts") with ReLU, QCFS or ClipFloor
+            activations (modules or functions); dropout of any spelling is removed.
         neuron: a registered neuron name (:func:`snnconv.list_neurons`).
         calibration: data to set thresholds of plain-ReLU activations (tensor ``[N, ...]``
             or iterable of batches); QCFS/clip-floor layers use theta = lambda.
