@@ -75,13 +75,24 @@ def permute_window(window: torch.Tensor, mode: str, generator: torch.Generator |
 
 
 class BatchSize(int):
-    """The batch size read off a data tensor in ``forward`` (``x.shape[0]``, ``x.size(0)``).
+    """The batch size read off a data tensor in ``forward`` (``x.shape[0]``, ``x.size(0)``),
+    or an integer multiple or fraction of it (``n * 2``, ``n // 2``).
 
-    Its value is the number of samples. User code that reads it and reshapes with it (``h.reshape(n, -1)``) means "the
-    batch": the engine substitutes the folded batch ``steps * batch`` where the value
-    meets a window, the plain batch elsewhere, so folding time into the batch is
-    invisible to forward().
+    Its value is a count of samples. User code that reshapes with it
+    (``h.reshape(n, -1)``) means "per sample": the engine multiplies it by the steps
+    where it meets a window (whose batch is ``steps * batch``), so folding time into the
+    batch is invisible to forward().
     """
+
+    def __mul__(self, other):
+        result = int(self) * other
+        return BatchSize(result) if isinstance(other, int) and not isinstance(other, bool) else result
+
+    __rmul__ = __mul__
+
+    def __floordiv__(self, other):
+        result = int(self) // other
+        return BatchSize(result) if isinstance(other, int) and not isinstance(other, bool) and int(self) % other == 0 else result
 
 
 # Nodes that only move, select, scale or average values: they cannot add a constant, so
@@ -170,9 +181,10 @@ class _WindowRunner(fx.Interpreter):
     def _unfold(self, folded: torch.Tensor) -> torch.Tensor:
         return folded.reshape(self.schedule.total, self.batch, *folded.shape[1:])
 
-    def _batch_sizes(self, value, size: int):
-        """Replace every :class:`BatchSize` in ``value`` (args of one node) by ``size``."""
-        return pytree.tree_map(lambda v: size if isinstance(v, BatchSize) else v, value)
+    def _batch_sizes(self, value, factor: float):
+        """Scale every :class:`BatchSize` in ``value`` (args of one node) by ``factor``:
+        the steps where it meets a window, ``1 / batch`` for one all-zero sample."""
+        return pytree.tree_map(lambda v: int(v * factor) if isinstance(v, BatchSize) else v, value)
 
     def run_node(self, n: fx.Node):
         if n.op in ("placeholder", "get_attr"):
@@ -196,8 +208,8 @@ class _WindowRunner(fx.Interpreter):
 
             args, kwargs = map_arg(n.args, load), map_arg(n.kwargs, load)
             if has_window:  # the batch of a window is steps * batch
-                args = self._batch_sizes(args, self.schedule.total * self.batch)
-                kwargs = self._batch_sizes(kwargs, self.schedule.total * self.batch)
+                args = self._batch_sizes(args, self.schedule.total)
+                kwargs = self._batch_sizes(kwargs, self.schedule.total)
             try:
                 result = getattr(self, n.op)(n.target, args, kwargs)
             except RuntimeError as err:
@@ -236,8 +248,8 @@ class _WindowRunner(fx.Interpreter):
                 return value.new_zeros((1, *value.shape[1:]))
             return value
 
-        args = self._batch_sizes(map_arg(n.args, zero), 1)
-        kwargs = self._batch_sizes(map_arg(n.kwargs, zero), 1)
+        args = self._batch_sizes(map_arg(n.args, zero), 1 / self.batch)
+        kwargs = self._batch_sizes(map_arg(n.kwargs, zero), 1 / self.batch)
         constant = getattr(self, n.op)(n.target, args, kwargs)
         if not isinstance(constant, torch.Tensor) or not constant.any():
             return folded
