@@ -587,3 +587,26 @@ def test_float64_data_runs_on_a_float32_network_and_a_missing_batch_dim_is_named
         simulate(snn, x[0], 4)
     assert str(err.value) == ("input has shape (2, 6, 6) but layer '0' (Conv2d) takes [batch, 2, ...] with 4 dims: "
                               "add the batch dimension (x.unsqueeze(0))")
+
+
+def test_counters_through_affine_glue_count_one_path_per_spike():
+    """A spike scaled by a parameter, shifted by a BatchNorm kept as an affine layer,
+    subtracted or negated still reaches each consumer once: fan-out is the number of
+    synapses of the next layer (here a Linear(4, 3) per token: 3), never a weight."""
+    from snnconv.insight import cost_profile
+
+    class Glue(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix, self.act, self.bn, self.head = nn.Linear(4, 4), QCFS(L, 1.0), nn.BatchNorm1d(5), nn.Linear(4, 3)
+            self.scale = nn.Parameter(torch.full((4,), 0.5))
+
+        def forward(self, x):  # x [B, 5, 4]
+            h = self.act(self.mix(x))
+            return self.head(self.bn(self.scale * h) - 0.1).sum(1) - self.head(-h.mul(self.scale)).sum(1)
+
+    model = Glue().eval()
+    x = torch.rand(2, 5, 4)
+    profile = cost_profile(convert(model, "if"), x)
+    (fanout,) = profile.fanout.values()
+    assert torch.equal(fanout, torch.full((5, 4), 6.0, dtype=torch.float64))  # two heads' paths of 3
