@@ -442,6 +442,40 @@ def test_batchnorm_in_every_place_matches_the_ann():
     assert (readout[L - 1] - ann).abs().max() > 1e-3
 
 
+class PreActivationBlock(nn.Module):
+    """Pre-activation ResNet block: BN -> QCFS -> conv -> BN -> QCFS -> conv, plus the input."""
+
+    def __init__(self, placement):
+        super().__init__()
+        self.placement = placement
+        self.stem, self.act0 = nn.Conv2d(2, 4, 3, padding=1), QCFS(L, 1.0)
+        self.bn1, self.act1, self.conv1 = nn.BatchNorm2d(4), QCFS(L, 1.0), nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2, self.act2, self.conv2 = nn.BatchNorm2d(4), QCFS(L, 1.0), nn.Conv2d(4, 4, 3, padding=1)
+        self.bn_out, self.fc = nn.BatchNorm2d(4), nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = self.act0(self.stem(x))
+        if self.placement == "after the activation":
+            y = self.conv2(self.act2(self.bn2(self.conv1(self.act1(self.bn1(h)))))) + h
+            return self.fc(F.avg_pool2d(y, 2).flatten(1))
+        if self.placement == "after a residual add":
+            y = self.act1(self.bn1(self.conv1(h) + h))
+            return self.fc(F.avg_pool2d(y, 2).flatten(1))
+        return self.fc(self.bn_out(F.avg_pool2d(h, 2)).flatten(1))  # after average pooling
+
+
+@pytest.mark.parametrize("placement", ["after the activation", "after a residual add", "after average pooling"])
+def test_each_batchnorm_placement_is_exact(placement):
+    from helpers import randomize_batchnorm
+
+    torch.manual_seed(12)
+    model = PreActivationBlock(placement).eval()
+    randomize_batchnorm(model, torch.Generator().manual_seed(12))
+    x = torch.rand(4, 2, 8, 8)
+    _spread(model, x)
+    assert torch.allclose(_gn_t1(model, x)[0], model(x), atol=1e-5)
+
+
 # 12. every spelling of the same operation --------------------------------------------
 
 class Normalising(nn.Module):
