@@ -394,7 +394,7 @@ def _relative_mse(estimate: torch.Tensor, target: torch.Tensor) -> float | None:
 
 
 def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, steps: list[int] | int, *,
-                    sleep_steps: int = 0, seed: int = 0) -> dict[str, list[float | None]]:
+                    sleep_steps: int = 0, seed: int = 0, activations=None) -> dict[str, list[float | None]]:
     """Relative MSE between each ANN activation and its spiking layer's average output.
 
     For spiking layer l (``site_i``) and each T: err_l(T) = Σ(ȳ_l(T) − a_l)² / Σ a_l²,
@@ -410,6 +410,7 @@ def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, step
         steps: the T values; with ``sleep_steps`` give one T (the wake steps) and the
             error is reported after every total step 1..T+S.
         seed: for stochastic neurons and permutation.
+        activations: the ``activations=`` mapping ``snn`` was converted with, if any.
 
     Returns:
         ``{layer name: [error at each reported step]}`` in layer order.
@@ -422,7 +423,7 @@ def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, step
     check(len(steps) >= 1 and all(isinstance(t, int) and t >= 1 for t in steps), f"steps must be integers >= 1, got {steps}")
     check(sleep_steps == 0 or len(steps) == 1, "with sleep steps give one T (the wake steps)")
     x = check_input(snn.graph, x, "input")
-    ann = prepare(model, getattr(snn, "activations", None), getattr(snn, "max_pool", None)).eval()
+    ann = prepare(model, activations, getattr(snn, "max_pool", None)).eval()
     ref = next(iter(snn.graph.parameters()), None)
     if ref is not None:
         ann.to(device=ref.device, dtype=ref.dtype)

@@ -290,6 +290,10 @@ def test_custom_activation_is_named_and_mapped():
     mapping = {PaperQCFS: lambda m: QCFS(levels=m.t, threshold=m.up.item())}
     out = _gn_t1(model, x, activations=mapping)
     assert torch.allclose(out[0], model(x), atol=1e-5)
+    from snnconv.insight import layerwise_error
+
+    errors = layerwise_error(model, convert(model, "gn", group_size=L, activations=mapping), x, 1, activations=mapping)
+    assert list(errors) == ["site_0", "site_1"] and max(e[0] for e in errors.values()) < 1e-10
     # a mapping that reads the wrong levels computes another function: refused, not converted
     with pytest.raises(SnnconvError, match=r"activations mapping for 'act1' \(PaperQCFS\) gives QCFS that computes a different function"):
         convert(model, "gn", activations={PaperQCFS: lambda m: QCFS(levels=2 * m.t, threshold=m.up.item())})

@@ -94,8 +94,7 @@ def convert(
     swap_to_neurons(graph_module, neuron, **neuron_options)
     graph_module.to(dtype)
     snn = SpikingNetwork(graph_module, neuron, dict(neuron_options), permute=permute)
-    snn.activations = dict(activations) if activations else None  # layerwise_error() re-prepares the source
-    snn.max_pool = max_pool
+    snn.max_pool = max_pool  # layerwise_error() prepares the source the same way
     return snn
 
 
