@@ -163,6 +163,7 @@ class _WindowRunner(fx.Interpreter):
         self.track_activity = False
         self.modules = dict(graph_module.named_modules())
         self.dynamic = _dynamic_nodes(graph_module.graph)
+        self.output_windows = None  # the output's structure, True at each window leaf (set by the output node)
 
     def _as_window(self, value: torch.Tensor) -> torch.Tensor:
         """Static ``[B, ...]`` -> window ``[total, B, ...]``: the value in wake steps, 0 in sleep.
@@ -191,6 +192,8 @@ class _WindowRunner(fx.Interpreter):
             return super().run_node(n)
         with self._set_current_node(n):
             if n.op == "output":
+                self.output_windows = _plain(map_arg(
+                    n.args[0], lambda node: node in self.dynamic and isinstance(self.env[node], torch.Tensor)))
                 return _plain(map_arg(n.args[0], self._output_leaf))
             has_window = any(i in self.windows for i in n.all_input_nodes)
             if n.op == "call_module" and isinstance(self.modules[n.target], SpikingNeuron):
@@ -262,17 +265,12 @@ class _WindowRunner(fx.Interpreter):
         return folded
 
     def _output_leaf(self, node: fx.Node):
-        """One leaf of the model's output as a window ``[total, batch, ...]``."""
+        """One leaf of the model's output: a window ``[total, batch, ...]`` if it depends
+        on the input; a parameter, buffer or constant as it is."""
         value = self.env[node]
-        if not isinstance(value, torch.Tensor):
+        if not isinstance(value, torch.Tensor) or node not in self.dynamic:
             return value
-        if node in self.windows:
-            return self._unfold(value)
-        if node in self.dynamic:
-            return self._as_window(value)
-        raise SnnconvError(
-            f"output {node.name!r} does not depend on the input: return only values computed from the input"
-        )
+        return self._unfold(value) if node in self.windows else self._as_window(value)
 
     def _run_neuron(self, n: fx.Node) -> torch.Tensor:
         neuron: SpikingNeuron = self.modules[n.target]
@@ -474,7 +472,8 @@ def simulate(
         The network output at every step, ``[steps + sleep_steps, batch, ...]``, not
         averaged (see :func:`snnconv.metrics.running_average`). A model that returns
         several outputs (a tuple, list or dict of heads) gets the same structure back,
-        each tensor leaf as ``[steps + sleep_steps, batch, ...]``.
+        each tensor leaf that depends on the input as ``[steps + sleep_steps, batch, ...]``
+        (parameters, buffers or constants returned by the model come back as they are).
     """
     permute = snn.permute if permute is None and isinstance(snn, SpikingNetwork) else permute
     steps, sleep_steps, seed, memory_budget = _check_input(snn, x, steps, sleep_steps, permute, seed, memory_budget)
@@ -496,13 +495,18 @@ def simulate(
             runner.track_activity = stop_when_quiet
             outputs.append(runner.output_window(runner.run(part)))
             last_active = max(last_active, runner.last_active_step)
-    out = outputs[0] if len(outputs) == 1 else pytree.tree_map(lambda *parts: _join(parts), outputs[0], *outputs[1:])
+    if isinstance(outputs[0], torch.Tensor):
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return out[: max(steps, last_active + 1)] if stop_when_quiet else out
+    windows = runner.output_windows  # True at each leaf that is a window
+    out = pytree.tree_map(lambda window, *parts: _join(window is True, parts), windows, *outputs)
     if stop_when_quiet:
         used = max(steps, last_active + 1)
-        out = pytree.tree_map(lambda v: v[:used] if isinstance(v, torch.Tensor) else v, out)
+        out = pytree.tree_map(lambda window, v: v[:used] if window is True else v, windows, out)
     return out
 
 
-def _join(parts: tuple) -> object:
-    """Chunks of one output leaf, joined along the batch (non-tensor leaves: the first)."""
-    return torch.cat(parts, dim=1) if isinstance(parts[0], torch.Tensor) else parts[0]
+def _join(window: bool, parts: tuple) -> object:
+    """Chunks of one output leaf: windows joined along the batch; anything else (a
+    parameter, buffer, constant or number) is the same in every chunk, so the first."""
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)) if window else parts[0]

@@ -348,7 +348,8 @@ class TwoHeads(nn.Module):
 
     def forward(self, x):
         h = self.act(self.conv(x))
-        return {"classes": self.cls(h.flatten(1)), "boxes": (self.box(h), self.box(h).mean((2, 3)))}
+        return {"classes": self.cls(h.flatten(1)), "boxes": (self.box(h), self.box(h).mean((2, 3))),
+                "strides": self.box.weight[:, 0, 0, 0], "stride": 8, "none": None}
 
 
 def test_several_outputs_keep_their_structure():
@@ -358,7 +359,9 @@ def test_several_outputs_keep_their_structure():
     _spread(model, x)
     ann = model(x)
     out = _gn_t1(model, x)
-    assert set(out) == {"classes", "boxes"}
+    assert set(out) == {"classes", "boxes", "strides", "stride", "none"}
+    assert out["strides"] is model.box.weight[:, 0, 0, 0] or torch.equal(out["strides"], model.box.weight[:, 0, 0, 0])
+    assert out["stride"] == 8 and out["none"] is None
     assert out["classes"].shape == (1, 5, 3) and out["boxes"][0].shape == (1, 5, 2, 8, 8) and out["boxes"][1].shape == (1, 5, 2)
     assert torch.allclose(out["classes"][0], ann["classes"], atol=1e-5)
     assert torch.allclose(out["boxes"][0][0], ann["boxes"][0], atol=1e-5)
@@ -366,6 +369,7 @@ def test_several_outputs_keep_their_structure():
     chunked = simulate(convert(model, "if"), x, 4, window_bytes=1)
     whole = simulate(convert(model, "if"), x, 4, window_bytes=None)
     assert torch.allclose(chunked["boxes"][1], whole["boxes"][1], atol=1e-6) and chunked["boxes"][1].shape == (4, 5, 2)
+    assert chunked["strides"].shape == (2,) and chunked["stride"] == 8  # constants are not joined over chunks
     readout = running_average(whole)
     assert readout["classes"].shape == (4, 5, 3)
 
