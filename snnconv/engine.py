@@ -102,7 +102,7 @@ _NO_CONSTANT_METHODS = {
     "expand", "repeat", "sum", "chunk", "split", "unflatten", "movedim", "clone",
 }
 _NO_CONSTANT_FUNCTIONS = {
-    operator.getitem, getattr, torch.cat, torch.concat, torch.flatten, torch.reshape, torch.mean, torch.sum,
+    operator.getitem, getattr, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.mean, torch.sum,
     torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, torch.chunk, torch.split, torch.movedim,
 }
 

@@ -500,8 +500,27 @@ class Normalising(nn.Module):
         else:
             x = torch.div(torch.sub(x, self.mean), self.std)
         h = self.act(self.conv(x))
-        pooled = torch.mean(h, (2, 3)) if self.spelling == "operators" else h.mean((2, 3))
+        if self.spelling == "operators":
+            pooled = torch.mean(h, (2, 3))
+        else:
+            halves = torch.stack(h.chunk(2, dim=1), dim=1)  # [B, 2, C/2, H, W]
+            pooled = halves.flatten(1, 2).mean((2, 3))
         return self.fc(pooled * 2.0)
+
+
+def test_operations_over_the_batch_dimension_are_refused():
+    class OverBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act = nn.Conv2d(1, 4, 3, padding=1), QCFS(L, 1.0)
+
+        def forward(self, x):
+            return self.act(self.conv(x)).mean(0)
+
+    with pytest.raises(SnnconvError) as err:
+        convert(OverBatch(), "if")
+    assert str(err.value) == ("layer 'mean' (mean over dim 0) has no faithful spiking form: dim 0 is the batch (it "
+                              "carries time in the SNN): reduce, concatenate or move only dims >= 1")
 
 
 @pytest.mark.parametrize("spelling", ["operators", "functions"])

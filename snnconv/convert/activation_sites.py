@@ -53,7 +53,7 @@ SUPPORTED_MODULES = (
 )
 SUPPORTED_FUNCTIONS = {
     operator.add, operator.sub, operator.neg, operator.getitem, getattr, torch.add, torch.sub, torch.subtract,
-    torch.neg, torch.cat, torch.concat, torch.flatten, torch.reshape, torch.mean, torch.sum, torch.permute,
+    torch.neg, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.mean, torch.sum, torch.permute,
     torch.transpose, torch.squeeze, torch.unsqueeze, torch.movedim, torch.chunk, torch.split,
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.interpolate, F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
@@ -166,8 +166,10 @@ def _touches_batch(node: fx.Node) -> bool:
     if name in ("mean", "sum"):
         dims = _dim_list(args[0] if args else kwargs.get("dim"))
         return any(d is None or d == 0 for d in dims)
-    if name in ("cat", "concat"):
+    if name in ("cat", "concat", "stack"):
         return (node.args[1] if len(node.args) > 1 else kwargs.get("dim", 0)) == 0
+    if name in ("chunk", "split"):
+        return (node.args[2] if len(node.args) > 2 else kwargs.get("dim", 0)) == 0
     if name == "transpose":
         return 0 in [a for a in args[:2] if isinstance(a, int)] or 0 in (kwargs.get("dim0"), kwargs.get("dim1"))
     if name == "permute":
