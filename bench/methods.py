@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 
 from snnconv import convert, running_average, simulate
-from snnconv.activations import QuantizedClip
+from snnconv.activations import clip_limit
 from snnconv.checkpoint import load_checkpoint
 from snnconv.data import load_dataset
 from snnconv.experiments import RunSpec, evaluate_checkpoint
 from snnconv.files import write_json, write_text
+from snnconv.train import accuracy
 
 STEPS = [1, 2, 4, 8, 16, 32]
 
@@ -52,23 +53,6 @@ def preset_specs(preset: str, levels: int, seeds: list[int], sleep_steps: int) -
     if preset == "casc":
         return [RunSpec("cif", [levels], sleep_steps=sleep_steps)]
     raise SystemExit(f"unknown preset {preset!r}")
-
-
-@torch.no_grad()
-def relaxed_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Accuracy of the source with every quantised activation replaced by clip(z, 0, lambda).
-
-    An IF (or GN) SNN's average output tends to this continuous relaxation as T grows
-    (its resolution is T*tau levels, not L), so this is the accuracy IF converges to:
-    when it is far below the ANN, the source relies on its quantisation and IF at
-    large T cannot reach the ANN, whatever the neuron does.
-    """
-    relaxed = copy.deepcopy(model).eval()
-    for module in relaxed.modules():
-        if isinstance(module, QuantizedClip):
-            module.register_forward_hook(lambda m, inputs, _out: torch.minimum(inputs[0].clamp(min=0), m.threshold))
-    correct = sum(int((relaxed(x[i : i + 500]).argmax(1) == y[i : i + 500]).sum()) for i in range(0, len(y), 500))
-    return correct / len(y)
 
 
 @torch.no_grad()
@@ -179,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     test = load_dataset(meta["dataset"], "test", args.data_dir)
     n = len(test) if args.limit is None else min(args.limit, len(test))
     if meta["activation"]["kind"] == "qcfs":  # IF/GN sources; CIF's limit is exact, not relaxed
-        results["relaxed_ann_accuracy"] = relaxed_accuracy(model, test.normalized(slice(0, n)), test.labels[:n])
+        results["relaxed_ann_accuracy"] = accuracy(clip_limit(model), test.normalized(slice(0, n)), test.labels[:n])
     if args.preset == "casc":
         model.eval()
         results["logit_match"] = logit_match(model, test.normalized(slice(0, min(n, 200))), levels, args.sleep_steps)

@@ -16,6 +16,7 @@ from torch import nn
 from .errors import SnnconvError
 from .files import atomic_write
 from .models import create_model
+from .zoo import is_pretrained_name, pretrained_path
 
 FORMAT = "snnconv-checkpoint-1"
 
@@ -32,10 +33,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, optimizer_st
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Return (meta, model tensors, optimizer tensors), refusing anything that is not our format."""
+    """Return (meta, model tensors, optimizer tensors), refusing anything that is not our format.
+
+    ``path`` is a checkpoint file or the name of a zoo entry (:mod:`snnconv.zoo`)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    if not path.exists() and is_pretrained_name(str(path)):  # a zoo name: snnconv/zoo/<name>/checkpoint.safetensors
+        path = pretrained_path(str(path))
     if not path.is_file():
         raise SnnconvError(f"checkpoint {str(path)!r} does not exist: pass the .safetensors file written by 'snnconv train'")
     try:

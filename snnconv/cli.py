@@ -83,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=0.05)
     tr.add_argument("--momentum", type=float, default=0.9)
     tr.add_argument("--weight-decay", type=float, default=5e-4)
-    tr.add_argument("--decay-thresholds", action="store_true", help="apply weight decay to the clip values lambda too")
+    tr.add_argument("--decay-thresholds", action=argparse.BooleanOptionalAction, default=True,
+                    help="weight decay on the clip values lambda too, as in the QCFS authors' code (default: on)")
+    tr.add_argument("--threshold-percentile", type=float, default=85.0,
+                    help="initialise each lambda to this percentile of its layer's positive pre-activations on a "
+                         "training batch (default 85); 0 keeps the activation's fixed default (QCFS 8, clip-floor 1)")
     tr.add_argument("--label-smoothing", type=float, default=0.0)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="cpu")
@@ -91,18 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--train-limit", type=int, help="train on the first N training images only")
     tr.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
     tr.add_argument("--no-progress", action="store_true")
-    tr.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only; an error on CPU)")
+    tr.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16: AVX512-BF16 or AMX)")
     tr.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions on recent GPUs)")
     tr.add_argument("--download", action="store_true", help="fetch the dataset into --data-dir first (md5-checked; mnist, fashion_mnist, cifar10, cifar100)")
 
     ev = sub.add_parser("evaluate", help="convert a checkpoint and report ANN and SNN accuracy per T")
-    ev.add_argument("checkpoint")
+    ev.add_argument("checkpoint", help="checkpoint file, or a pretrained zoo name (snnconv list)")
     ev.add_argument("--neuron", default="if")
     _add_method_arguments(ev)
     ev.add_argument("--download", action="store_true", help="fetch the checkpoint's dataset into --data-dir first (md5-checked)")
 
     cmp_ = sub.add_parser("compare", help="run several methods on one checkpoint; write a report folder (JSON, markdown, plots)")
-    cmp_.add_argument("checkpoint")
+    cmp_.add_argument("checkpoint", help="checkpoint file, or a pretrained zoo name (snnconv list)")
     cmp_.add_argument("--neurons", default="if,gn,tpp,cif", help="comma-separated methods; NEURON+per-neuron adds permutation")
     cmp_.add_argument("--out", required=True, help="report folder")
     cmp_.add_argument("--error-samples", type=int, default=128, help="images for the layer-wise error (0: skip)")
@@ -112,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_arguments(cmp_)
 
     ex = sub.add_parser("export", help="export an IF conversion of a checkpoint (NIR)")
-    ex.add_argument("checkpoint")
+    ex.add_argument("checkpoint", help="checkpoint file, or a pretrained zoo name (snnconv list)")
     ex.add_argument("--format", default="nir", choices=["nir"])
     ex.add_argument("--out", required=True, help="output file")
     ex.add_argument("--neuron", default="if", help="the conversion to export (only if has a NIR form)")
@@ -165,10 +169,13 @@ def _cmd_train(args) -> None:
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         decay_thresholds=args.decay_thresholds, label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
         model_args=model_args, train_limit=args.train_limit, amp=args.amp, channels_last=args.channels_last,
+        threshold_percentile=args.threshold_percentile or None,
     )
     _download_if_asked(args, config.dataset)
     _, meta = train(config, args.out, args.data_dir, progress=not args.no_progress)
-    print_main(f"checkpoint: {args.out}/checkpoint.safetensors (test accuracy {meta['ann_accuracy']:.4f})")
+    limit = meta.get("clip_limit_accuracy")
+    limit_text = "" if limit is None else f", clip limit {limit:.4f}"
+    print_main(f"checkpoint: {args.out}/checkpoint.safetensors (test accuracy {meta['ann_accuracy']:.4f}{limit_text})")
 
 
 def _cmd_evaluate(args) -> None:
@@ -251,10 +258,12 @@ def _cmd_detect_evaluate(args) -> None:
 def _cmd_list(args) -> None:
     from . import list_models, list_neurons
     from .data import list_datasets
+    from .zoo import list_pretrained
 
     print("neurons: " + ", ".join(list_neurons()))
     print("models: " + ", ".join(list_models()))
     print("datasets: " + ", ".join(list_datasets()))
+    print("pretrained sources (snnconv/zoo): " + (", ".join(list_pretrained()) or "none"))
 
 
 COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "evaluate": _cmd_evaluate, "compare": _cmd_compare, "export": _cmd_export,

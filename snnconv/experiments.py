@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .activations import clip_limit
 from .checkpoint import load_checkpoint
 from .convert import convert
 from .data import load_dataset
@@ -224,7 +225,9 @@ def evaluate_checkpoint(checkpoint: str | Path, specs: list[RunSpec], data_dir: 
     model, meta, x, y, calibration = load_evaluation(checkpoint, data_dir, limit, dev, calibration_samples)
     n = len(y)
     runs = [run_method(model, x, y, spec, calibration, batch_size, progress=progress) for spec in specs]
-    results = results_record(meta, checkpoint, runs, n, ann_accuracy=accuracy(model, x, y))
+    limit_model = clip_limit(model)
+    results = results_record(meta, checkpoint, runs, n, ann_accuracy=accuracy(model, x, y),
+                             clip_limit_accuracy=None if limit_model is None else accuracy(limit_model, x, y))
     if json_path is not None and distributed.is_main():
         write_json(json_path, results)
     return results
@@ -249,7 +252,9 @@ def run_table(run: dict, cells: list[str]) -> list[str]:
 
 def format_table(results: dict) -> str:
     """A markdown table: one row per run, one column per reported T (latency in brackets when it differs)."""
-    lines = [f"{results['dataset']} / {results['model']}: ANN accuracy {100 * results['ann_accuracy']:.2f}%", ""]
+    limit = results.get("clip_limit_accuracy")
+    limit_text = "" if limit is None else f"; clip limit (what IF converges to at large T) {100 * limit:.2f}%"
+    lines = [f"{results['dataset']} / {results['model']}: ANN accuracy {100 * results['ann_accuracy']:.2f}%{limit_text}", ""]
     for run in results["runs"]:
         cells = [f"{100 * acc:.2f}" + (f" ± {100 * std:.2f}" if std else "") for acc, std in zip(run["accuracy"], run["accuracy_std"])]
         lines += run_table(run, cells)

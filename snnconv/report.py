@@ -19,6 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
+from .activations import clip_limit
 from .errors import SnnconvError, check
 from .experiments import RunSpec, load_evaluation, results_record, run_method
 from .files import atomic_write, write_json, write_text
@@ -140,7 +141,9 @@ def compare(checkpoint: str | Path, specs: list[RunSpec], out_dir: str | Path, *
             run["layer_error"] = {"steps": run["latency_steps"] if spec.sleep_steps else run["T"], "samples": min(n, error_samples),
                                   "layers": errors}
         runs.append(run)
-    results = results_record(meta, checkpoint, runs, n, ann_accuracy=accuracy(model, x, y))
+    limit_model = clip_limit(model)
+    results = results_record(meta, checkpoint, runs, n, ann_accuracy=accuracy(model, x, y),
+                             clip_limit_accuracy=None if limit_model is None else accuracy(limit_model, x, y))
     out = Path(out_dir)
     write_json(out / "results.json", results)
     render_report(results, out)
@@ -157,7 +160,9 @@ def format_report(results: dict) -> str:
     """The markdown report: one row per method and reported step."""
     first_cost = next((r["cost"] for r in results["runs"] if "cost" in r), None)
     lines = [f"# {results['dataset']} / {results['model']}: ANN accuracy {100 * results['ann_accuracy']:.2f}% "
-             f"({results.get('samples', '?')} test images)", ""]
+             f"({results.get('samples', '?')} test images)"
+             + ("" if results.get("clip_limit_accuracy") is None
+                else f"; clip limit (what IF converges to at large T) {100 * results['clip_limit_accuracy']:.2f}%"), ""]
     if first_cost:
         lines += [f"ANN: {first_cost['ann_macs']:.4g} MACs per image, {first_cost['ann_energy_pj'] / 1e3:.4g} nJ "
                   f"({first_cost['e_mac_pj']} pJ/MAC, {first_cost['e_ac_pj']} pJ/accumulate). SNN energy = "

@@ -11,6 +11,7 @@ batch of ``batch_size``); rank 0 alone reads and writes the checkpoint.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .activations import ACTIVATION_KINDS, QuantizedClip, keep_thresholds_positive
+from .activations import ACTIVATION_KINDS, QuantizedClip, clip_limit, init_thresholds, keep_thresholds_positive
 from .augment import random_crop, random_flip
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import Dataset, load_dataset
@@ -53,13 +54,16 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    decay_thresholds: bool = False
+    decay_thresholds: bool = True  # lambda under the weights' decay, as in the QCFS authors' code
+    # lambda initialised to this percentile of its layer's positive pre-activations on the
+    # first training batch (activations.init_thresholds); None keeps the activation's default.
+    threshold_percentile: float | None = 85.0
     label_smoothing: float = 0.0
     seed: int = 0
     device: str = "cpu"
     model_args: dict = field(default_factory=dict)
     train_limit: int | None = None  # train on the first N training images only (quick sources)
-    amp: bool = False  # bf16 autocast, CUDA only
+    amp: bool = False  # bf16 autocast (CUDA, or a CPU with native bf16: AVX512-BF16 or AMX)
     channels_last: bool = False  # NHWC memory format for the model and its inputs
 
     # Options that change speed, not the run: a checkpoint may be resumed with others.
@@ -69,6 +73,25 @@ class TrainConfig:
         check_schedule(self)
         check(0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         check(self.train_limit is None or self.train_limit >= 1, f"train limit must be >= 1, got {self.train_limit}")
+        check(self.threshold_percentile is None or 0 < self.threshold_percentile <= 100,
+              f"the lambda initialisation percentile must be in (0, 100], got {self.threshold_percentile}")
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), where autocast pays off."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def check_amp(device: torch.device) -> None:
+    """``--amp`` needs native bf16: any CUDA device, or a CPU with AVX512-BF16 / AMX.
+
+    Raises SnnconvError elsewhere: emulated bf16 on such a CPU is slower than fp32.
+    """
+    if device.type == "cpu" and not cpu_has_bf16():
+        raise SnnconvError("--amp (bf16 autocast) needs a GPU or a CPU with native bf16 (AVX512-BF16 or AMX); "
+                           "this CPU has neither, so bf16 would be slower than fp32: drop --amp")
+    check(device.type in ("cpu", "cuda"), f"--amp supports cpu and cuda devices, not {device.type}: drop --amp")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -129,6 +152,27 @@ def _read_resume(checkpoint: Path, config: TrainConfig) -> tuple[dict, dict, dic
     return meta, state, optim_state
 
 
+def augment_batch(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator, channels_last: bool) -> torch.Tensor:
+    """Random crop (zero padding ``padding``) and, when ``flip``, random horizontal flip of a
+    ``[B, C, H, W]`` batch, in batched tensor ops; channels-last memory format when asked."""
+    x = random_crop(x, padding, generator)
+    if flip:
+        x = random_flip(x, generator)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """One SGD step on the batch ``(x, y)``: forward under bf16 autocast when ``config.amp``,
+    cross-entropy (with ``config.label_smoothing``), backward, update. Returns the loss
+    (a 0-d tensor on the device: reading it is a host sync, left to the caller)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.amp):
+        loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy (fraction) of ``model`` in eval mode.
@@ -150,8 +194,8 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     """
     config.validate()
     device = distributed.setup(resolve_device(config.device))
-    if config.amp and device.type != "cuda":
-        raise SnnconvError("--amp (bf16 autocast) needs a CUDA device: pass --device cuda (or auto on a GPU machine), or drop --amp")
+    if config.amp:
+        check_amp(device)
     world, rank = distributed.world_size(), distributed.rank()
     if rank != 0:  # rank 0 speaks for the run
         log, progress = (lambda message: None), False
@@ -162,10 +206,13 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     torch.manual_seed(config.seed)
     model, model_args = build_model(config, train_set)
     model.to(device)
+    if config.threshold_percentile is not None:  # overwritten below when resuming
+        first = torch.randperm(len(train_set.labels), generator=torch.Generator().manual_seed(config.seed))[:512]
+        init_thresholds(model, train_set.normalized(first, device=device), config.threshold_percentile)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(_param_groups(model, config), lr=config.lr, momentum=config.momentum, nesterov=True)
-    start_epoch, history = 0, []
+    start_epoch, history, seconds = 0, [], 0.0
     checkpoint = out_dir / CHECKPOINT_NAME
     remove_stale_temporaries(checkpoint)  # left by a run killed mid-write; never read
     resumed = distributed.run_on_main(lambda: _read_resume(checkpoint, config))
@@ -174,6 +221,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
         model.load_state_dict(state)
         _restore_optimizer(optimizer, optim_state)
         start_epoch, history = meta["epochs_done"], meta.get("history", [])
+        seconds = meta.get("train_seconds", 0.0)
         log(f"resuming from epoch {start_epoch} of {config.epochs}")
     subset = slice(0, config.train_limit)
     x_train = train_set.normalized(subset, device=device)
@@ -192,6 +240,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     padding = max(1, x_train.shape[-1] // 8)
     meta = {}
     for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
         net.train()
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         torch.manual_seed(config.seed * 100_003 + epoch)  # layers drawing from the global RNG (dropout) resume too
@@ -210,22 +259,19 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
             index = order[b * local_batch : (b + 1) * local_batch]
-            x = random_crop(x_train[index], padding, augment)
-            if train_set.flip:
-                x = random_flip(x, augment)
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-                loss = F.cross_entropy(net(x), y_train[index], label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            x = augment_batch(x_train[index], padding, train_set.flip, augment, config.channels_last)
+            loss = train_step(net, optimizer, x, y_train[index], config)
             keep_thresholds_positive(model)  # lambda <= 0 could not be converted
-            loss_sum += float(loss.detach()) if b % 50 == 0 else 0.0
+            loss_sum += float(loss) if b % 50 == 0 else 0.0  # a host sync every 50 steps only
         distributed.broadcast_buffers(model)  # BN statistics: rank 0's, the ones the checkpoint keeps
+        seconds += time.perf_counter() - started  # training time; the two evaluations below are not counted
         test_acc = accuracy(model, x_test, y_test)
-        history.append({"epoch": epoch + 1, "test_accuracy": test_acc})
-        log(f"epoch {epoch + 1}/{config.epochs}: test accuracy {test_acc:.4f}")
+        limit = clip_limit(model)
+        limit_acc = None if limit is None else accuracy(limit, x_test, y_test)
+        history.append({"epoch": epoch + 1, "test_accuracy": test_acc, "clip_limit_accuracy": limit_acc,
+                        "train_seconds": round(seconds, 1), "mean_loss": loss_sum / max(1, math.ceil(steps_per_epoch / 50))})
+        limit_text = "" if limit_acc is None else f", clip limit {limit_acc:.4f}"
+        log(f"epoch {epoch + 1}/{config.epochs}: test accuracy {test_acc:.4f}{limit_text} ({seconds:.0f} s)")
         meta = {
             "model": config.model,
             "model_args": model_args,
@@ -235,6 +281,9 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
             "epochs_done": epoch + 1,
             "history": history,
             "ann_accuracy": test_acc,
+            "clip_limit_accuracy": limit_acc,
+            "train_seconds": round(seconds, 1),
+            "torch": torch.__version__,
         }
         if rank == 0:
             save_checkpoint(checkpoint, model, meta, _optimizer_tensors(optimizer))

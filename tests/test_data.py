@@ -317,12 +317,6 @@ def test_cli_download_only_when_asked(tmp_path, monkeypatch, capsys):
 
 # ---------------------------------------------------------------- --amp, --channels-last
 
-def test_amp_on_cpu_is_a_clear_error(tmp_path):
-    with pytest.raises(SnnconvError, match="--amp .*needs a CUDA device"):
-        train(TrainConfig(dataset="digits", epochs=1, amp=True, model_args={"width": 4}), tmp_path, progress=False, log=lambda m: None)
-    assert main(["train", "--amp", "--out", str(tmp_path / "x"), "--epochs", "1"]) == 2
-
-
 def test_channels_last_trains_the_same_model_and_resumes_without_it(tmp_path):
     base = dict(dataset="digits", epochs=1, batch_size=256, seed=3, model_args={"width": 4})
     plain, _ = train(TrainConfig(**base), tmp_path / "plain", progress=False, log=lambda m: None)

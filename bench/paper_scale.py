@@ -1,0 +1,220 @@
+"""Paper-scale accuracy tables: every method on the ResNet-20 CIFAR-10 (JPEG-q75) zoo sources.
+
+Sources (``zoo/``, trained with ``zoo/train_resnet20.sh``):
+
+    qcfs       QCFS L = 4    IF; GN tau = 2 and tau = L; IF + permutation (per-neuron,
+                             per-layer; seeds); TPP (seeds)
+    relu       plain ReLU    IF with max and 99.9% calibration; SpikingJelly 2.0.0 (99.9%)
+    clipfloor  clip-floor 4  CIF + wake-sleep (T = L wake steps, ``--sleep-steps``)
+
+Causal methods (IF, GN, SpikingJelly) read every T off one simulation at the largest T;
+window methods (TPP, permutation) are simulated once per T and seed, so they may use
+fewer images (``--window-limit``) and fewer T (``--window-steps``): the JSON records the
+images behind every row. Beside them the QCFS paper's ResNet-20 CIFAR-10 row (Bu et al.,
+ICLR 2022, Table 1), compared as the gap to each paper's own ANN.
+
+    python bench/paper_scale.py --data-dir ../shared/data/cifar10 --out bench/results/paper_scale
+
+Writes OUT.json (every run, the command, wall times), OUT.md (tables) and OUT.png
+(accuracy and gap to the ANN against T). ``--redraw`` rebuilds OUT.md and OUT.png from
+OUT.json. Numbers are "CIFAR-10 (JPEG-q75)".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from snnconv.activations import clip_limit  # noqa: E402
+from snnconv.experiments import RunSpec, load_evaluation, run_method  # noqa: E402
+from snnconv.files import write_json, write_text  # noqa: E402
+from snnconv.train import accuracy  # noqa: E402
+
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
+SOURCES = {"qcfs": "resnet20_qcfs4_cifar10jpeg", "relu": "resnet20_relu_cifar10jpeg", "clipfloor": "resnet20_clipfloor4_cifar10jpeg"}
+QCFS_PAPER = {"citation": "Bu et al., ICLR 2022, Table 1 (ResNet-20, CIFAR-10, QCFS)", "ann": 0.9177,
+              "T": [2, 4, 8, 16, 32], "accuracy": [0.7320, 0.8375, 0.8955, 0.9162, 0.9224]}
+
+
+def method_specs(kind: str, steps: list[int], window_steps: list[int], seeds: list[int], levels: int, sleep_steps: int) -> list[tuple[str, RunSpec]]:
+    """(label, spec) of every method run on a source of ``kind``."""
+    if kind == "qcfs":
+        return [("IF", RunSpec("if", steps)),
+                ("GN tau=2", RunSpec("gn", steps, options={"group_size": 2})),
+                (f"GN tau=L={levels}", RunSpec("gn", steps, options={"group_size": levels})),
+                ("IF + permute per-neuron", RunSpec("if", window_steps, permute="per-neuron", seeds=seeds)),
+                ("IF + permute per-layer", RunSpec("if", window_steps, permute="per-layer", seeds=seeds)),
+                ("TPP", RunSpec("tpp", window_steps, seeds=seeds))]
+    if kind == "relu":
+        return [("IF, max calibration", RunSpec("if", steps, calibration="max")),
+                ("IF, 99.9% calibration", RunSpec("if", steps, calibration="99.9"))]
+    if kind == "clipfloor":
+        return [(f"CIF + WSC (T=L={levels}, S={sleep_steps})", RunSpec("cif", [levels], sleep_steps=sleep_steps))]
+    raise ValueError(kind)
+
+
+@torch.no_grad()
+def spikingjelly_run(model, x, y, calibration, steps: list[int], batch_size: int) -> dict | None:
+    """SpikingJelly 2.0.0's ANN2SNN (99.9% calibration, its IF neuron, v(0) = 0) on the ReLU source."""
+    import sj_bridge
+
+    if not sj_bridge.available():
+        return None
+    sj_net = sj_bridge.convert(model, calibration, mode="99.9%")
+    correct = torch.zeros(max(steps))
+    for start in range(0, len(y), batch_size):
+        out = sj_bridge.simulate(sj_net, x[start : start + batch_size], max(steps))
+        average = out.cumsum(0) / torch.arange(1, len(out) + 1).view(-1, 1, 1)
+        correct += (average.argmax(2) == y[start : start + batch_size]).sum(1).float()
+    acc = (correct / len(y)).tolist()
+    return {"label": "SpikingJelly 2.0.0 (99.9%)", "T": steps, "accuracy": [acc[t - 1] for t in steps], "accuracy_std": [0.0] * len(steps),
+            "latency_steps": steps, "samples": len(y)}
+
+
+def run_source(kind: str, args) -> dict | None:
+    """Every method on one zoo source; None when its checkpoint is not there yet."""
+    checkpoint = args.zoo / SOURCES[kind] / "checkpoint.safetensors"
+    if not checkpoint.exists():
+        print(f"skip {kind}: {checkpoint} not found", flush=True)
+        return None
+    model, meta, x, y, calibration = load_evaluation(checkpoint, args.data_dir, args.limit, torch.device("cpu"))
+    limit_model = clip_limit(model)
+    record = {"source": kind, "checkpoint": str(checkpoint.relative_to(args.zoo.parent)), "samples": len(y),
+              "ann_accuracy": accuracy(model, x, y),
+              "clip_limit_accuracy": None if limit_model is None else accuracy(limit_model, x, y), "runs": []}
+    levels = meta["activation"]["levels"]
+    for label, spec in method_specs(kind, args.steps, args.window_steps, args.seeds, levels, args.sleep_steps):
+        window = spec.permute is not None or spec.neuron == "tpp"
+        n = min(len(y), args.window_limit) if window else len(y)
+        started = time.perf_counter()
+        run = run_method(model, x[:n], y[:n], spec, calibration, args.batch_size, progress=not args.no_progress)
+        run.update(label=label, samples=n, wall_seconds=round(time.perf_counter() - started, 1))
+        if n < len(y):
+            run["ann_accuracy_on_samples"] = accuracy(model, x[:n], y[:n])
+        record["runs"].append(run)
+        print(f"{kind} / {label}: " + ", ".join(f"T={t} {100 * a:.2f}" for t, a in zip(run.get("total_steps") or run["T"], run["accuracy"]))
+              + f" ({run['wall_seconds']} s)", flush=True)
+    if kind == "relu" and not args.no_spikingjelly:
+        started = time.perf_counter()
+        sj = spikingjelly_run(model, x, y, calibration, args.steps, args.batch_size)
+        if sj is not None:
+            sj["wall_seconds"] = round(time.perf_counter() - started, 1)
+            record["runs"].append(sj)
+    return record
+
+
+def markdown(results: dict) -> str:
+    """One table per source (accuracy %, ANN and clip limit above), then the QCFS paper comparison."""
+    lines = []
+    for source in results["sources"]:
+        limit = source["clip_limit_accuracy"]
+        lines += [f"### {source['source']} source (`{source['checkpoint']}`), {source['samples']} test images, CIFAR-10 (JPEG-q75)", "",
+                  f"ANN {100 * source['ann_accuracy']:.2f}%" + ("" if limit is None else f"; clip limit (IF's large-T limit) {100 * limit:.2f}%"), ""]
+        steps = sorted({t for run in source["runs"] for t in (run.get("total_steps") or run["T"])})
+        if source["source"] == "clipfloor":
+            run = source["runs"][0]
+            shown = [s for s in run["total_steps"] if s in {1, 2, run["wake_steps"], run["wake_steps"] + 1, run["wake_steps"] + 2,
+                                                            run["wake_steps"] + 4, run["wake_steps"] + 8, run["wake_steps"] + 16, run["total_steps"][-1]}]
+            lines += ["| method | images | " + " | ".join(f"step {s}" for s in shown) + " |", "|---" * (len(shown) + 2) + "|",
+                      f"| {run['label']} | {run['samples']} | " + " | ".join(f"{100 * run['accuracy'][s - 1]:.2f}" for s in shown) + " |", ""]
+            continue
+        lines += ["| method | images | " + " | ".join(f"T={t}" for t in steps) + " |", "|---" * (len(steps) + 2) + "|"]
+        for run in source["runs"]:
+            by_t = {t: (a, s) for t, a, s in zip(run["T"], run["accuracy"], run["accuracy_std"])}
+            cells = [("" if t not in by_t else f"{100 * by_t[t][0]:.2f}" + (f" ± {100 * by_t[t][1]:.2f}" if by_t[t][1] else "")) for t in steps]
+            latency = "" if run["latency_steps"] == run["T"] else f" (latency {run['spiking_layers'] + 1}·T)"
+            lines.append(f"| {run['label']}{latency} | {run['samples']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    qcfs = next((s for s in results["sources"] if s["source"] == "qcfs"), None)
+    if qcfs is not None:
+        paper, ours = results["qcfs_paper"], qcfs["runs"][0]
+        lines += ["### IF on the QCFS source against the QCFS paper, as the gap to each one's ANN (points)", "",
+                  "| | ANN | " + " | ".join(f"T={t}" for t in paper["T"]) + " |", "|---" * (len(paper["T"]) + 2) + "|",
+                  f"| {paper['citation']} | {100 * paper['ann']:.2f} | " + " | ".join(f"{100 * (a - paper['ann']):+.2f}" for a in paper["accuracy"]) + " |",
+                  f"| snnconv IF, CIFAR-10 (JPEG-q75) | {100 * qcfs['ann_accuracy']:.2f} | "
+                  + " | ".join(f"{100 * (ours['accuracy'][ours['T'].index(t)] - qcfs['ann_accuracy']):+.2f}" if t in ours["T"] else "" for t in paper["T"]) + " |", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Accuracy against T (left) and gap to the source's ANN (right), every method, ANN lines dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for source in results["sources"]:
+        ann = source["ann_accuracy"]
+        left.axhline(100 * ann, linestyle="--", linewidth=1, color="grey")
+        left.text(1, 100 * ann + 0.3, f"{source['source']} ANN", fontsize=7, color="grey")
+        for run in source["runs"]:
+            xs = run.get("total_steps") or run["T"]
+            label = f"{source['source']}: {run['label']}"
+            left.plot(xs, [100 * a for a in run["accuracy"]], marker="o", markersize=3, label=label)
+            right.plot(xs, [100 * (a - ann) for a in run["accuracy"]], marker="o", markersize=3, label=label)
+    paper = results["qcfs_paper"]
+    right.plot(paper["T"], [100 * (a - paper["ann"]) for a in paper["accuracy"]], "k--", marker="s", label="QCFS paper (IF), CIFAR-10")
+    for ax, ylabel in ((left, "accuracy (%)"), (right, "accuracy - ANN (points)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("T (time steps; CIF: wake + sleep steps)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    left.set_ylim(0, 100)
+    right.set_ylim(-30, 2)
+    right.legend(fontsize=6, loc="lower right")
+    fig.suptitle("ResNet-20, CIFAR-10 (JPEG-q75): snnconv conversion methods")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", help="folder with cifar10_jpeg_q75_fullorder.npz")
+    p.add_argument("--zoo", type=Path, default=ZOO)
+    p.add_argument("--sources", default="qcfs,relu,clipfloor")
+    p.add_argument("--steps", default="1,2,4,8,16,32,64")
+    p.add_argument("--window-steps", help="T for TPP and permutation (default: --steps)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--sleep-steps", type=int, default=28)
+    p.add_argument("--limit", type=int, help="first N test images (default all 10,000)")
+    p.add_argument("--window-limit", type=int, default=10_000, help="first N test images for TPP and permutation")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--no-spikingjelly", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, type=Path, help="output path without extension")
+    p.add_argument("--redraw", action="store_true", help="only rebuild OUT.md and OUT.png from OUT.json")
+    args = p.parse_args(argv)
+    json_path = args.out.with_suffix(".json")
+    if args.redraw:
+        results = json.loads(json_path.read_text())
+    else:
+        args.steps = [int(t) for t in args.steps.split(",")]
+        args.window_steps = [int(t) for t in args.window_steps.split(",")] if args.window_steps else args.steps
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+        previous = json.loads(json_path.read_text()) if json_path.exists() else {"sources": []}
+        started = time.perf_counter()
+        fresh = [r for r in (run_source(kind, args) for kind in args.sources.split(",")) if r is not None]
+        kept = [s for s in previous["sources"] if s["source"] not in {r["source"] for r in fresh}]  # other sources' earlier runs stay
+        results = {"title": "ResNet-20, CIFAR-10 (JPEG-q75)", "sources": sorted(kept + fresh, key=lambda s: list(SOURCES).index(s["source"])),
+                   "qcfs_paper": QCFS_PAPER, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+                   "wall_seconds": round(time.perf_counter() - started, 1)}
+        write_json(json_path, results)
+    write_text(args.out.with_suffix(".md"), markdown(results))
+    plot(results, args.out.with_suffix(".png"))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The model zoo: every shipped checkpoint loads, its card matches its metadata, and a
+slice of its published table is reproduced (skipped where ../shared/data is absent)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from snnconv import SnnconvError, convert, simulate
+from snnconv.checkpoint import read_checkpoint
+from snnconv.data import load_dataset
+from snnconv.metrics import running_average
+from snnconv.zoo import ZOO_DIR, list_pretrained, load_pretrained, pretrained_path
+
+from helpers import shared_data
+
+ENTRIES = list_pretrained()
+
+
+def test_unknown_zoo_name_is_one_clear_line():
+    with pytest.raises(SnnconvError, match="no pretrained source named 'resnet99'.*checkpoint file"):
+        pretrained_path("resnet99")
+    with pytest.raises(SnnconvError, match="no pretrained source"):
+        read_checkpoint("resnet99")
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_entry_loads_and_its_card_matches_its_metadata(name):
+    model, meta = load_pretrained(name)
+    assert meta["epochs_done"] == meta["train_config"]["epochs"]  # a finished run, not a snapshot
+    card = json.loads((ZOO_DIR / name / "card.json").read_text())
+    assert card["epochs_done"] == meta["epochs_done"]
+    assert card["cifar10_jpeg_test"]["ann_accuracy"] == pytest.approx(meta["ann_accuracy"], abs=1e-9)
+    if meta.get("clip_limit_accuracy") is not None:
+        assert card["cifar10_jpeg_test"]["clip_limit_accuracy"] == pytest.approx(meta["clip_limit_accuracy"], abs=1e-9)
+    text = (ZOO_DIR / name / "card.md").read_text()
+    assert f"{100 * meta['ann_accuracy']:.2f}%" in text and card["command"] in text
+    assert meta["ann_accuracy"] >= 0.89  # the paper-scale bar (CIFAR-10 JPEG-q75 test set)
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+@torch.no_grad()
+def test_entry_reproduces_its_exact_conversion_on_500_test_images(name):
+    """QCFS: GN tau = L at T = 1 gives the ANN's logits; clip-floor: CIF + wake-sleep does
+    after its sleep steps; ReLU: IF with max calibration approaches the ANN at T = 64."""
+    model, meta = load_pretrained(name)
+    test = load_dataset(meta["dataset"], "test", shared_data("cifar10"))
+    x = test.normalized(slice(0, 500))
+    logits = model(x)
+    kind, levels = meta["activation"]["kind"], meta["activation"].get("levels")
+    if kind == "qcfs":
+        out = simulate(convert(model, "gn", group_size=levels), x, 1)[0]
+        assert torch.allclose(out, logits, atol=1e-4)
+        assert torch.equal(out.argmax(1), logits.argmax(1))
+    elif kind == "clipfloor":
+        readout = running_average(simulate(convert(model, "cif"), x[:100], levels, sleep_steps=28), levels)[-1]
+        assert torch.allclose(readout, logits[:100], atol=1e-3)
+    else:
+        calibration = load_dataset(meta["dataset"], "train", shared_data("cifar10")).normalized(slice(0, 512))
+        out = simulate(convert(model, "if", calibration=calibration), x[:100], 64).mean(0)
+        agree = (out.argmax(1) == logits[:100].argmax(1)).float().mean()
+        assert agree >= 0.9
