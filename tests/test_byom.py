@@ -671,3 +671,22 @@ def test_counters_through_affine_glue_count_one_path_per_spike():
     profile = cost_profile(convert(model, "if"), x)
     (fanout,) = profile.fanout.values()
     assert torch.equal(fanout, torch.full((5, 4), 6.0, dtype=torch.float64))  # two heads' paths of 3
+
+
+def test_activation_of_a_parameter_stays_a_constant():
+    """relu(self.gate) does not depend on the input: it is a constant, not a spiking layer."""
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.act, self.fc2 = nn.Linear(3, 4), QCFS(L, 1.0), nn.Linear(4, 2)
+            self.gate = nn.Parameter(torch.tensor([0.5, -1.0, 2.0, 0.25]))
+
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(x)) * F.relu(self.gate))
+
+    torch.manual_seed(13)
+    model = Gated().eval()
+    x = torch.rand(5, 3)
+    snn = convert(model, "gn", group_size=L)
+    assert len(snn.spiking_layers()) == 1
+    assert torch.allclose(snn(x, 1)[0], model(x), atol=1e-5)

@@ -267,7 +267,10 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
     """
     modules = dict(graph_module.named_modules())
     sites = []
+    inputs = _downstream(graph_module.graph, [n for n in graph_module.graph.nodes if n.op == "placeholder"])
     for node in list(graph_module.graph.nodes):
+        if node not in inputs:
+            continue  # an activation of a constant (a parameter, a buffer) is a constant: computed as it is
         site = _site_for(node, modules)
         if site is None:
             continue
