@@ -70,6 +70,27 @@ class ClipFloor(QuantizedClip):
         super().__init__(levels, threshold, 0.0, trainable)
 
 
+MIN_THRESHOLD = 1e-3
+
+
+@torch.no_grad()
+def keep_thresholds_positive(model: nn.Module, minimum: float = MIN_THRESHOLD) -> list[str]:
+    """Clamp every QCFS / clip-floor lambda to ``>= minimum``, in place; call after each
+    optimizer step. A gradient step can push lambda through 0, after which the layer is
+    no clipped ReLU and no spiking threshold matches it (conversion refuses it).
+    ``snnconv train`` calls this after every step.
+
+    Returns:
+        The names of the activations whose lambda was raised (empty when none was).
+    """
+    raised = []
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedClip) and not float(module.threshold) >= minimum:
+            module.threshold.clamp_(min=minimum).nan_to_num_(nan=minimum)
+            raised.append(name)
+    return raised
+
+
 def make_activation(kind: str, levels: int = 4, threshold: float | None = None) -> nn.Module:
     """Build an activation by name: ``"qcfs"``, ``"clipfloor"`` or ``"relu"``."""
     if kind == "qcfs":
@@ -96,20 +117,34 @@ def is_relu_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | None = None) -> nn.Module:
     """Return a copy of ``model`` with every ReLU (module, function or method) replaced.
 
-    The input model is not modified. The result is a ``torch.fx.GraphModule`` when the
-    model uses functional ReLUs, otherwise a copy of the same class.
+    Every call site gets its own activation (its own trainable lambda): a ReLU module
+    that ``forward`` calls at several places becomes one activation per place. The input
+    model is not modified. The result is a copy of the same class when every ReLU is a
+    module called once; otherwise a ``torch.fx.GraphModule`` in which functional dropout
+    has become dropout modules, so that ``.eval()`` switches it off (a traced
+    ``F.dropout(x, p, self.training)`` would keep the flag it was traced with). A model
+    torch.fx cannot trace has its ReLU modules swapped in place (its call sites cannot
+    be seen; such a model cannot be converted either).
     """
+    from .convert.remove_dropout import dropout_as_modules  # convert imports this module
+
     model = copy.deepcopy(model)
     try:
         graph_module = fx.symbolic_trace(model)
     except Exception:
         graph_module = None
-    if graph_module is None or not any(
-        n.op in ("call_function", "call_method") and is_relu_node(n, {}) for n in graph_module.graph.nodes
-    ):
+    if graph_module is None:
         _swap_relu_modules(model, kind, levels, threshold)
         return model
     modules = dict(graph_module.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module" and isinstance(modules.get(node.target), nn.ReLU):
+            calls[node.target] = calls.get(node.target, 0) + 1
+    functional = any(n.op in ("call_function", "call_method") and is_relu_node(n, {}) for n in graph_module.graph.nodes)
+    if not functional and all(count == 1 for count in calls.values()):
+        _swap_relu_modules(model, kind, levels, threshold)
+        return model
     for index, node in enumerate(list(graph_module.graph.nodes)):
         if not is_relu_node(node, modules):
             continue
@@ -119,10 +154,11 @@ def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | N
             new = graph_module.graph.call_module(name, (node.args[0],))
         node.replace_all_uses_with(new)
         graph_module.graph.erase_node(node)
+    dropout_as_modules(graph_module)
     graph_module.graph.eliminate_dead_code()
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
-    return graph_module
+    return graph_module.train(model.training)
 
 
 class Clip(nn.Module):
@@ -232,6 +268,7 @@ __all__ = [
     "floor_ste",
     "init_thresholds",
     "is_relu_node",
+    "keep_thresholds_positive",
     "make_activation",
     "swap_relu",
 ]

@@ -14,12 +14,17 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import operator
+
 import torch
 from torch import fx, nn
 from torch.fx.node import map_arg
+from torch.utils import _pytree as pytree
 
+from .convert.max_pool import MaxPoolGate
 from .errors import SnnconvError, check
 from .functional import check_threshold
+from .inputs import check_input
 from .network import PERMUTE_MODES, SpikingNetwork
 from .neurons import SpikingNeuron
 
@@ -69,8 +74,82 @@ def permute_window(window: torch.Tensor, mode: str, generator: torch.Generator |
     return window.gather(0, keys.argsort(dim=0))
 
 
+class BatchSize(int):
+    """The batch size read off a data tensor in ``forward`` (``x.shape[0]``, ``x.size(0)``),
+    or an integer multiple or fraction of it (``n * 2``, ``n // 2``).
+
+    Its value is a count of samples. User code that reshapes with it
+    (``h.reshape(n, -1)``) means "per sample": the engine multiplies it by the steps
+    where it meets a window (whose batch is ``steps * batch``), so folding time into the
+    batch is invisible to forward().
+    """
+
+    def __mul__(self, other):
+        result = int(self) * other
+        return BatchSize(result) if isinstance(other, int) and not isinstance(other, bool) else result
+
+    __rmul__ = __mul__
+
+    def __floordiv__(self, other):
+        result = int(self) // other
+        return BatchSize(result) if isinstance(other, int) and not isinstance(other, bool) and int(self) % other == 0 else result
+
+
+# Nodes that only move, select, scale or average values: they cannot add a constant, so
+# their sleep-step output needs no correction (see _WindowRunner._constants_off_in_sleep).
+_NO_CONSTANT_METHODS = {
+    "view", "reshape", "flatten", "size", "contiguous", "mean", "permute", "transpose", "squeeze", "unsqueeze",
+    "expand", "repeat", "sum", "chunk", "split", "unflatten", "movedim", "clone",
+}
+_NO_CONSTANT_FUNCTIONS = {
+    operator.getitem, getattr, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.mean, torch.sum,
+    torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, torch.chunk, torch.split, torch.movedim,
+}
+
+
+def _plain(value):
+    """fx's immutable containers as the plain list / dict the model returned."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def _dynamic_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes whose value depends on the input (and so carries its batch dimension)."""
+    dynamic: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder" or any(i in dynamic for i in node.all_input_nodes):
+            dynamic.add(node)
+    return dynamic
+
+
+def _is_size_read(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target == "size") or (
+        node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] == "shape"
+    )
+
+
+def _mark_batch(value, dim_arg, batch: int):
+    """Tag the batch entry of a size read (a ``torch.Size`` or one int) as
+    :class:`BatchSize` of value ``batch`` (also when read off a folded window)."""
+    if isinstance(value, tuple) and dim_arg is None:
+        return (BatchSize(batch), *value[1:]) if len(value) else value
+    if isinstance(value, int) and not isinstance(value, bool) and dim_arg in (0,):
+        return BatchSize(batch)
+    return value
+
+
 class _WindowRunner(fx.Interpreter):
-    """Runs a converted graph once over a whole window (see the module docstring)."""
+    """Runs a converted graph once over a whole window (see the module docstring).
+
+    Only values computed from the input carry the (time-folded) batch; parameters,
+    buffers, ``get_attr`` nodes and tensors built without the input are used as they
+    are, never repeated over time.
+    """
 
     def __init__(self, graph_module, schedule: Schedule, batch: int, generator, recorder) -> None:
         super().__init__(graph_module, garbage_collect_values=True)
@@ -83,6 +162,8 @@ class _WindowRunner(fx.Interpreter):
         self.last_active_step = -1  # last step at which any neuron emitted a spike (if tracked)
         self.track_activity = False
         self.modules = dict(graph_module.named_modules())
+        self.dynamic = _dynamic_nodes(graph_module.graph)
+        self.output_windows = None  # the output's structure, True at each window leaf (set by the output node)
 
     def _as_window(self, value: torch.Tensor) -> torch.Tensor:
         """Static ``[B, ...]`` -> window ``[total, B, ...]``: the value in wake steps, 0 in sleep.
@@ -101,43 +182,95 @@ class _WindowRunner(fx.Interpreter):
     def _unfold(self, folded: torch.Tensor) -> torch.Tensor:
         return folded.reshape(self.schedule.total, self.batch, *folded.shape[1:])
 
+    def _batch_sizes(self, value, factor: float):
+        """Scale every :class:`BatchSize` in ``value`` (args of one node) by ``factor``:
+        the steps where it meets a window, ``1 / batch`` for one all-zero sample."""
+        return pytree.tree_map(lambda v: int(v * factor) if isinstance(v, BatchSize) else v, value)
+
     def run_node(self, n: fx.Node):
         if n.op in ("placeholder", "get_attr"):
             return super().run_node(n)
         with self._set_current_node(n):
+            if n.op == "output":
+                self.output_windows = _plain(map_arg(
+                    n.args[0], lambda node: node in self.dynamic and isinstance(self.env[node], torch.Tensor)))
+                return _plain(map_arg(n.args[0], self._output_leaf))
             has_window = any(i in self.windows for i in n.all_input_nodes)
             if n.op == "call_module" and isinstance(self.modules[n.target], SpikingNeuron):
                 return self._run_neuron(n)
+            if has_window and n.op == "call_module" and isinstance(self.modules[n.target], MaxPoolGate):
+                (source,) = n.all_input_nodes  # reads the whole window: the gate follows running counts
+                self.windows.add(n)
+                return self._fold(self.modules[n.target].window(self._unfold(self.env[source])))
 
             def load(node: fx.Node):
                 value = self.env[node]
-                if has_window and node not in self.windows and isinstance(value, torch.Tensor):
+                if has_window and node not in self.windows and node in self.dynamic and isinstance(value, torch.Tensor):
                     return self._fold(self._as_window(value))
                 return value
 
-            args = map_arg(n.args, load)
-            kwargs = map_arg(n.kwargs, load)
-            if n.op == "output":
-                return self.output(n.target, args, kwargs)
+            args, kwargs = map_arg(n.args, load), map_arg(n.kwargs, load)
+            if has_window:  # the batch of a window is steps * batch
+                args = self._batch_sizes(args, self.schedule.total)
+                kwargs = self._batch_sizes(kwargs, self.schedule.total)
             try:
                 result = getattr(self, n.op)(n.target, args, kwargs)
             except RuntimeError as err:
                 raise SnnconvError(f"layer {n.name!r} failed on its input ({err}); check the input shape") from err
+            if _is_size_read(n) and n.all_input_nodes and n.all_input_nodes[0] in self.dynamic:
+                dim = args[1] if len(args) > 1 and n.op == "call_method" else kwargs.get("dim")
+                result = _mark_batch(result, dim, self.batch)
             if has_window:
                 self.windows.add(n)
-                if self.schedule.sleep_steps:
-                    self._bias_off_in_sleep(n, result)
+                if self.schedule.sleep_steps and isinstance(result, torch.Tensor):
+                    result = self._constants_off_in_sleep(n, result)
             return result
 
-    def _bias_off_in_sleep(self, n: fx.Node, folded: torch.Tensor) -> None:
-        """Wake-sleep: subtract the bias of conv/linear layers in the sleep steps (in place)."""
-        module = self.modules.get(n.target) if n.op == "call_module" else None
-        bias = getattr(module, "bias", None)
-        if not isinstance(bias, torch.Tensor):
-            return
+    def _adds_constant(self, n: fx.Node) -> bool:
+        if n.op == "call_method":
+            return n.target not in _NO_CONSTANT_METHODS
+        if n.op == "call_function":
+            if n.target in (operator.mul, operator.truediv, torch.mul, torch.div, operator.neg, torch.neg):
+                return False  # linear in the one windowed operand (checked at conversion)
+            return n.target not in _NO_CONSTANT_FUNCTIONS
+        module = self.modules.get(n.target)
+        return not isinstance(module, (nn.Flatten, nn.Unflatten, nn.Identity, nn.Upsample, nn.AvgPool1d, nn.AvgPool2d,
+                                       nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d))
+
+    def _constants_off_in_sleep(self, n: fx.Node, folded: torch.Tensor) -> torch.Tensor:
+        """Wake-sleep: in sleep steps every constant drive is off: biases of any layer,
+        added scalars or tensors, BatchNorm shifts. Every layer between neurons is affine
+        in its windowed inputs, f(s) = A s + c, so the sleep output is f(s) - f(0), where
+        f(0) is the node evaluated on one all-zero sample (parameters as they are)."""
+        if not self._adds_constant(n):
+            return folded
+
+        def zero(node: fx.Node):
+            value = self.env[node]
+            if node in self.dynamic and isinstance(value, torch.Tensor):
+                return value.new_zeros((1, *value.shape[1:]))
+            return value
+
+        args = self._batch_sizes(map_arg(n.args, zero), 1 / self.batch)
+        kwargs = self._batch_sizes(map_arg(n.kwargs, zero), 1 / self.batch)
+        constant = getattr(self, n.op)(n.target, args, kwargs)
+        if not isinstance(constant, torch.Tensor) or not constant.any():
+            return folded
+        storage = folded.untyped_storage().data_ptr()
+        if any(isinstance(self.env.get(i), torch.Tensor) and self.env[i].untyped_storage().data_ptr() == storage
+               for i in n.all_input_nodes):
+            folded = folded.clone()  # never write into a value another node still holds
         window = self._unfold(folded)
-        # [total, B, C, *spatial]: the bias runs along C and broadcasts over spatial dims.
-        window[self.schedule.steps :] -= bias.reshape(bias.shape[0], *([1] * (window.dim() - 3)))
+        window[self.schedule.steps :] -= constant
+        return folded
+
+    def _output_leaf(self, node: fx.Node):
+        """One leaf of the model's output: a window ``[total, batch, ...]`` if it depends
+        on the input; a parameter, buffer or constant as it is."""
+        value = self.env[node]
+        if not isinstance(value, torch.Tensor) or node not in self.dynamic:
+            return value
+        return self._unfold(value) if node in self.windows else self._as_window(value)
 
     def _run_neuron(self, n: fx.Node) -> torch.Tensor:
         neuron: SpikingNeuron = self.modules[n.target]
@@ -173,11 +306,9 @@ class _WindowRunner(fx.Interpreter):
             for other, v in self.env.items()
         )
 
-    def output_window(self, result) -> torch.Tensor:
-        check(isinstance(result, torch.Tensor), "simulate() supports models with one tensor output")
-        out_node = next(n for n in self.graph.nodes if n.op == "output")
-        (source,) = out_node.all_input_nodes
-        return self._unfold(result) if source in self.windows else self._as_window(result)
+    def output_window(self, result):
+        """The model's output, already as windows (a tensor or the model's own structure)."""
+        return result
 
 
 def _integer(value, name: str) -> int:
@@ -190,11 +321,7 @@ def _check_input(snn: nn.Module, x: torch.Tensor, steps, sleep_steps, permute: s
     """Validate simulate()'s arguments; return (steps, sleep_steps, seed, memory_budget) as ints."""
     if not isinstance(snn, SpikingNetwork):
         raise SnnconvError(f"simulate() needs a network from snnconv.convert(), got {type(snn).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise SnnconvError(f"input must be a torch.Tensor [batch, ...], got {type(x).__name__}")
-    check(x.dim() >= 2 and x.shape[0] >= 1, f"input must have shape [batch, ...] with batch >= 1, got {tuple(x.shape)}")
-    check(x.is_floating_point(), f"input must be floating point, got {x.dtype}: scale it to floats first")
-    check(bool(torch.isfinite(x).all()), "input contains NaN or inf: clean the data first")
+    check_input(snn.graph, x, "input")
     steps = _integer(steps, "T (steps)")
     sleep_steps = _integer(sleep_steps, "sleep_steps")
     seed = _integer(seed, "seed")
@@ -307,13 +434,14 @@ def simulate(
     window_bytes: int | str | None = "auto",
     recorder=None,
     stop_when_quiet: bool = False,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple | list | dict:
     """Simulate a converted network on a constant (direct-coded) input.
 
     The analog input drives the first layer at every wake step; the layers before the
     first spiking layer run once on it. Every neuron sees its whole input window.
     Wake-sleep (CIF): after ``steps`` wake steps, ``sleep_steps`` steps with zero input
-    and every conv/linear bias off; the network output keeps accumulating.
+    and every constant drive off (biases of any layer, added constants, BatchNorm
+    shifts); the network output keeps accumulating.
 
     Args:
         snn: a network from :func:`snnconv.convert`.
@@ -342,7 +470,10 @@ def simulate(
 
     Returns:
         The network output at every step, ``[steps + sleep_steps, batch, ...]``, not
-        averaged (see :func:`snnconv.metrics.running_average`).
+        averaged (see :func:`snnconv.metrics.running_average`). A model that returns
+        several outputs (a tuple, list or dict of heads) gets the same structure back,
+        each tensor leaf that depends on the input as ``[steps + sleep_steps, batch, ...]``
+        (parameters, buffers or constants returned by the model come back as they are).
     """
     permute = snn.permute if permute is None and isinstance(snn, SpikingNetwork) else permute
     steps, sleep_steps, seed, memory_budget = _check_input(snn, x, steps, sleep_steps, permute, seed, memory_budget)
@@ -364,7 +495,18 @@ def simulate(
             runner.track_activity = stop_when_quiet
             outputs.append(runner.output_window(runner.run(part)))
             last_active = max(last_active, runner.last_active_step)
-    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+    if isinstance(outputs[0], torch.Tensor):
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return out[: max(steps, last_active + 1)] if stop_when_quiet else out
+    windows = runner.output_windows  # True at each leaf that is a window
+    out = pytree.tree_map(lambda window, *parts: _join(window is True, parts), windows, *outputs)
     if stop_when_quiet:
-        out = out[: max(steps, last_active + 1)]
+        used = max(steps, last_active + 1)
+        out = pytree.tree_map(lambda window, v: v[:used] if window is True else v, windows, out)
     return out
+
+
+def _join(window: bool, parts: tuple) -> object:
+    """Chunks of one output leaf: windows joined along the batch; anything else (a
+    parameter, buffer, constant or number) is the same in every chunk, so the first."""
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)) if window else parts[0]

@@ -39,6 +39,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import SnnconvError, check
+from .convert.fold_bn import ChannelAffine
+from .convert.max_pool import MaxPoolGate
+from .inputs import check_input
 from .metrics import SpikeCounter, running_average
 from .network import SpikingNetwork
 from .neurons import SpikingNeuron
@@ -51,7 +54,8 @@ _AVG_POOL_FUNCS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
 _ADAPTIVE_FUNCS = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3}
 _ADAPTIVE_MODULES = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}
 _AVG_MODULES = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
-_SCALE_FUNCS = {operator.mul, operator.truediv, torch.mul}
+_SCALE_FUNCS = {operator.mul, operator.truediv, torch.mul, torch.div}
+_SIGNED_FUNCS = {operator.sub, torch.sub, operator.neg, torch.neg}
 
 
 @dataclass
@@ -202,6 +206,10 @@ def _structural_op(n: fx.Node, module, args, kwargs, reach) -> torch.Tensor:
             return _sum_pool(args[0], _AVG_MODULES[kind], module.kernel_size, module.stride, module.padding, module.ceil_mode)
         if kind in _ADAPTIVE_MODULES:
             return _adaptive_sum(args[0], _ADAPTIVE_MODULES[kind], module.output_size)
+        if isinstance(module, MaxPoolGate):  # counted as if every spike passed the gate: an upper bound
+            return _sum_pool(args[0], module.dims, module.kernel_size, module.stride, module.padding, module.ceil_mode)
+        if isinstance(module, ChannelAffine):  # a per-channel scale carries each spike to one place
+            return args[0]
         return module(*args, **kwargs)  # flatten, identity, unflatten, nearest upsampling: already 0/1
     if n.op == "call_function":
         if n.target in _AVG_POOL_FUNCS:
@@ -212,7 +220,12 @@ def _structural_op(n: fx.Node, module, args, kwargs, reach) -> torch.Tensor:
                              opts["padding"] or 0, bool(opts["ceil_mode"]))
         if n.target in _ADAPTIVE_FUNCS:
             return _adaptive_sum(args[0], _ADAPTIVE_FUNCS[n.target], args[1] if len(args) > 1 else kwargs["output_size"])
-        if n.target in _SCALE_FUNCS or (n.target in (operator.add, torch.add) and any(_is_number(a) for a in args)):
+        reached = [a for a in args if isinstance(a, torch.Tensor) and any(a is r for r in reach.values())]
+        if n.target in _SCALE_FUNCS and len(reached) == 1:
+            return reached[0]  # scaling by a number, parameter or buffer carries each spike to one place
+        if n.target in _SIGNED_FUNCS and reached:
+            return sum(reached)  # a - b, -a: one path per reached operand, whatever the sign
+        if n.target in (operator.add, torch.add) and any(_is_number(a) for a in args):
             return next(a for a in args if isinstance(a, torch.Tensor))  # constants carry no synapse
         return n.target(*args, **kwargs)
     if n.op == "call_method":
@@ -221,6 +234,11 @@ def _structural_op(n: fx.Node, module, args, kwargs, reach) -> torch.Tensor:
             return self_arg.sum(*rest, **kwargs)
         if n.target in ("add", "mul", "div") and rest and _is_number(rest[0]):
             return self_arg
+        reached = [a for a in args if isinstance(a, torch.Tensor) and any(a is r for r in reach.values())]
+        if n.target in ("mul", "div") and len(reached) == 1:
+            return reached[0]
+        if n.target in ("sub", "neg") and reached:
+            return sum(reached)
         return getattr(self_arg, n.target)(*rest, **kwargs)
     raise SnnconvError(f"node {n.name!r} ({n.op}) cannot be counted")
 
@@ -233,11 +251,9 @@ def cost_profile(snn: SpikingNetwork, example: torch.Tensor) -> CostProfile:
     image per layer; done once per evaluation, not per batch.
     """
     check(isinstance(snn, SpikingNetwork), f"cost_profile() needs a network from snnconv.convert(), got {type(snn).__name__}")
-    check(isinstance(example, torch.Tensor) and example.dim() >= 2, "example must be an input tensor [batch, ...]")
     gm = snn.graph
     reference = next(iter(gm.buffers()), None)
-    sample = example[:1].to(device=reference.device if reference is not None else "cpu",
-                            dtype=next((p.dtype for p in gm.parameters()), example.dtype))
+    sample = check_input(gm, example, "example")[:1]
     probe = _Probe(gm)
     with torch.no_grad():
         probe.run(sample)
@@ -378,7 +394,7 @@ def _relative_mse(estimate: torch.Tensor, target: torch.Tensor) -> float | None:
 
 
 def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, steps: list[int] | int, *,
-                    sleep_steps: int = 0, seed: int = 0) -> dict[str, list[float | None]]:
+                    sleep_steps: int = 0, seed: int = 0, activations=None) -> dict[str, list[float | None]]:
     """Relative MSE between each ANN activation and its spiking layer's average output.
 
     For spiking layer l (``site_i``) and each T: err_l(T) = Σ(ȳ_l(T) − a_l)² / Σ a_l²,
@@ -394,6 +410,7 @@ def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, step
         steps: the T values; with ``sleep_steps`` give one T (the wake steps) and the
             error is reported after every total step 1..T+S.
         seed: for stochastic neurons and permutation.
+        activations: the ``activations=`` mapping ``snn`` was converted with, if any.
 
     Returns:
         ``{layer name: [error at each reported step]}`` in layer order.
@@ -405,7 +422,8 @@ def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, step
     steps = [steps] if isinstance(steps, int) else sorted(set(steps))
     check(len(steps) >= 1 and all(isinstance(t, int) and t >= 1 for t in steps), f"steps must be integers >= 1, got {steps}")
     check(sleep_steps == 0 or len(steps) == 1, "with sleep steps give one T (the wake steps)")
-    ann = prepare(model).eval()
+    x = check_input(snn.graph, x, "input")
+    ann = prepare(model, activations, getattr(snn, "max_pool", None)).eval()
     ref = next(iter(snn.graph.parameters()), None)
     if ref is not None:
         ann.to(device=ref.device, dtype=ref.dtype)

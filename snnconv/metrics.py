@@ -6,12 +6,18 @@ import torch
 from .errors import check
 
 
-def running_average(outputs: torch.Tensor, wake_steps: int | None = None) -> torch.Tensor:
+def running_average(outputs, wake_steps: int | None = None):
     """Average of the outputs ``[T, batch, ...]`` up to each step.
 
     avg(t) = sum_{k<=t} out(k) / min(t, wake_steps): after the wake phase the
-    accumulated output is divided by the wake steps (CASC's readout).
+    accumulated output is divided by the wake steps (CASC's readout). A structure of
+    outputs (tuple, list or dict of heads, as simulate() returns for a model with
+    several outputs) gives the same structure of readouts, one per head.
     """
+    if not isinstance(outputs, torch.Tensor):
+        from torch.utils import _pytree as pytree
+
+        return pytree.tree_map(lambda v: running_average(v, wake_steps) if isinstance(v, torch.Tensor) else v, outputs)
     total = outputs.shape[0]
     wake = total if wake_steps is None else wake_steps
     divisor = torch.arange(1, total + 1, device=outputs.device).clamp_(max=wake).to(outputs.dtype)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .activations import ACTIVATION_KINDS, QuantizedClip, clip_limit, init_thresholds
+from .activations import ACTIVATION_KINDS, QuantizedClip, clip_limit, init_thresholds, keep_thresholds_positive
 from .augment import random_crop, random_flip
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import Dataset, load_dataset
@@ -261,6 +261,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
             index = order[b * local_batch : (b + 1) * local_batch]
             x = augment_batch(x_train[index], padding, train_set.flip, augment, config.channels_last)
             loss = train_step(net, optimizer, x, y_train[index], config)
+            keep_thresholds_positive(model)  # lambda <= 0 could not be converted
             loss_sum += float(loss) if b % 50 == 0 else 0.0  # a host sync every 50 steps only
         distributed.broadcast_buffers(model)  # BN statistics: rank 0's, the ones the checkpoint keeps
         seconds += time.perf_counter() - started  # training time; the two evaluations below are not counted

@@ -25,7 +25,9 @@ def test_fold_batchnorm_preserves_outputs_and_removes_bn():
     assert torch.allclose(folded(x), model(x), atol=1e-5)
 
 
-def test_batchnorm_that_cannot_fold_is_an_error():
+def test_batchnorm_that_cannot_fold_becomes_a_per_channel_affine_layer():
+    from snnconv.convert.fold_bn import ChannelAffine
+
     class Odd(nn.Module):
         def __init__(self):
             super().__init__()
@@ -35,8 +37,15 @@ def test_batchnorm_that_cannot_fold_is_an_error():
             y = self.conv(x)
             return F.relu(self.bn(y) + y)
 
-    with pytest.raises(SnnconvError, match="BatchNorm 'bn'"):
-        fold_batchnorm(trace(Odd()))
+    model = Odd().eval()
+    randomize_batchnorm(model, torch.Generator().manual_seed(0))
+    folded = fold_batchnorm(trace(model))
+    assert isinstance(folded.bn, ChannelAffine)
+    x = torch.randn(3, 1, 6, 6)
+    assert torch.allclose(folded(x), model(x), atol=1e-6)
+    with pytest.raises(SnnconvError, match="BatchNorm 'bn' has no running statistics"):
+        model.bn = nn.BatchNorm2d(2, track_running_stats=False)
+        fold_batchnorm(trace(model))
 
 
 def test_remove_dropout():

@@ -15,6 +15,8 @@ from torch import fx, nn
 
 from ..activations import QuantizedClip, is_relu_node
 from ..errors import SnnconvError
+from .fold_bn import ChannelAffine
+from .max_pool import MaxPoolGate
 
 
 class ActivationSite(nn.Module):
@@ -42,23 +44,37 @@ class ActivationSite(nn.Module):
         return torch.clamp(z, min=0.0, max=self.upper)
 
 
-# Stateless layers the engine runs on the folded [T * batch, ...] tensor. They must be
-# linear in (input, bias) so that sleep steps (zero input, biases off) give zero.
+# Stateless layers the engine runs on the folded [T * batch, ...] tensor. Each is affine
+# in its windowed input (f(s) = A s + c); the engine switches c off in sleep steps.
 SUPPORTED_MODULES = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Upsample, nn.Unflatten,
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.Flatten, nn.Identity, nn.Upsample, nn.Unflatten, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, ChannelAffine,
 )
 SUPPORTED_FUNCTIONS = {
-    operator.add, operator.getitem, getattr, torch.add, torch.cat, torch.concat, torch.flatten, torch.reshape,
-    F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.interpolate, F.linear, F.conv2d,
+    operator.add, operator.sub, operator.neg, operator.getitem, getattr, torch.add, torch.sub, torch.subtract,
+    torch.neg, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.mean, torch.sum, torch.permute,
+    torch.transpose, torch.squeeze, torch.unsqueeze, torch.movedim, torch.chunk, torch.split,
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.interpolate, F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
 }
-SUPPORTED_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "add", "mean", "permute", "transpose", "squeeze", "unsqueeze"}
-
-_FIXES = {
-    nn.MaxPool1d: "replace max pooling by nn.AvgPool (same kernel) and retrain the source ANN",
-    nn.MaxPool2d: "replace max pooling by nn.AvgPool2d (same kernel) and retrain the source ANN",
-    nn.AdaptiveMaxPool2d: "replace it by nn.AdaptiveAvgPool2d and retrain the source ANN",
+SUPPORTED_METHODS = {
+    "view", "reshape", "flatten", "size", "contiguous", "add", "sub", "neg", "mean", "sum", "permute", "transpose",
+    "squeeze", "unsqueeze", "expand", "unflatten", "movedim", "chunk", "split",
 }
+# Multiplications and divisions are linear when the other operand does not depend on the
+# input (a number, parameter, buffer or constant): input normalisation (x - mean) / std.
+_MULTIPLY = {operator.mul, torch.mul, torch.multiply, "mul"}
+_DIVIDE = {operator.truediv, torch.div, torch.divide, torch.true_divide, "div", "true_divide"}
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_MAX_POOL_FUNCTIONS = {
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+}
+_MAX_POOL_FIX = (
+    "max pooling is exact only on the analog input, before the first activation: move it there, convert with "
+    "max_pool='gate' (an approximate spiking max, Rueckauer et al. 2017), or replace it by average pooling "
+    "(nn.AvgPool2d, same kernel) and retrain the source ANN"
+)
 
 
 def _unsupported(what: str, name: str, fix: str) -> SnnconvError:
@@ -80,7 +96,15 @@ def _clamp_bounds(node: fx.Node) -> tuple[float, float | None] | None:
 def _site_for(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | None:
     module = modules.get(node.target) if node.op == "call_module" else None
     if isinstance(module, QuantizedClip):
-        return ActivationSite(module, "quantized", module.levels, module.shift, module.threshold.detach().clone())
+        lam = module.threshold.detach().clone()
+        if not bool(torch.isfinite(lam).all()) or bool((lam <= 0).any()):
+            raise SnnconvError(
+                f"activation {node.target!r} ({type(module).__name__}) has clip value lambda = {lam.flatten()[0].item():.4g}, "
+                "but it must be > 0 (it is the spiking threshold): retrain with lambda kept positive (snnconv train "
+                "does this; in your own loop call snnconv.activations.keep_thresholds_positive(model) after each "
+                "optimizer.step()), or set it to a positive value"
+            )
+        return ActivationSite(module, "quantized", module.levels, module.shift, lam)
     if isinstance(module, nn.ReLU6) or (node.op == "call_function" and node.target is F.relu6):
         return ActivationSite(None, "clip", None, 0.0, 6.0, upper=6.0)
     if isinstance(module, nn.Hardtanh) and module.min_val == 0:
@@ -91,59 +115,187 @@ def _site_for(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | 
     if bounds is not None:
         low, high = bounds
         if low != 0 or not (high is None or isinstance(high, (int, float))):
-            raise _unsupported(f"clamp({low}, {high})", node.name, "only clamp(x, 0, max) is an activation; use min=0")
+            raise _unsupported(f"clamp({low}, {high})", _where(node), "only clamp(x, 0, max) is an activation; use min=0")
         if high is None:
             return ActivationSite(None, "relu", None, 0.0, None)
         return ActivationSite(None, "clip", None, 0.0, float(high), upper=float(high))
     return None
 
 
-def _check_supported(node: fx.Node, modules: dict[str, nn.Module]) -> None:
-    if node.op in ("placeholder", "output", "get_attr"):
+def _user_module(node: fx.Node) -> tuple[str, type] | None:
+    """The innermost user-written (not torch.nn) module the node was traced inside, if any."""
+    stack = node.meta.get("nn_module_stack") or {}
+    for path, kind in reversed(list(stack.values())):
+        if isinstance(kind, type) and not kind.__module__.startswith("torch."):
+            return path, kind
+    return None
+
+
+def _where(node: fx.Node) -> str:
+    return str(node.target) if node.op == "call_module" else node.name
+
+
+def _refuse_inside_user_module(node: fx.Node, what: str) -> None:
+    """A node we cannot convert, traced inside a user's module: name that module and class.
+
+    Usually it is a custom activation (a QCFS written with torch.floor, a clip built
+    with torch.where), which the ``activations=`` mapping of :func:`convert` converts.
+    """
+    owner = _user_module(node)
+    if owner is None:
         return
+    path, kind = owner
+    raise SnnconvError(
+        f"module {path!r} ({kind.__name__}) computes {what}, which has no spiking form: if {kind.__name__} is an "
+        f"activation, map it to a supported one, convert(model, neuron, activations={{{kind.__name__}: lambda m: "
+        f"QCFS(levels=..., threshold=...)}}); otherwise express it with conv, linear, average-pool, add or cat"
+    )
+
+
+def _dim_list(value) -> list:
+    if value is None:
+        return [None]
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def _touches_batch(node: fx.Node) -> bool:
+    """Does a reduction, concatenation or axis move act on dim 0 (the batch, which carries time)?"""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    args = node.args[1:]
+    kwargs = node.kwargs
+    if name in ("mean", "sum"):
+        dims = _dim_list(args[0] if args else kwargs.get("dim"))
+        return any(d is None or d == 0 for d in dims)
+    if name in ("cat", "concat", "stack"):
+        return (node.args[1] if len(node.args) > 1 else kwargs.get("dim", 0)) == 0
+    if name in ("chunk", "split"):
+        return (node.args[2] if len(node.args) > 2 else kwargs.get("dim", 0)) == 0
+    if name == "transpose":
+        return 0 in [a for a in args[:2] if isinstance(a, int)] or 0 in (kwargs.get("dim0"), kwargs.get("dim1"))
+    if name == "permute":
+        dims = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else list(args or kwargs.get("dims", ()))
+        return bool(dims) and dims[0] != 0
+    if name == "flatten":
+        return (args[0] if args else kwargs.get("start_dim", 0)) == 0
+    return False
+
+
+def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set, spiking: set, max_pool: str | None = None) -> None:
+    if node.op in ("placeholder", "output", "get_attr") or node not in dynamic:
+        return  # values that do not depend on the input are used as they are
+    where = _where(node)
     if node.op == "call_module":
         module = modules[node.target]
         kind = type(module)
+        if isinstance(module, MaxPoolGate):
+            return
+        if isinstance(module, _MAX_POOLS):
+            if node in spiking:
+                raise _unsupported(f"{kind.__name__} after a spiking layer", where, _MAX_POOL_FIX)
+            return
         if isinstance(module, nn.Upsample) and module.mode != "nearest":
-            raise _unsupported(f"Upsample mode={module.mode}", node.target, "use mode='nearest'")
+            raise _unsupported(f"Upsample mode={module.mode}", where, "use mode='nearest'")
         if isinstance(module, SUPPORTED_MODULES):
             return
-        fix = _FIXES.get(kind, "use conv/linear/average-pool layers with ReLU, QCFS or ClipFloor activations")
-        raise _unsupported(kind.__name__, node.target, fix)
-    if node.op == "call_function":
-        if node.target is F.interpolate and node.kwargs.get("mode", "nearest") != "nearest":
-            raise _unsupported("interpolate", node.name, "use mode='nearest'")
-        if node.target in SUPPORTED_FUNCTIONS:
+        _refuse_inside_user_module(node, kind.__name__)
+        raise _unsupported(kind.__name__, where, "use conv/linear/average-pool layers with ReLU, QCFS or ClipFloor "
+                           "activations, or map a custom activation class with convert(..., activations={Class: ...})")
+    target = node.target
+    name = target if node.op == "call_method" else getattr(target, "__name__", str(target))
+    if target in _MULTIPLY or target in _DIVIDE:
+        operands = list(node.args) + list(node.kwargs.values())
+        divisor_dynamic = target in _DIVIDE and len(operands) > 1 and isinstance(operands[1], fx.Node) and operands[1] in dynamic
+        if sum(isinstance(a, fx.Node) and a in dynamic for a in operands) <= 1 and not divisor_dynamic:
             return
-        if node.target in (operator.mul, operator.truediv, torch.mul) and any(isinstance(a, (int, float)) for a in node.args):
-            return  # scaling by a constant is linear
-        name = getattr(node.target, "__name__", str(node.target))
-        raise _unsupported(f"function {name}", node.name, "express it with supported layers (conv, linear, avg-pool, add, cat)")
-    if node.op == "call_method" and node.target not in SUPPORTED_METHODS:
-        raise _unsupported(f"method .{node.target}()", node.name, "express it with supported layers (conv, linear, avg-pool, add, cat)")
+        _refuse_inside_user_module(node, f"a {name} of two input-dependent values")
+        raise _unsupported(f"{name} of two input-dependent values", where,
+                           "multiply or divide only by numbers, parameters or buffers")
+    if node.op == "call_function" and target in _MAX_POOL_FUNCTIONS:
+        if node in spiking:
+            raise _unsupported(f"{name} after a spiking layer", where, _MAX_POOL_FIX)
+        return
+    if node.op == "call_function" and target is F.interpolate and node.kwargs.get("mode", "nearest") != "nearest":
+        raise _unsupported("interpolate", where, "use mode='nearest'")
+    if node.op == "call_function" and target is F.pad:
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+        if mode == "constant" and not value:
+            return
+        raise _unsupported(f"pad mode={mode} value={value}", where, "pad with zeros only (mode='constant', value=0)")
+    supported = (node.op == "call_function" and target in SUPPORTED_FUNCTIONS) or (
+        node.op == "call_method" and target in SUPPORTED_METHODS
+    )
+    if supported:
+        if node in spiking and _touches_batch(node):
+            raise _unsupported(f"{name} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
+                               "reduce, concatenate or move only dims >= 1")
+        return
+    what = f"method .{name}()" if node.op == "call_method" else f"function {name}"
+    _refuse_inside_user_module(node, what)
+    raise _unsupported(what, where, "express it with supported layers (conv, linear, avg-pool, add, cat)")
 
 
-def mark_activation_sites(graph_module: fx.GraphModule) -> fx.GraphModule:
+def _downstream(graph: fx.Graph, roots) -> set[fx.Node]:
+    """``roots`` and every node computed from them."""
+    found = set(roots)
+    for node in graph.nodes:
+        if node not in found and any(i in found for i in node.all_input_nodes):
+            found.add(node)
+    return found
+
+
+def _gate_max_pools(graph_module: fx.GraphModule, spiking: set) -> None:
+    """Replace each max-pool module after a spiking layer by a :class:`MaxPoolGate`."""
+    for node in graph_module.graph.nodes:
+        if node in spiking and node.op == "call_module":
+            module = graph_module.get_submodule(node.target)
+            if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+                parent, _, name = node.target.rpartition(".")
+                setattr(graph_module.get_submodule(parent) if parent else graph_module, name, MaxPoolGate.from_module(module))
+
+
+def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = None) -> fx.GraphModule:
     """Replace every activation node by an :class:`ActivationSite` module, in place.
 
-    Raises :class:`SnnconvError` for any node the SNN cannot represent (max pooling,
-    GELU, LSTM, a multiplication of two tensors, ...) and for a model with no activation.
+    ``max_pool="gate"``: max-pool modules after a spiking layer become
+    :class:`~snnconv.convert.max_pool.MaxPoolGate` (approximate); otherwise they are refused.
+
+    Raises :class:`SnnconvError` for any node the SNN cannot represent (max pooling
+    after a spiking layer, GELU, LSTM, a multiplication of two input-dependent tensors,
+    ...) and for a model with no activation. A node traced inside a user's module is
+    reported with that module's name and class (see ``convert(..., activations=)``).
     """
     modules = dict(graph_module.named_modules())
-    sites = 0
+    sites = []
+    inputs = _downstream(graph_module.graph, [n for n in graph_module.graph.nodes if n.op == "placeholder"])
     for node in list(graph_module.graph.nodes):
+        if node not in inputs:
+            continue  # an activation of a constant (a parameter, a buffer) is a constant: computed as it is
         site = _site_for(node, modules)
         if site is None:
-            _check_supported(node, modules)
             continue
-        name = f"site_{sites}"
-        sites += 1
+        name = f"site_{len(sites)}"
         graph_module.add_submodule(name, site)
         with graph_module.graph.inserting_after(node):
             new = graph_module.graph.call_module(name, (node.args[0],))
+        new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         graph_module.graph.erase_node(node)
-    if sites == 0:
+        sites.append(new)
+    modules = dict(graph_module.named_modules())
+    graph = graph_module.graph
+    dynamic = _downstream(graph, [n for n in graph.nodes if n.op == "placeholder"])
+    spiking = _downstream(graph, sites)
+    if max_pool not in (None, "gate"):
+        raise SnnconvError(f"max_pool must be None or 'gate', got {max_pool!r}")
+    if max_pool == "gate":
+        _gate_max_pools(graph_module, spiking)
+        modules = dict(graph_module.named_modules())
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(modules.get(node.target), ActivationSite):
+            continue
+        _check_supported(node, modules, dynamic, spiking)
+    if not sites:
         raise SnnconvError("the model has no activation to convert: add ReLU, QCFS or ClipFloor activations")
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()

@@ -1,6 +1,7 @@
 """Pass: fold eval-mode BatchNorm into the conv or linear layer before it."""
 from __future__ import annotations
 
+import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
@@ -10,34 +11,65 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+class ChannelAffine(nn.Module):
+    """An eval-mode BatchNorm as a fixed per-channel affine map along dim 1.
+
+    y = x * scale[c] + shift[c], scale = gamma / sqrt(var + eps), shift = beta - mu * scale.
+    Applied at every step of an SNN, its mean over the steps is the ANN's BatchNorm of
+    the mean input (it is affine); the shift is a constant drive, off in sleep steps.
+    Shapes: ``[batch, C, *]`` in and out.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.detach()
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.detach()
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        view = (1, -1, *([1] * (x.dim() - 2)))
+        return torch.addcmul(self.shift.reshape(view), x, self.scale.reshape(view))
+
+
 def _parent_name(target: str) -> tuple[str, str]:
     parent, _, name = target.rpartition(".")
     return parent, name
 
 
 def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
-    """Fold every ``conv/linear -> BatchNorm`` pair into one layer, in place.
+    """Fold every ``conv/linear -> BatchNorm`` pair into one layer, in place; any other
+    eval-mode BatchNorm becomes a :class:`ChannelAffine` layer.
 
     y = gamma * (W x + b - mu) / sqrt(var + eps) + beta  becomes  W' x + b'  with
     W' = W * gamma / sqrt(var + eps) and b' = (b - mu) * gamma / sqrt(var + eps) + beta.
-    The folded shift lives in the bias, which is what wake-sleep conversion switches off
-    during sleep. A BatchNorm that follows anything else is an error: it has no
-    single layer to fold into.
+    A BatchNorm after anything else (average pooling, an activation, a residual
+    addition, a conv whose output is also used elsewhere) is the per-channel affine map
+    it is in eval mode, kept as a layer. Folded or not, its shift is a constant drive,
+    which wake-sleep conversion switches off during sleep.
+
+    Raises:
+        SnnconvError: a BatchNorm without running statistics (nothing to freeze).
     """
     modules = dict(graph_module.named_modules())
     for node in list(graph_module.graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(node.target), _BATCHNORMS):
             continue
         bn = modules[node.target]
+        if not bn.track_running_stats or bn.running_mean is None:
+            raise SnnconvError(f"BatchNorm {node.target!r} has no running statistics: build it with track_running_stats=True")
         producer = node.args[0]
         layer = modules.get(producer.target) if isinstance(producer, fx.Node) and producer.op == "call_module" else None
         if not isinstance(layer, (*_CONVS, nn.Linear)) or len(producer.users) != 1:
-            raise SnnconvError(
-                f"BatchNorm {node.target!r} does not directly follow a conv/linear layer used only by it, so it "
-                "cannot be folded: place each BatchNorm right after its conv or linear layer"
-            )
-        if not bn.track_running_stats or bn.running_mean is None:
-            raise SnnconvError(f"BatchNorm {node.target!r} has no running statistics: build it with track_running_stats=True")
+            parent, name = _parent_name(node.target)
+            affine = ChannelAffine(bn).to(bn.running_mean.dtype)
+            setattr(graph_module.get_submodule(parent) if parent else graph_module, name, affine)
+            modules[node.target] = affine
+            continue
         fused = fuse_conv_bn_eval(layer.eval(), bn.eval()) if isinstance(layer, _CONVS) else fuse_linear_bn_eval(layer.eval(), bn.eval())
         parent, name = _parent_name(producer.target)
         setattr(graph_module.get_submodule(parent) if parent else graph_module, name, fused)

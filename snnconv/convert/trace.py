@@ -21,8 +21,11 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     if not isinstance(model, nn.Module):
         raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model) if copy_model else model
+    # Trace in eval mode: forward() code that reads self.training (dropout, noise) then
+    # takes its inference branch, which is what the SNN must compute.
+    model.eval()
     if isinstance(model, fx.GraphModule):
-        return model.eval()
+        return model
     try:
         graph = _Tracer().trace(model)
         return fx.GraphModule(model, graph, type(model).__name__).eval()

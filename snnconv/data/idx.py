@@ -49,6 +49,44 @@ def _folder(data_dir: Path | None, name: str) -> Path:
     return data_dir
 
 
+# MNIST and Fashion-MNIST use the same file names, so a folder of one passed as the other
+# loads without complaint unless its content is checked. Official split sizes and mean
+# pixel intensities (0..1), measured on shared/data with load_dataset(...).images.mean() / 255.
+_OFFICIAL = {
+    "MNIST": {"train": (60000, 0.1307), "test": (10000, 0.1325)},
+    "FashionMNIST": {"train": (60000, 0.2860), "test": (10000, 0.2868)},
+}
+_REGISTERED = {"MNIST": "mnist", "FashionMNIST": "fashion_mnist"}
+_MEAN_TOLERANCE = 0.05  # the two datasets' means are 0.154 apart
+
+
+def check_content(images: np.ndarray, name: str, split: str, images_path: Path) -> None:
+    """Refuse the other dataset's files (MNIST given as Fashion-MNIST or the reverse).
+
+    The images file is the other dataset's if its md5 is the other's published sum, or
+    if it has the official number of images and a mean intensity within 0.05 of the
+    other's and not of this one's. Files of other sizes (a user's own data) pass.
+
+    Raises:
+        SnnconvError: naming the file, what it holds and the fix.
+    """
+    from .downloads import DOWNLOADS, md5sum
+
+    other = next(o for o in _OFFICIAL if o != name)
+    published = {r.filename: r.md5 for r in DOWNLOADS[_REGISTERED[other]]}
+    count, own_mean = _OFFICIAL[name][split]
+    other_mean = _OFFICIAL[other][split][1]
+    reason = None
+    if images_path.suffix == ".gz" and md5sum(images_path) == published.get(images_path.name):
+        reason = f"its md5 is {other}'s"
+    elif images.shape[0] == count:
+        mean = float(images.mean(dtype=np.float64)) / 255.0
+        if abs(mean - other_mean) <= _MEAN_TOLERANCE < abs(mean - own_mean):
+            reason = f"its mean intensity {mean:.4f} is {other}'s ({other_mean:.4f}), not {name}'s ({own_mean:.4f})"
+    if reason:
+        raise SnnconvError(f"{str(images_path)!r} holds {other}, not {name} ({reason}): point --data-dir at the {name} idx files")
+
+
 def _load(data_dir, split, name, mean, std) -> Dataset:
     folder = _folder(data_dir, name)
     images_file, labels_file = _FILES[split]
@@ -56,6 +94,7 @@ def _load(data_dir, split, name, mean, std) -> Dataset:
     labels = read_idx(folder / labels_file, 0x00000801)
     if images.shape[0] != labels.shape[0]:
         raise SnnconvError(f"{name}: {images.shape[0]} images but {labels.shape[0]} labels in {str(folder)!r}")
+    check_content(images, name, split, folder / images_file)
     return Dataset(name, torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)), 10, (mean,), (std,))
 
 

@@ -33,6 +33,7 @@ from torch import fx, nn
 
 from ..errors import SnnconvError, check
 from ..files import atomic_write
+from ..inputs import check_input
 from ..network import SpikingNetwork
 from ..neurons import CIFNeuron, GroupNeuron, SpikingNeuron, TPPNeuron
 
@@ -82,6 +83,30 @@ def _pair(v) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
+def _explicit_padding(module: nn.Conv2d):
+    """A Conv2d's padding as two ints where "same"/"valid" has a symmetric form (portable
+    to readers that only take ints), else the string."""
+    if not isinstance(module.padding, str):
+        return _pair(module.padding)
+    if module.padding == "valid":
+        return (0, 0)
+    total = [d * (k - 1) for d, k in zip(_pair(module.dilation), _pair(module.kernel_size))]
+    return tuple(t // 2 for t in total) if all(t % 2 == 0 for t in total) else module.padding
+
+
+def _fix_conv_types(node, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> None:
+    """Set a NIR conv node's input/output types to the shapes the layer really has.
+
+    nir 1.0's own inference takes the input channels as ``weight.shape[1]`` (C_in /
+    groups, wrong for groups > 1) and every spatial kernel size as ``weight.shape[2]``
+    (wrong for a (3, 5) kernel), and then refuses its own graph.
+    """
+    import numpy as np
+
+    node.input_type = {"input": np.array(input_shape)}
+    node.output_type = {"output": np.array(output_shape)}
+
+
 def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, warn: bool = True):
     """Build a ``nir.NIRGraph`` computing the same output at every step as ``simulate(snn, x, T)``.
 
@@ -106,9 +131,12 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
         _check_neuron(name, neuron)
     gm = snn.graph
     dtype = next((p.dtype for p in gm.parameters()), torch.float32)
+    check(isinstance(input_shape, (tuple, list)) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in input_shape),
+          f"input_shape must be one sample's shape as positive integers, e.g. (1, 28, 28), got {input_shape!r}")
+    sample = check_input(gm, torch.zeros(1, *input_shape, dtype=dtype), "an input of input_shape")
     probe = _Probe(gm)
     with torch.no_grad():
-        probe.run(torch.zeros(1, *input_shape, dtype=dtype, device=next(iter(gm.buffers())).device))
+        probe.run(sample)
     modules = probe.modules
     shape = {n: tuple(v.shape[1:]) for n, v in probe.values.items() if isinstance(v, torch.Tensor)}
     numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731
@@ -157,12 +185,14 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
                 nodes[name] = nir.Affine(weight=weight, bias=bias)
             elif isinstance(module, nn.Conv2d):
                 nodes[name] = nir.Conv2d(input_shape=shape[inputs[0]][1:], weight=weight, stride=_pair(module.stride),
-                                         padding=module.padding if isinstance(module.padding, str) else _pair(module.padding),
+                                         padding=_explicit_padding(module),
                                          dilation=_pair(module.dilation), groups=module.groups, bias=bias)
+                _fix_conv_types(nodes[name], shape[inputs[0]], shape[n])
             else:
                 nodes[name] = nir.Conv1d(input_shape=shape[inputs[0]][1], weight=weight, stride=module.stride[0],
                                          padding=module.padding if isinstance(module.padding, str) else module.padding[0],
                                          dilation=module.dilation[0], groups=module.groups, bias=bias)
+                _fix_conv_types(nodes[name], shape[inputs[0]], shape[n])
             carrier[n] = (name, 1.0)
         elif isinstance(module, SpikingNeuron):
             theta = float(module.threshold)
@@ -218,6 +248,49 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
         warnings.warn("NIR IF nodes reset to v_reset and fire on v > v_threshold; this export needs reset by subtraction, "
                       "v >= threshold and v(0) = initial_potential, recorded only in each node's metadata, which NIR "
                       "consumers may ignore: check your simulator honours them", NIRSemanticsWarning, stacklevel=2)
+    return graph
+
+
+def _conv_types(node) -> None:
+    """Recompute a NIR Conv1d/Conv2d node's types from its own fields (see :func:`_fix_conv_types`)."""
+    import numpy as np
+
+    weight = np.asarray(node.weight)
+    spatial = np.atleast_1d(np.asarray(node.input_shape)).astype(int).tolist()
+    dims = len(spatial)
+    as_tuple = lambda v: tuple(np.atleast_1d(np.asarray(v)).astype(int).tolist()) * (dims if np.ndim(v) == 0 else 1)  # noqa: E731
+    stride, dilation = as_tuple(node.stride), as_tuple(node.dilation)
+    kernel = weight.shape[2:]
+    if isinstance(node.padding, (str, bytes)):
+        mode = node.padding.decode() if isinstance(node.padding, bytes) else node.padding
+        out = spatial if mode == "same" else [(n - d * (k - 1) - 1) // s + 1 for n, d, k, s in zip(spatial, dilation, kernel, stride)]
+    else:
+        padding = as_tuple(node.padding)
+        out = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(spatial, padding, dilation, kernel, stride)]
+    _fix_conv_types(node, (weight.shape[1] * int(node.groups), *spatial), (weight.shape[0], *out))
+
+
+def read_nir(path: str | Path):
+    """Read a NIR file written by :func:`export_nir`, with the conv types nir 1.0 gets wrong fixed.
+
+    ``nir.read`` re-infers every conv node's types with the errors described in
+    :func:`_fix_conv_types` and refuses a (3, 5) kernel or ``groups > 1``; this reads
+    without that check, recomputes the conv types from each node's weight, padding,
+    stride, dilation and groups, then checks the whole graph's types.
+
+    Raises:
+        SnnconvError: the file's types do not agree even after the fix.
+    """
+    nir = _import_nir()
+    graph = nir.read(str(path), type_check=False)
+    for node in graph.nodes.values():
+        if type(node).__name__ in ("Conv1d", "Conv2d") and node.input_shape is not None:
+            _conv_types(node)
+    try:
+        graph.infer_types()
+        graph.check_types()
+    except ValueError as err:
+        raise SnnconvError(f"{str(path)!r}: NIR types do not agree ({err}): the file is not a valid export") from err
     return graph
 
 
