@@ -9,8 +9,8 @@ Sources (``zoo/``, trained with ``zoo/train_resnet20.sh``):
 
 Causal methods (IF, GN, SpikingJelly) read every T off one simulation at the largest T;
 window methods (TPP, permutation) are simulated once per T and seed, so they may use
-fewer images (``--window-limit``) and fewer T (``--window-steps``): the JSON records the
-images behind every row. Beside them the QCFS paper's ResNet-20 CIFAR-10 row (Bu et al.,
+fewer T (``--window-steps``), and the permutation runs (the costliest: a shuffle of
+every layer's window) fewer images (``--permute-limit``): every row states its images. Beside them the QCFS paper's ResNet-20 CIFAR-10 row (Bu et al.,
 ICLR 2022, Table 1), compared as the gap to each paper's own ANN.
 
     python bench/paper_scale.py --data-dir ../shared/data/cifar10 --out bench/results/paper_scale
@@ -92,8 +92,7 @@ def run_source(kind: str, args) -> dict | None:
               "clip_limit_accuracy": None if limit_model is None else accuracy(limit_model, x, y), "runs": []}
     levels = meta["activation"]["levels"]
     for label, spec in method_specs(kind, args.steps, args.window_steps, args.seeds, levels, args.sleep_steps):
-        window = spec.permute is not None or spec.neuron == "tpp"
-        n = min(len(y), args.window_limit) if window else len(y)
+        n = min(len(y), args.permute_limit) if spec.permute is not None else len(y)
         started = time.perf_counter()
         run = run_method(model, x[:n], y[:n], spec, calibration, args.batch_size, progress=not args.no_progress)
         run.update(label=label, samples=n, wall_seconds=round(time.perf_counter() - started, 1))
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--sleep-steps", type=int, default=28)
     p.add_argument("--limit", type=int, help="first N test images (default all 10,000)")
-    p.add_argument("--window-limit", type=int, default=10_000, help="first N test images for TPP and permutation")
+    p.add_argument("--permute-limit", type=int, default=10_000, help="first N test images for the permutation runs")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--no-spikingjelly", action="store_true")
     p.add_argument("--no-progress", action="store_true")
