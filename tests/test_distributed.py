@@ -37,7 +37,7 @@ def test_torchrun_train_and_evaluate_equal_a_single_process(tmp_path):
     from snnconv.checkpoint import read_checkpoint
 
     meta = read_checkpoint(checkpoint)[0]
-    assert meta["epochs_done"] == 1 and meta["ann_accuracy"] > 0.3  # DDP really trained
+    assert meta["epochs_done"] == 1 and meta["ann_accuracy"] > 0.2  # DDP really trained (chance: 0.1)
 
     evaluate = ["evaluate", str(checkpoint), "--neuron", "if", "-T", "1,2,4,8", "--batch-size", "64", "--no-progress"]
     sharded = _torchrun(*evaluate, "--json", str(tmp_path / "dist.json"))
