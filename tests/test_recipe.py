@@ -52,7 +52,7 @@ def test_clip_limit_replaces_every_quantiser_and_leaves_the_source_alone():
     assert not any(isinstance(m, QuantizedClip) for m in limit.modules())
     assert sum(isinstance(m, QuantizedClip) for m in model.modules()) == 2
     z = torch.linspace(-3, 12, 31)
-    assert torch.equal(limit[2](z), z.clamp(0, float(model[2].threshold)))
+    assert torch.equal(limit[2](z), z.clamp(0, model[2].threshold.item()))
     assert clip_limit(create_model("small_cnn", activation="relu", width=4)) is None
 
 
