@@ -258,8 +258,11 @@ def format_table(results: dict) -> str:
 
 def parse_steps(text: str) -> list[int]:
     """'1,2,4' -> [1, 2, 4] with a clear error."""
+    items = [v.strip() for v in str(text).split(",")]
+    if "" in items and items != [""]:
+        raise SnnconvError(f"-T takes comma-separated integers such as 1,2,4,8 with no empty entries, got {text!r}")
     try:
-        values = [int(v) for v in str(text).split(",") if v.strip()]
+        values = [int(v) for v in items if v]
     except ValueError:
         raise SnnconvError(f"-T takes comma-separated integers such as 1,2,4,8, got {text!r}") from None
     if not values or any(v < 1 for v in values):

@@ -11,7 +11,11 @@ def running_average(outputs: torch.Tensor, wake_steps: int | None = None) -> tor
 
     avg(t) = sum_{k<=t} out(k) / min(t, wake_steps): after the wake phase the
     accumulated output is divided by the wake steps (CASC's readout).
+
+    Raises :class:`SnnconvError` unless ``wake_steps`` is None or an integer >= 1.
     """
+    check(wake_steps is None or (isinstance(wake_steps, int) and not isinstance(wake_steps, bool) and wake_steps >= 1),
+          f"wake_steps must be None or an integer >= 1 (the steps the output is averaged over), got {wake_steps!r}")
     total = outputs.shape[0]
     wake = total if wake_steps is None else wake_steps
     divisor = torch.arange(1, total + 1, device=outputs.device).clamp_(max=wake).to(outputs.dtype)

@@ -14,7 +14,7 @@ from ..errors import SnnconvError
 from ..network import SpikingNetwork
 from ..neurons import list_neurons
 from .activation_sites import ActivationSite, activation_sites, mark_activation_sites
-from .calibrate import calibrate_thresholds
+from .calibrate import calibrate_thresholds, parse_calibration_method
 from .fold_bn import fold_batchnorm
 from .remove_dropout import remove_dropout
 from .swap_neurons import swap_to_neurons
@@ -62,6 +62,7 @@ def convert(
     """
     if neuron not in list_neurons():
         raise SnnconvError(f"unknown neuron {neuron!r}: choose one of {', '.join(list_neurons())}")
+    parse_calibration_method(calibration_method)  # a bad method (say a percentile of 150) is refused even without ReLU sites
     graph_module = prepare(model)
     if calibration is not None:
         calibrate_thresholds(graph_module, calibration, calibration_method)
