@@ -58,7 +58,7 @@ def _target_kind(path: Path, target: Path) -> str:
     written directly); anything else raises :class:`SnnconvError`."""
     try:
         mode = target.stat().st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a missing folder above it is reported when writing)
         return "new"
     except OSError as err:
         raise SnnconvError(f"cannot write {_name(path)} ({err.strerror or err}): choose another output path") from err
