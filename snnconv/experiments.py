@@ -29,7 +29,7 @@ from .convert import convert
 from .data import load_dataset
 from .engine import DEFAULT_MEMORY_BUDGET, simulate
 from .errors import SnnconvError, check
-from .files import write_json
+from .files import check_output_file, write_json
 from .metrics import SpikeCounter, correct_per_step
 from .network import SpikingNetwork
 from .train import accuracy
@@ -220,6 +220,7 @@ def evaluate_checkpoint(checkpoint: str | Path, specs: list[RunSpec], data_dir: 
     from .train import resolve_device
 
     dev = distributed.setup(resolve_device(device))
+    distributed.run_on_main(lambda: check_output_file(json_path))  # before any work: an unwritable --json fails now
     progress = progress and distributed.is_main()
     model, meta, x, y, calibration = load_evaluation(checkpoint, data_dir, limit, dev, calibration_samples)
     n = len(y)

@@ -179,8 +179,8 @@ class DivergenceWatch:
         loss = loss.detach().float()
         if self.first is None:
             self.first = torch.tensor([-1.0, 0.0], device=loss.device)
-        bad = ~torch.isfinite(loss) & (self.first[0] < 0)
-        self.first = torch.where(bad, torch.stack([torch.tensor(float(step), device=loss.device), loss]), self.first)
+        bad = ~torch.isfinite(loss) & (self.first[0] < 0)  # device ops only: a fill, not a host-to-device copy
+        self.first = torch.where(bad, torch.stack([loss.new_full((), float(step)), loss]), self.first)
 
     def check(self, model: nn.Module, epoch: int, end_of_epoch: bool = False) -> None:
         found = None if self.first is None else self.first.tolist()

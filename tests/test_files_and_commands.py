@@ -311,9 +311,26 @@ def test_divergence_stops_at_the_first_nonfinite_loss_and_keeps_the_last_good_ch
     assert meta["epochs_done"] == 1 and all(torch.isfinite(t).all() for t in state.values())
 
 
+def test_weights_that_become_nonfinite_after_a_finite_loss_are_caught_before_the_checkpoint(tmp_path, monkeypatch):
+    config = TrainConfig(epochs=2, batch_size=128, seed=2, train_limit=512, model_args={"width": 4})  # 4 steps per epoch
+    real, steps = torch.optim.SGD.step, []
+
+    def step_then_blow_up(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        steps.append(1)
+        if len(steps) == 4:  # the last step of epoch 1: its loss was finite
+            self.param_groups[0]["params"][0].data.fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step_then_blow_up)
+    with pytest.raises(SnnconvError, match="the weights became non-finite during epoch 1;.*no checkpoint was written"):
+        train(config, tmp_path, **QUIET)
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
 def test_cli_huge_learning_rate_stops_with_one_line_and_no_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--lr", "1e6", "--epochs", "2", "--train-limit", "512", "--model-arg", "width=4", "--no-progress",
+    argv = ["train", "--lr", "1e6", "--epochs", "2", "--train-limit", "1024", "--model-arg", "width=4", "--no-progress",
             "--out", str(out)]
     assert main(argv) == 2
     err = _one_line_error(capsys, "training diverged: the loss became", "at epoch 1, step", "--lr 1e+06", "no checkpoint was written")
