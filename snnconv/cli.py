@@ -38,10 +38,28 @@ def _key_values(pairs: list[str] | None, flag: str) -> dict:
 
 
 def _parse_seeds(text: str) -> list[int]:
+    items = [s.strip() for s in text.split(",")]
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        if "" in items:
+            raise ValueError
+        return [int(s) for s in items]
     except ValueError:
-        raise SnnconvError(f"--seeds takes comma-separated integers, got {text!r}") from None
+        raise SnnconvError(f"--seeds takes comma-separated integers such as 0,1,2 (no empty entries), got {text!r}") from None
+
+
+def _calibration(args, meta: dict) -> str:
+    """--calibrate for a ReLU source (default 99.9), validated before any work; refused on a
+    QCFS or clip-floor source, whose thresholds are its trained clip values lambda."""
+    from .convert.calibrate import parse_calibration_method
+
+    if args.calibrate is None:
+        return "99.9"
+    kind = meta.get("activation", {}).get("kind")
+    if kind != "relu":
+        raise SnnconvError(f"--calibrate applies to ReLU sources only: {args.checkpoint!r} is a {kind} checkpoint whose "
+                           "thresholds are its trained clip values lambda; drop --calibrate")
+    parse_calibration_method(args.calibrate)
+    return args.calibrate
 
 
 def _add_method_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +72,7 @@ def _add_method_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-steps", type=int, help="GN with --group-size auto: the T to reach")
     p.add_argument("--initial-potential", type=float, help="v(0) as a fraction of theta (IF, GN, TPP)")
     p.add_argument("--option", action="append", help="other neuron option KEY=VALUE (repeatable)")
-    p.add_argument("--calibrate", default="99.9", help="ReLU sources: 'max' or a percentile for the thresholds")
+    p.add_argument("--calibrate", help="ReLU sources only: 'max' or a percentile in (0, 100] for the thresholds (default 99.9)")
     p.add_argument("--data-dir", help="folder with the dataset files (not needed for digits)")
     p.add_argument("--limit", type=int, help="evaluate on the first N test images only")
     p.add_argument("--batch-size", type=int, default=256)
@@ -122,19 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--neuron", default="if", help="the conversion to export (only if has a NIR form)")
     ex.add_argument("--input-shape", help="one sample's shape C,H,W (default: from the checkpoint's dataset)")
     ex.add_argument("--data-dir", help="dataset folder (input shape; calibration of ReLU sources)")
-    ex.add_argument("--calibrate", default="99.9", help="ReLU sources: 'max' or a percentile for the thresholds")
+    ex.add_argument("--calibrate", help="ReLU sources only: 'max' or a percentile in (0, 100] for the thresholds (default 99.9)")
 
     sub.add_parser("list", help="list registered neurons, models and datasets")
 
     from .detection.cli import add_detection_commands
 
     add_detection_commands(sub, _add_method_arguments)
+    for command in sub.choices.values():  # --debug also after the subcommand (SUPPRESS: keeps an earlier --debug)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 
 def _cmd_demo(args) -> None:
     from .demo import run_demo
+    from .files import check_output_file
 
+    check_output_file(args.json)
     run_demo(args.json, epochs=args.epochs)
 
 
@@ -161,8 +183,10 @@ def _download_if_asked(args, dataset: str) -> None:
 
 def _cmd_train(args) -> None:
     from .distributed import print_main
+    from .files import check_output_folder
     from .train import TrainConfig, train
 
+    check_output_folder(args.out)
     model_args = _key_values(args.model_arg, "--model-arg")
     config = TrainConfig(
         model=args.model, dataset=args.dataset, activation=args.activation, levels=args.levels, epochs=args.epochs,
@@ -182,11 +206,14 @@ def _cmd_evaluate(args) -> None:
     from .checkpoint import read_checkpoint
     from .distributed import print_main
     from .experiments import RunSpec, evaluate_checkpoint, format_table, parse_steps
+    from .files import check_output_file
 
-    if args.download:
-        _download_if_asked(args, read_checkpoint(args.checkpoint)[0]["dataset"])
+    check_output_file(args.json)
+    meta = read_checkpoint(args.checkpoint)[0]
     spec = RunSpec(args.neuron, parse_steps(args.steps), args.sleep_steps, args.permute, _parse_seeds(args.seeds),
-                   _neuron_options(args), args.calibrate, args.stop_when_quiet)
+                   _neuron_options(args), _calibration(args, meta), args.stop_when_quiet)
+    if args.download:
+        _download_if_asked(args, meta["dataset"])
     results = evaluate_checkpoint(args.checkpoint, [spec], args.data_dir, args.limit, args.batch_size,
                                   progress=not args.no_progress, json_path=args.json, device=args.device)
     print_main(format_table(results))
@@ -201,11 +228,13 @@ def _cmd_compare(args) -> None:
         return
     from .checkpoint import read_checkpoint
     from .experiments import parse_steps
+    from .files import check_output_folder
 
+    check_output_folder(args.out)
     meta, _, _ = read_checkpoint(args.checkpoint)
     specs = parse_methods(args.neurons, parse_steps(args.steps), seeds=_parse_seeds(args.seeds), sleep_steps=args.sleep_steps,
                           group_size=args.group_size, target_steps=args.target_steps,
-                          levels=meta.get("activation", {}).get("levels"), calibration=args.calibrate)
+                          levels=meta.get("activation", {}).get("levels"), calibration=_calibration(args, meta))
     for spec in specs:
         spec.permute = spec.permute or args.permute
     compare(args.checkpoint, specs, args.out, data_dir=args.data_dir, limit=args.limit, batch_size=args.batch_size,
@@ -214,44 +243,82 @@ def _cmd_compare(args) -> None:
     print((__import__("pathlib").Path(args.out) / "report.md").read_text())
 
 
+def _input_shape(text: str, model, meta: dict) -> tuple[int, ...]:
+    """--input-shape C,H,W: positive integers, C the checkpoint's input channels, and a size the model accepts."""
+    import torch
+
+    items = [v.strip() for v in text.split(",")]
+    try:
+        shape = tuple(int(v) for v in items)
+    except ValueError:
+        raise SnnconvError(f"--input-shape takes comma-separated integers C,H,W such as 1,28,28, got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise SnnconvError(f"--input-shape takes one sample's shape C,H,W (three integers >= 1) such as 1,28,28, got {text!r}")
+    channels = meta.get("model_args", {}).get("in_channels")
+    if channels is not None and shape[0] != channels:
+        raise SnnconvError(f"--input-shape {text}: model {meta['model']!r} takes {channels} input channel(s), not {shape[0]}; "
+                           f"give {channels},H,W")
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape))
+    except RuntimeError as err:
+        raise SnnconvError(f"--input-shape {text} does not fit model {meta['model']!r} ({str(err).splitlines()[0]}): "
+                           f"give the shape of one {meta['dataset']} image") from None
+    return shape
+
+
 def _cmd_export(args) -> None:
     from .checkpoint import load_checkpoint
     from .convert import convert
     from .data import load_dataset
     from .export.nir import export_nir
+    from .files import check_output_file
 
+    check_output_file(args.out, "--out")
     model, meta = load_checkpoint(args.checkpoint)
-    if args.input_shape:
+    relu = meta["activation"]["kind"] == "relu"
+    calibration_method = _calibration(args, meta)
+
+    def dataset(split: str):
         try:
-            shape = tuple(int(v) for v in args.input_shape.split(","))
-        except ValueError:
-            raise SnnconvError(f"--input-shape takes comma-separated integers such as 1,28,28, got {args.input_shape!r}") from None
+            return load_dataset(meta["dataset"], split, args.data_dir)
+        except SnnconvError as err:
+            if relu:
+                raise SnnconvError(f"{err} (a ReLU source needs the training images to calibrate its thresholds)") from None
+            raise SnnconvError(f"{err}; or pass --input-shape C,H,W (one sample's shape) to export without the dataset") from None
+
+    if args.input_shape:
+        shape = _input_shape(args.input_shape, model, meta)
     else:
-        shape = tuple(load_dataset(meta["dataset"], "test", args.data_dir).normalized(slice(0, 1)).shape[1:])
-    calibration = None
-    if meta["activation"]["kind"] == "relu":
-        calibration = load_dataset(meta["dataset"], "train", args.data_dir).normalized(slice(0, 512))
-    snn = convert(model, args.neuron, calibration=calibration, calibration_method=args.calibrate)
+        shape = tuple(dataset("test").normalized(slice(0, 1)).shape[1:])
+    calibration = dataset("train").normalized(slice(0, 512)) if relu else None
+    snn = convert(model, args.neuron, calibration=calibration, calibration_method=calibration_method)
     path = export_nir(snn, args.out, shape)
     print(f"wrote {path} (NIR; reset by subtraction recorded in node metadata)")
 
 
 def _method_spec(args):
+    from .checkpoint import read_checkpoint
     from .experiments import RunSpec, parse_steps
 
+    calibration = _calibration(args, read_checkpoint(args.checkpoint)[0]) if args.calibrate is not None else "99.9"
     return RunSpec(args.neuron, parse_steps(args.steps), args.sleep_steps, args.permute, _parse_seeds(args.seeds),
-                   _neuron_options(args), args.calibrate, args.stop_when_quiet)
+                   _neuron_options(args), calibration, args.stop_when_quiet)
 
 
 def _cmd_detect_train(args) -> None:
     from .detection.cli import cmd_detect_train
+    from .files import check_output_folder
 
+    check_output_folder(args.out)
     cmd_detect_train(args)
 
 
 def _cmd_detect_evaluate(args) -> None:
     from .detection.cli import cmd_detect_evaluate
+    from .files import check_output_file
 
+    check_output_file(args.json)
     cmd_detect_evaluate(args, _method_spec(args))
 
 

@@ -30,7 +30,7 @@ from .convert import convert
 from .data import load_dataset
 from .engine import DEFAULT_MEMORY_BUDGET, simulate
 from .errors import SnnconvError, check
-from .files import write_json
+from .files import check_output_file, write_json
 from .metrics import SpikeCounter, correct_per_step
 from .network import SpikingNetwork
 from .train import accuracy
@@ -221,6 +221,7 @@ def evaluate_checkpoint(checkpoint: str | Path, specs: list[RunSpec], data_dir: 
     from .train import resolve_device
 
     dev = distributed.setup(resolve_device(device))
+    distributed.run_on_main(lambda: check_output_file(json_path))  # before any work: an unwritable --json fails now
     progress = progress and distributed.is_main()
     model, meta, x, y, calibration = load_evaluation(checkpoint, data_dir, limit, dev, calibration_samples)
     n = len(y)
@@ -263,8 +264,11 @@ def format_table(results: dict) -> str:
 
 def parse_steps(text: str) -> list[int]:
     """'1,2,4' -> [1, 2, 4] with a clear error."""
+    items = [v.strip() for v in str(text).split(",")]
+    if "" in items and items != [""]:
+        raise SnnconvError(f"-T takes comma-separated integers such as 1,2,4,8 with no empty entries, got {text!r}")
     try:
-        values = [int(v) for v in str(text).split(",") if v.strip()]
+        values = [int(v) for v in items if v]
     except ValueError:
         raise SnnconvError(f"-T takes comma-separated integers such as 1,2,4,8, got {text!r}") from None
     if not values or any(v < 1 for v in values):

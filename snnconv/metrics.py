@@ -13,7 +13,11 @@ def running_average(outputs, wake_steps: int | None = None):
     accumulated output is divided by the wake steps (CASC's readout). A structure of
     outputs (tuple, list or dict of heads, as simulate() returns for a model with
     several outputs) gives the same structure of readouts, one per head.
+
+    Raises :class:`SnnconvError` unless ``wake_steps`` is None or an integer >= 1.
     """
+    check(wake_steps is None or (isinstance(wake_steps, int) and not isinstance(wake_steps, bool) and wake_steps >= 1),
+          f"wake_steps must be None or an integer >= 1 (the steps the output is averaged over), got {wake_steps!r}")
     if not isinstance(outputs, torch.Tensor):
         from torch.utils import _pytree as pytree
 

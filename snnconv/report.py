@@ -15,14 +15,13 @@ Tables and plots are drawn from the JSON only (:func:`render_report`), so
 """
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
 from .activations import clip_limit
 from .errors import SnnconvError, check
 from .experiments import RunSpec, load_evaluation, results_record, run_method
-from .files import atomic_write, write_json, write_text
+from .files import atomic_write, check_output_folder, read_json, write_json, write_text
 from .insight import E_AC_PJ, E_MAC_PJ, CostCounter, cost_profile, layerwise_error
 
 PLOTS = ("accuracy_latency.png", "firing_rate.png", "layer_error.png")
@@ -111,6 +110,7 @@ def compare(checkpoint: str | Path, specs: list[RunSpec], out_dir: str | Path, *
 
     check(len(specs) >= 1, "give at least one method")
     check(error_samples >= 0, f"error samples must be >= 0, got {error_samples}")
+    check_output_folder(out_dir)  # before any simulation: a read-only --out fails now
     model, meta, x, y, calibration = load_evaluation(checkpoint, data_dir, limit, resolve_device(device), calibration_samples)
     n = len(y)
     runs = []
@@ -266,11 +266,30 @@ def render_report(results: dict, out_dir: str | Path) -> list[Path]:
     return paths + [out / p for p in PLOTS]
 
 
+# What render_report reads: top-level keys, and the keys of every run.
+_REQUIRED = ("dataset", "model", "ann_accuracy", "runs")
+_REQUIRED_RUN = ("neuron", "T", "accuracy", "latency_steps")
+
+
 def redraw_report(json_path: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Redraw a report from its ``results.json`` (into its own folder unless ``out_dir`` is given)."""
+    """Redraw a report from its ``results.json`` (into its own folder unless ``out_dir`` is given).
+
+    A missing, binary or malformed file, or one lacking a key the report needs, raises
+    :class:`SnnconvError` naming the file (and the key).
+    """
     json_path = Path(json_path)
+    results = read_json(json_path)
+    fix = "pass a results.json written by 'snnconv compare'"
+    missing = [k for k in _REQUIRED if k not in results]
+    check(not missing, f"results JSON {str(json_path)!r} lacks the key {missing[0]!r}: {fix}" if missing else "")
+    check(isinstance(results["runs"], list) and all(isinstance(r, dict) for r in results["runs"]),
+          f"results JSON {str(json_path)!r}: 'runs' is not a list of objects: {fix}")
+    for i, run in enumerate(results["runs"]):
+        missing = [k for k in _REQUIRED_RUN if k not in run]
+        check(not missing, f"results JSON {str(json_path)!r}: run {i} lacks the key {missing[0]!r}: {fix}" if missing else "")
     try:
-        results = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SnnconvError(f"cannot read results JSON {str(json_path)!r} ({err}): pass a results.json written by snnconv") from err
-    return render_report(results, out_dir if out_dir is not None else json_path.parent)
+        return render_report(results, out_dir if out_dir is not None else json_path.parent)
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as err:
+        if isinstance(err, SnnconvError):
+            raise
+        raise SnnconvError(f"results JSON {str(json_path)!r} has a malformed entry ({type(err).__name__}: {err}): {fix}") from err

@@ -25,7 +25,7 @@ from .augment import random_crop, random_flip
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import Dataset, load_dataset
 from .errors import SnnconvError, check
-from .files import remove_stale_temporaries
+from .files import check_output_folder, remove_stale_temporaries
 from .models import create_model
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -139,16 +139,35 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 
 
 def _read_resume(checkpoint: Path, config: TrainConfig) -> tuple[dict, dict, dict] | None:
-    """The checkpoint to resume from (None when there is none), refusing one from another configuration."""
+    """The checkpoint to resume from (None when there is none), refusing one from another
+    configuration with the differing fields named.
+
+    One change is allowed: more ``epochs`` for a *finished* run. The extra epochs follow
+    the cosine schedule of the new total (see :func:`extension_note`), and the returned
+    meta records the extension under ``"schedule_extensions"``.
+    """
     if not checkpoint.exists():
         return None
     meta, state, optim_state = read_checkpoint(checkpoint)
     # Fields added in later versions take their defaults when an older checkpoint lacks them.
     saved, wanted = {**asdict(TrainConfig()), **meta.get("train_config", {})}, asdict(config)
     for key in TrainConfig.PERFORMANCE_OPTIONS:  # a run may resume on another device, with or without AMP
-        saved.pop(key, None), wanted.pop(key)
-    if saved != wanted:
-        raise SnnconvError(f"{str(checkpoint)!r} was written by a different training configuration: use another --out")
+        saved.pop(key, None), wanted.pop(key, None)
+    differing = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    if differing == ["epochs"]:
+        done, planned = meta.get("epochs_done", 0), saved["epochs"]
+        if done < planned:
+            raise SnnconvError(f"{str(checkpoint)!r} holds a run stopped at epoch {done} of {planned}: resume it with "
+                               f"--epochs {planned} (its cosine schedule is fixed by that total), then extend it, or use another --out")
+        if config.epochs < done:
+            raise SnnconvError(f"{str(checkpoint)!r} holds a finished {done}-epoch run; --epochs {config.epochs} would shorten it: "
+                               f"pass --epochs {done} or more, or use another --out")
+        extension = {"from_epochs": done, "to_epochs": config.epochs}
+        return {**meta, "schedule_extensions": [*meta.get("schedule_extensions", []), extension]}, state, optim_state
+    if differing:
+        fields = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {wanted.get(k)!r} now" for k in differing)
+        raise SnnconvError(f"{str(checkpoint)!r} was written by a different training configuration ({fields}): "
+                           "pass the checkpoint's values to resume it, or use another --out")
     return meta, state, optim_state
 
 
@@ -171,6 +190,61 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+def extension_note(config: TrainConfig, from_epochs: int) -> str:
+    """What extending a finished ``from_epochs`` run to ``config.epochs`` does to the schedule.
+
+    lr(step) = lr0 * (1 + cos(pi * step / total)) / 2 with the *new* total, so epoch
+    ``from_epochs + 1`` restarts at lr0 * (1 + cos(pi * from_epochs / epochs)) / 2 (not at
+    the 0 where the finished run ended) and decays to 0 at the new last epoch.
+    """
+    restart = config.lr * 0.5 * (1 + math.cos(math.pi * from_epochs / config.epochs))
+    return (f"extending the finished {from_epochs}-epoch run to {config.epochs} epochs: epochs {from_epochs + 1}-{config.epochs} "
+            f"follow the cosine schedule of {config.epochs} epochs, so the learning rate restarts at {restart:.4g} (not 0) and "
+            f"decays to 0; the weights differ from a run started with --epochs {config.epochs}")
+
+
+class DivergenceWatch:
+    """Stops training at the first non-finite loss, before a checkpoint of NaN weights is written.
+
+    ``record`` keeps the first bad step and its loss on the device (no host sync per step);
+    ``check`` (every 50 steps and before each checkpoint, at the same steps on every rank)
+    reads it, also checks the weights and BN statistics, and raises one
+    :class:`SnnconvError` naming the epoch, the step and the likely cause. The previous
+    epoch's checkpoint, if any, is left as it is.
+    """
+
+    def __init__(self, config: TrainConfig, steps_per_epoch: int, checkpoint: Path) -> None:
+        self.config, self.steps_per_epoch, self.checkpoint = config, steps_per_epoch, checkpoint
+        self.first: torch.Tensor | None = None  # [step, loss] of the first non-finite loss; step -1: none yet
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach().float()
+        if self.first is None:
+            self.first = torch.tensor([-1.0, 0.0], device=loss.device)
+        bad = ~torch.isfinite(loss) & (self.first[0] < 0)  # device ops only: a fill, not a host-to-device copy
+        self.first = torch.where(bad, torch.stack([loss.new_full((), float(step)), loss]), self.first)
+
+    def check(self, model: nn.Module, epoch: int, end_of_epoch: bool = False) -> None:
+        found = None if self.first is None else self.first.tolist()
+        weights_bad = end_of_epoch and not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+                                               if t.is_floating_point())
+        reports = distributed.gather_objects((found if found and found[0] >= 0 else None, weights_bad))
+        bad_steps = [r[0] for r in reports if r[0] is not None]
+        if not bad_steps and not any(r[1] for r in reports):
+            return
+        cfg = self.config
+        kept = (f"the checkpoint of epoch {epoch} in {str(self.checkpoint)!r} is kept" if epoch > 0 and self.checkpoint.exists()
+                else "no checkpoint was written")
+        cause = (f"the learning rate is likely too high (--lr {cfg.lr:g}): lower --lr" + (" or drop --amp" if cfg.amp else "")
+                 + f"; {kept}")
+        if bad_steps:
+            step, value = min(bad_steps)
+            within = int(step) - epoch * self.steps_per_epoch + 1
+            raise SnnconvError(f"training diverged: the loss became {value} at epoch {epoch + 1}, step {within} of "
+                               f"{self.steps_per_epoch}; {cause}")
+        raise SnnconvError(f"training diverged: the weights became non-finite during epoch {epoch + 1}; {cause}")
 
 
 @torch.no_grad()
@@ -200,7 +274,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     if rank != 0:  # rank 0 speaks for the run
         log, progress = (lambda message: None), False
     out_dir = Path(out_dir)
-    check(not out_dir.exists() or out_dir.is_dir(), f"output folder {str(out_dir)!r} is a file: choose another --out folder")
+    distributed.run_on_main(lambda: check_output_folder(out_dir))  # before any work: a read-only --out fails now
     train_set = load_dataset(config.dataset, "train", data_dir)
     test_set = load_dataset(config.dataset, "test", data_dir)
     torch.manual_seed(config.seed)
@@ -223,6 +297,8 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
         start_epoch, history = meta["epochs_done"], meta.get("history", [])
         seconds = meta.get("train_seconds", 0.0)
         log(f"resuming from epoch {start_epoch} of {config.epochs}")
+        if meta.get("schedule_extensions", [{}])[-1].get("from_epochs") == start_epoch:
+            log(extension_note(config, start_epoch))
     subset = slice(0, config.train_limit)
     x_train = train_set.normalized(subset, device=device)
     y_train = train_set.labels[subset].to(device)
@@ -239,6 +315,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
     total_steps = steps_per_epoch * config.epochs
     padding = max(1, x_train.shape[-1] // 8)
     meta = {}
+    watch = DivergenceWatch(config, steps_per_epoch, checkpoint)
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         net.train()
@@ -263,6 +340,9 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
             loss = train_step(net, optimizer, x, y_train[index], config)
             keep_thresholds_positive(model)  # lambda <= 0 could not be converted
             loss_sum += float(loss) if b % 50 == 0 else 0.0  # a host sync every 50 steps only
+            watch.record(loss, step)
+            if b % 50 == 0 or b == steps_per_epoch - 1:
+                watch.check(model, epoch, end_of_epoch=b == steps_per_epoch - 1)
         distributed.broadcast_buffers(model)  # BN statistics: rank 0's, the ones the checkpoint keeps
         seconds += time.perf_counter() - started  # training time; the two evaluations below are not counted
         test_acc = accuracy(model, x_test, y_test)
@@ -284,6 +364,7 @@ def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None 
             "clip_limit_accuracy": limit_acc,
             "train_seconds": round(seconds, 1),
             "torch": torch.__version__,
+            **({"schedule_extensions": resumed[0]["schedule_extensions"]} if resumed and "schedule_extensions" in resumed[0] else {}),
         }
         if rank == 0:
             save_checkpoint(checkpoint, model, meta, _optimizer_tensors(optimizer))

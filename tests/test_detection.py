@@ -330,7 +330,7 @@ def test_training_resumes_to_the_same_weights(tmp_path):
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
     assert meta["task"] == "detection" and 0 <= meta["ann_map50"] <= 1 and resumed_meta["epochs_done"] == 2
-    with pytest.raises(SnnconvError, match="different training configuration"):
+    with pytest.raises(SnnconvError, match=r"different training configuration \(epochs: 2 in the checkpoint, 3 now\)"):
         train_detector(_config(epochs=3), tmp_path / "b", data, progress=False, log=lambda m: None)
     rebuilt, _ = load_checkpoint(tmp_path / "a" / "checkpoint.safetensors")
     x = torch.rand(2, 1, 32, 32)

@@ -82,8 +82,8 @@ def test_training_resumes_to_the_same_weights(tmp_path):
 def test_resume_with_another_config_is_refused(tmp_path):
     config = TrainConfig(model="small_cnn", dataset="digits", epochs=1, model_args={"width": 8})
     train(config, tmp_path, progress=False, log=lambda m: None)
-    with pytest.raises(SnnconvError, match="different training configuration"):
-        train(TrainConfig(model="small_cnn", dataset="digits", epochs=2, model_args={"width": 8}), tmp_path, progress=False, log=lambda m: None)
+    with pytest.raises(SnnconvError, match=r"different training configuration \(lr: 0.05 in the checkpoint, 0.1 now\)"):
+        train(TrainConfig(model="small_cnn", dataset="digits", epochs=1, lr=0.1, model_args={"width": 8}), tmp_path, progress=False, log=lambda m: None)
 
 
 @pytest.mark.parametrize("name", list_models())

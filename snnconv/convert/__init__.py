@@ -16,7 +16,7 @@ from ..inputs import check_input
 from ..network import SpikingNetwork
 from ..neurons import list_neurons
 from .activation_sites import ActivationSite, activation_sites, mark_activation_sites
-from .calibrate import calibrate_thresholds
+from .calibrate import calibrate_thresholds, parse_calibration_method
 from .custom import ActivationFactory, map_activations
 from .fold_bn import fold_batchnorm
 from .remove_dropout import remove_dropout
@@ -86,6 +86,7 @@ def convert(
     if max_pool == "gate" and neuron == "cif":
         raise SnnconvError("max_pool='gate' follows running spike counts, which CIF's negative spikes and sleep phase "
                            "break: use if, gn or tpp, or average pooling")
+    parse_calibration_method(calibration_method)  # a bad method (say a percentile of 150) is refused even without ReLU sites
     graph_module = prepare(model, activations, max_pool)
     if calibration is not None:
         calibration = _checked_batches(graph_module, calibration)

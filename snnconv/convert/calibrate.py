@@ -14,8 +14,9 @@ from .activation_sites import activation_sites
 _SAMPLE_PER_BATCH = 1 << 18
 
 
-def _parse_method(method: str | float) -> float | None:
-    """'max' -> None, '99.9' / 99.9 -> 99.9 (percent)."""
+def parse_calibration_method(method: str | float) -> float | None:
+    """'max' -> None, '99.9' / 99.9 -> 99.9 (percent); raises :class:`SnnconvError` for
+    anything else, including percentiles outside (0, 100]."""
     if method == "max":
         return None
     try:
@@ -40,7 +41,7 @@ def calibrate_thresholds(
     ``data`` (a tensor ``[N, ...]`` or an iterable of batches, or of (x, y) pairs).
     With ``only_missing`` the sites that already know theta (QCFS, clip) are kept.
     """
-    pct = _parse_method(method)
+    pct = parse_calibration_method(method)
     sites = [(n, s) for n, s in activation_sites(graph_module) if not (only_missing and s.threshold is not None)]
     if not sites:
         return graph_module

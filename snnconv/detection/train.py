@@ -128,8 +128,13 @@ def train_detector(config: DetectTrainConfig, out_dir: str | Path, data_dir: str
         meta, state, optim_state = read_checkpoint(checkpoint)
         saved, wanted = dict(meta.get("train_config", {})), asdict(config)
         saved.pop("device", None), wanted.pop("device")  # a run may resume on another device
-        if meta.get("task") != TASK or saved != wanted:
-            raise SnnconvError(f"{str(checkpoint)!r} was written by a different training configuration: use another --out")
+        if meta.get("task") != TASK:
+            raise SnnconvError(f"{str(checkpoint)!r} is not a detection checkpoint: use another --out")
+        differing = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        if differing:
+            fields = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {wanted.get(k)!r} now" for k in differing)
+            raise SnnconvError(f"{str(checkpoint)!r} was written by a different training configuration ({fields}): "
+                               "pass the checkpoint's values to resume it, or use another --out")
         model.load_state_dict(state)
         _restore_optimizer(optimizer, optim_state)
         start_epoch, history = meta["epochs_done"], meta.get("history", [])
