@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import platform
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from snnconv.activations import clip_limit  # noqa: E402
+from snnconv.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from snnconv.data import load_dataset  # noqa: E402
 from snnconv.data.registry import Dataset  # noqa: E402
 from snnconv.files import write_json, write_text  # noqa: E402
@@ -59,6 +62,8 @@ def card(name: str, meta: dict, jpeg: dict, exact: dict, command: str) -> str:
         f"| CIFAR-10 (JPEG-q75) test set | {jpeg['images']} | {fmt(jpeg['ann_accuracy'])} | {fmt(jpeg['clip_limit_accuracy'])} |",
         f"| CIFAR-10 test images with exact pixels | {exact['images']} | {fmt(exact['ann_accuracy'])} | {fmt(exact['clip_limit_accuracy'])} |", "",
         "## How it was made", "", "```", command, "```", "",
+        "The run's own folder (resumable: it also holds the optimizer state) was then copied here with weights and "
+        "metadata only (`python bench/zoo_card.py --import-from RUN_FOLDER NAME`).", "",
         f"- epochs {config['epochs']}, batch {config['batch_size']}, SGD (Nesterov, momentum {config['momentum']}), lr {config['lr']} "
         f"cosine, weight decay {config['weight_decay']} (on lambda too: {config['decay_thresholds']}), "
         f"lambda initialised at the {config.get('threshold_percentile')}th percentile of positive pre-activations, "
@@ -80,12 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("--data-dir", required=True, type=Path, help="folder with the CIFAR-10 JPEG npz and the exact-subset npz")
     p.add_argument("--command", help="the training command (default: zoo/train_resnet20.sh's, from the metadata)")
+    p.add_argument("--import-from", type=Path, help="first copy RUN_FOLDER's checkpoint (weights + metadata, no optimizer) and train.log into the zoo")
     args = p.parse_args(argv)
+    if args.import_from:
+        model, meta = load_checkpoint(args.import_from / "checkpoint.safetensors")
+        (ZOO_DIR / args.name).mkdir(exist_ok=True)
+        save_checkpoint(ZOO_DIR / args.name / "checkpoint.safetensors", model, meta)
+        os.chmod(ZOO_DIR / args.name / "checkpoint.safetensors", 0o644)
+        shutil.copyfile(args.import_from / "train.log", ZOO_DIR / args.name / "train.log")
     model, meta = load_pretrained(args.name)
     test = load_dataset(meta["dataset"], "test", args.data_dir)
     jpeg, exact = scores(model, test), scores(model, exact_test_set(args.data_dir, test))
     kind = meta["activation"]["kind"]
-    command = args.command or f"bash zoo/train_resnet20.sh {kind} snnconv/zoo/{args.name} ../shared/data/cifar10"
+    command = args.command or f"bash zoo/train_resnet20.sh {kind} zoo/{args.name} ../shared/data/cifar10"
     folder = ZOO_DIR / args.name
     write_text(folder / "card.md", card(args.name, meta, jpeg, exact, command))
     write_json(folder / "card.json", {"name": args.name, "command": command, "cifar10_jpeg_test": jpeg, "cifar10_exact_test": exact,

@@ -333,7 +333,8 @@ def test_cli_huge_learning_rate_stops_with_one_line_and_no_checkpoint(tmp_path, 
     argv = ["train", "--lr", "1e6", "--epochs", "2", "--train-limit", "1024", "--model-arg", "width=4", "--no-progress",
             "--out", str(out)]
     assert main(argv) == 2
-    err = _one_line_error(capsys, "training diverged: the loss became", "at epoch 1, step", "--lr 1e+06", "no checkpoint was written")
+    # the loss or, first, the weights (through lambda's decay) become non-finite in epoch 1
+    err = _one_line_error(capsys, "training diverged: the", "epoch 1", "--lr 1e+06", "no checkpoint was written")
     assert not (out / CHECKPOINT_NAME).exists(), err
 
 

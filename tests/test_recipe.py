@@ -74,7 +74,7 @@ def test_default_recipe_keeps_the_clip_limit_within_a_point_of_the_ann(digits_so
     _, meta, _, _, _ = digits_source
     assert meta["train_config"]["decay_thresholds"] is True and meta["train_config"]["threshold_percentile"] == 85.0
     assert all({"test_accuracy", "clip_limit_accuracy", "train_seconds"} <= set(h) for h in meta["history"])
-    assert abs(meta["clip_limit_accuracy"] - meta["ann_accuracy"]) <= 0.01
+    assert meta["clip_limit_accuracy"] >= meta["ann_accuracy"] - 0.01  # no more than a point below the ANN
 
 
 def test_evaluate_prints_the_clip_limit(digits_source, capsys):
