@@ -1,0 +1,172 @@
+"""Read one layer's values out of the ANN and out of the converted SNN (for SNN Calibration).
+
+Layer l of the SNN is the spiking neuron named like the ANN's activation site it
+replaced (``site_3`` in both graphs). Its *pre-activation* is the neuron's input:
+in the ANN z = W x + b, in the SNN the window's average over the T steps plus the
+neuron's v(0) offset / T (what potential calibration adds; same effect as a bias).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from ..engine import simulate
+from ..network import SpikingNetwork
+from ..neurons import SpikingNeuron
+
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_PASS_THROUGH = {operator.add, torch.add}
+# One chunk per calibration batch, so every hook sees whole batches.
+_NO_SPLIT = 1 << 62
+
+
+class _Captured(Exception):
+    """Raised by a hook once it has what it needs: the rest of the network need not run."""
+
+
+def neuron_at(snn: SpikingNetwork, name: str) -> SpikingNeuron:
+    return snn.graph.get_submodule(name)
+
+
+def bias_layer(snn: SpikingNetwork, name: str) -> tuple[str, nn.Module] | None:
+    """The conv/linear layer whose bias shifts neuron ``name``'s input one for one.
+
+    Its output must reach the neuron directly or through additions only (a residual
+    sum); the first such layer in the argument order. None if there is none.
+    """
+    modules = dict(snn.graph.named_modules())
+    node = next(n for n in snn.graph.graph.nodes if n.op == "call_module" and n.target == name)
+    frontier = list(node.all_input_nodes)
+    while frontier:
+        current = frontier.pop(0)
+        if current.op == "call_module" and isinstance(modules.get(current.target), _LAYERS):
+            return current.target, modules[current.target]
+        if current.op == "call_function" and current.target in _PASS_THROUGH:
+            frontier.extend(current.all_input_nodes)
+    return None
+
+
+def ann_site(ann: fx.GraphModule, x: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ANN's pre-activation z and activation ReLU(z) at site ``name`` for input ``x``."""
+    site = ann.get_submodule(name)
+    box: list[torch.Tensor] = []
+
+    def grab(_module, inputs):
+        box.append(inputs[0].detach())
+        raise _Captured
+
+    handle = site.register_forward_pre_hook(grab)
+    try:
+        with torch.no_grad():
+            ann(x)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    z = box[0]
+    with torch.no_grad():
+        return z, site(z)
+
+
+@dataclass
+class SnnProbe:
+    """What one SNN run recorded at a layer (all averaged over the T steps)."""
+
+    preactivation: torch.Tensor  # [B, ...]: mean window + offset / T
+    layer_input: torch.Tensor | None  # [B, ...]: the bias layer's input, if asked for
+
+
+def snn_site(snn: SpikingNetwork, x: torch.Tensor, name: str, steps: int, seed: int, layer: nn.Module | None = None) -> SnnProbe:
+    """Simulate ``x`` for ``steps`` and record neuron ``name``'s average input (and ``layer``'s)."""
+    neuron = neuron_at(snn, name)
+    batch = x.shape[0]
+    found: dict[str, torch.Tensor] = {}
+
+    def average(value: torch.Tensor) -> torch.Tensor:
+        if value.shape[0] == batch and steps != 1:  # static (before the first spiking layer)
+            return value.detach().clone()
+        return value.detach().reshape(steps, batch, *value.shape[1:]).mean(0)
+
+    def grab_layer(_module, inputs):
+        found["layer"] = average(inputs[0])
+
+    def grab_neuron(_module, inputs):
+        window = inputs[0]
+        z = window.detach().mean(0)
+        if neuron.offset is not None:
+            z = z + neuron.offset.to(z.dtype) / steps
+        found["z"] = z
+        raise _Captured
+
+    handles = [neuron.register_forward_pre_hook(grab_neuron)]
+    if layer is not None:
+        handles.append(layer.register_forward_pre_hook(grab_layer))
+    try:
+        simulate(snn, x, steps, seed=seed, memory_budget=_NO_SPLIT, window_bytes=None)
+    except _Captured:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return SnnProbe(found["z"], found.get("layer"))
+
+
+def preactivation_errors(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.Tensor], steps: int,
+                         seed: int = 0) -> dict[str, float]:
+    """Mean squared error E[(z_ANN - z_SNN)^2] of every spiking layer's pre-activation.
+
+    One simulation per batch records every layer at once (no calibration in between).
+    """
+    names = [n for n, _ in snn.spiking_layers()]
+    sums = {n: 0.0 for n in names}
+    counts = {n: 0 for n in names}
+    for index, x in enumerate(batches):
+        snn_z: dict[str, torch.Tensor] = {}
+        ann_z: dict[str, torch.Tensor] = {}
+
+        def grab_snn(name):
+            neuron = neuron_at(snn, name)
+
+            def hook(_module, inputs):
+                z = inputs[0].detach().mean(0)
+                snn_z[name] = z + neuron.offset.to(z.dtype) / steps if neuron.offset is not None else z
+
+            return hook
+
+        def grab_ann(name):
+            def hook(_module, inputs):
+                ann_z[name] = inputs[0].detach()
+
+            return hook
+
+        handles = [neuron_at(snn, n).register_forward_pre_hook(grab_snn(n)) for n in names]
+        handles += [ann.get_submodule(n).register_forward_pre_hook(grab_ann(n)) for n in names]
+        try:
+            with torch.no_grad():
+                ann(x)
+            simulate(snn, x, steps, seed=seed * 1_000_003 + index, memory_budget=_NO_SPLIT, window_bytes=None)
+        finally:
+            for h in handles:
+                h.remove()
+        for n in names:
+            sums[n] += float(((ann_z[n] - snn_z[n]) ** 2).sum())
+            counts[n] += ann_z[n].numel()
+    return {n: sums[n] / counts[n] for n in names}
+
+
+def mean_difference(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.Tensor], name: str, steps: int,
+                    seed: int) -> torch.Tensor:
+    """Per-element mean over the calibration set of z_ANN - z_SNN at layer ``name``: ``[...]``
+    (one sample's shape)."""
+    total = None
+    count = 0
+    for index, x in enumerate(batches):
+        z_ann, _ = ann_site(ann, x, name)
+        z_snn = snn_site(snn, x, name, steps, seed * 1_000_003 + index).preactivation
+        diff = (z_ann - z_snn).sum(0)
+        total = diff if total is None else total + diff
+        count += x.shape[0]
+    return total / count
