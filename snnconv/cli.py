@@ -54,7 +54,12 @@ def _add_method_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-steps", type=int, help="GN with --group-size auto: the T to reach")
     p.add_argument("--initial-potential", type=float, help="v(0) as a fraction of theta (IF, GN, TPP)")
     p.add_argument("--option", action="append", help="other neuron option KEY=VALUE (repeatable)")
-    p.add_argument("--calibrate", default="99.9", help="ReLU sources: 'max' or a percentile for the thresholds")
+    p.add_argument("--calibrate", default="99.9", help="ReLU sources: thresholds from 'max', 'mse' (SNNC's search, per T) or a percentile")
+    p.add_argument("--per-channel", action="store_true", help="ReLU sources: one threshold per output channel")
+    p.add_argument("--snn-calibration", choices=["light", "advanced", "bias", "potential"],
+                   help="SNN Calibration after conversion, per T (light: bias; advanced: weights, then potential)")
+    p.add_argument("--calibration-images", type=int,
+                   help="training images for thresholds and SNN Calibration (default 512; 1024 with --snn-calibration)")
     p.add_argument("--data-dir", help="folder with the dataset files (not needed for digits)")
     p.add_argument("--limit", type=int, help="evaluate on the first N test images only")
     p.add_argument("--batch-size", type=int, default=256)
@@ -179,8 +184,9 @@ def _cmd_evaluate(args) -> None:
     if args.download:
         _download_if_asked(args, read_checkpoint(args.checkpoint)[0]["dataset"])
     spec = RunSpec(args.neuron, parse_steps(args.steps), args.sleep_steps, args.permute, _parse_seeds(args.seeds),
-                   _neuron_options(args), args.calibrate, args.stop_when_quiet)
+                   _neuron_options(args), args.calibrate, args.stop_when_quiet, args.per_channel, args.snn_calibration)
     results = evaluate_checkpoint(args.checkpoint, [spec], args.data_dir, args.limit, args.batch_size,
+                                  calibration_samples=args.calibration_images,
                                   progress=not args.no_progress, json_path=args.json, device=args.device)
     print_main(format_table(results))
 
@@ -201,7 +207,10 @@ def _cmd_compare(args) -> None:
                           levels=meta.get("activation", {}).get("levels"), calibration=args.calibrate)
     for spec in specs:
         spec.permute = spec.permute or args.permute
+        spec.per_channel, spec.snn_calibration = args.per_channel, args.snn_calibration
+    images = args.calibration_images or (1024 if args.snn_calibration else 512)
     compare(args.checkpoint, specs, args.out, data_dir=args.data_dir, limit=args.limit, batch_size=args.batch_size,
+            calibration_samples=images,
             error_samples=args.error_samples, e_ac=args.e_ac, e_mac=args.e_mac, progress=not args.no_progress,
             device=args.device)
     print((__import__("pathlib").Path(args.out) / "report.md").read_text())
@@ -224,7 +233,7 @@ def _cmd_export(args) -> None:
     calibration = None
     if meta["activation"]["kind"] == "relu":
         calibration = load_dataset(meta["dataset"], "train", args.data_dir).normalized(slice(0, 512))
-    snn = convert(model, args.neuron, calibration=calibration, calibration_method=args.calibrate)
+    snn = convert(model, args.neuron, calibration=calibration, threshold=args.calibrate)
     path = export_nir(snn, args.out, shape)
     print(f"wrote {path} (NIR; reset by subtraction recorded in node metadata)")
 
@@ -232,6 +241,9 @@ def _cmd_export(args) -> None:
 def _method_spec(args):
     from .experiments import RunSpec, parse_steps
 
+    if args.per_channel or args.snn_calibration or args.calibrate == "mse" or args.calibration_images:
+        raise SnnconvError("detect-evaluate takes --calibrate max or a percentile only: --per-channel, --snn-calibration, "
+                           "--calibration-images and --calibrate mse are for evaluate and compare")
     return RunSpec(args.neuron, parse_steps(args.steps), args.sleep_steps, args.permute, _parse_seeds(args.seeds),
                    _neuron_options(args), args.calibrate, args.stop_when_quiet)
 
