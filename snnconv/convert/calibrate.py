@@ -118,8 +118,8 @@ def calibrate_thresholds(
 
     Raises:
         SnnconvError: bad data (:func:`check_calibration_data`), a site that never fires,
-        too few values for the percentile (its tail 1 - p/100 must hold one value per
-        theta), ``"mse"`` without ``levels``. Raised before any site is changed.
+        too few values for the percentile (the tail 1 - p/100 of the values per theta,
+        zeros included, must hold at least one value), ``"mse"`` without ``levels``. Raised before any site is changed.
     """
     method = parse_threshold(method)
     if not isinstance(per_channel, bool):
@@ -181,18 +181,18 @@ def _site_threshold(name: str, maxima: torch.Tensor, samples: list[torch.Tensor]
         need = math.ceil(100.0 / (100.0 - method) - 1e-9)
         theta = torch.zeros(values.shape[0], dtype=torch.float64)
         for c, row in enumerate(values):
+            if row.numel() < need:
+                raise SnnconvError(
+                    f"activation {name!r} has only {row.numel()} values per threshold on the calibration data; the "
+                    f"{method:g}th percentile needs at least {need}: pass more calibration images, a lower percentile, "
+                    "or per_channel=False"
+                )
             positive = row[row > 0]
             if positive.numel() == 0:
                 continue
-            if positive.numel() < need:
-                raise SnnconvError(
-                    f"activation {name!r} has only {positive.numel()} positive values per threshold on the calibration "
-                    f"data; the {method:g}th percentile needs at least {need}: pass more calibration images, a lower "
-                    "percentile, or per_channel=False"
-                )
             k = max(1, min(positive.numel(), int(round(method / 100 * positive.numel()))))
             theta[c] = positive.kthvalue(k).values
-    fired = theta > 0
+    fired = (maxima > 0) & (theta > 0)
     if not bool(fired.all()):  # a channel that never fired: use the layer's value
         layer = float(theta[fired].max()) if method == "max" else float(theta[fired].median())
         theta = torch.where(fired, theta, torch.full_like(theta, layer))

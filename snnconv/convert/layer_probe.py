@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from ..engine import simulate
+from ..engine import bytes_per_sample, simulate
 from ..network import SpikingNetwork
 from ..neurons import SpikingNeuron
 
@@ -25,6 +25,15 @@ _NO_SPLIT = 1 << 62
 
 class _Captured(Exception):
     """Raised by a hook once it has what it needs: the rest of the network need not run."""
+
+
+def _warm(snn: SpikingNetwork, x: torch.Tensor) -> None:
+    """Let the engine probe its activation sizes for ``x`` now, before our hooks are in
+    place (the probe runs the graph on one sample for one step and is cached)."""
+    reference = next(iter(snn.graph.buffers()), None)
+    if reference is not None:
+        x = x.to(device=reference.device, dtype=next((p.dtype for p in snn.graph.parameters()), reference.dtype))
+    bytes_per_sample(snn, x, 1)
 
 
 def neuron_at(snn: SpikingNetwork, name: str) -> SpikingNeuron:
@@ -101,6 +110,7 @@ def snn_site(snn: SpikingNetwork, x: torch.Tensor, name: str, steps: int, seed: 
         found["z"] = z
         raise _Captured
 
+    _warm(snn, x)
     handles = [neuron.register_forward_pre_hook(grab_neuron)]
     if layer is not None:
         handles.append(layer.register_forward_pre_hook(grab_layer))
@@ -142,6 +152,7 @@ def preactivation_errors(ann: fx.GraphModule, snn: SpikingNetwork, batches: list
 
             return hook
 
+        _warm(snn, x)
         handles = [neuron_at(snn, n).register_forward_pre_hook(grab_snn(n)) for n in names]
         handles += [ann.get_submodule(n).register_forward_pre_hook(grab_ann(n)) for n in names]
         try:
