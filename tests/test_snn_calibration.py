@@ -13,7 +13,7 @@ from snnconv import SnnconvError, convert, create_neuron, simulate
 from snnconv.cli import main
 from snnconv.convert import prepare
 from snnconv.convert.calibrate import calibrate_thresholds
-from snnconv.convert.layer_probe import mean_difference, preactivation_errors
+from snnconv.convert.layer_probe import mean_difference
 from snnconv.convert.weight_calibration import WeightCalibration
 
 from helpers import make_source
@@ -129,10 +129,10 @@ def _ann_and_snn(model, x, neuron="if", steps=4, **options):
 
 
 @pytest.mark.parametrize("mode", ["bias", "potential"])
-def test_bias_and_potential_calibration_reduce_every_layers_error(mode):
+def test_bias_and_potential_calibration_reduce_every_layers_preactivation_error(mode):
     model, x = relu_source()
     steps = 4
-    snn = convert(model, "if", calibration=x, snn_calibration=mode, calibration_steps=steps)
+    snn = convert(model, "if", calibration=x, snn_calibration=mode, calibration_steps=steps, calibration_target="preactivation")
     report = snn.calibration["snnc"]
     before, after = report["preactivation_mse_before"], report["preactivation_mse_after"]
     layers = list(before)
@@ -145,9 +145,27 @@ def test_bias_and_potential_calibration_reduce_every_layers_error(mode):
     graph = prepare(model)
     calibrate_thresholds(graph, x, "99.9")
     for name in layers[1:]:
-        mean = mean_difference(graph, snn, list(x.split(32)), name, steps, 0)
+        mean = mean_difference(graph, snn, list(x.split(32)), name, steps, 0, "preactivation")
         residual = mean.reshape(mean.shape[0], -1).mean(1) if mode == "bias" else mean
         assert float(residual.abs().max()) < 1e-9
+
+
+@pytest.mark.parametrize("mode", ["bias", "potential"])
+def test_output_calibration_shrinks_every_layers_mean_output_error(mode):
+    # the authors' target (default): the layer's mean output; TPP's expected output is
+    # linear in v(0) and the bias inside (0, T theta), so the correction lands
+    model, x = relu_source(seed=1)
+    graph = prepare(model)
+    calibrate_thresholds(graph, x, "99.9")
+    batches = list(x.split(16))
+    plain = convert(model, "tpp", calibration=x)
+    snn = convert(model, "tpp", calibration=x, snn_calibration=mode, calibration_steps=4)
+    assert snn.calibration["snnc"]["target"] == "output"
+    reduce = (lambda m: m.reshape(m.shape[0], -1).mean(1)) if mode == "bias" else (lambda m: m)
+    for name, _ in snn.spiking_layers():
+        before = float(reduce(mean_difference(graph, plain, batches, name, 4, 0)).pow(2).mean())
+        after = float(reduce(mean_difference(graph, snn, batches, name, 4, 0)).pow(2).mean())
+        assert after < 0.5 * before, (name, before, after)
 
 
 def test_advanced_calibration_reduces_its_reconstruction_error():
@@ -162,14 +180,13 @@ def test_advanced_calibration_reduces_its_reconstruction_error():
         assert r["objective_after"] < 0.8 * r["objective_before"], r
         assert r["kept"] and r["error_after"] < r["error_before"], r
     assert all(r["error_after"] <= r["error_before"] for r in fitted)
-    before, after = report["preactivation_mse_before"], report["preactivation_mse_after"]
-    assert all(after[n] < before[n] for n in list(before)[1:])
 
 
 def test_calibrated_sources_run_with_tpp_and_permutation():
     model, x = relu_source(seed=2)
     for neuron, permute in (("tpp", None), ("if", "per-neuron")):
-        snn = convert(model, neuron, calibration=x, snn_calibration="light", calibration_steps=4, permute=permute)
+        snn = convert(model, neuron, calibration=x, snn_calibration="light", calibration_steps=4, permute=permute,
+                      calibration_target="preactivation")
         report = snn.calibration["snnc"]
         before, after = report["preactivation_mse_before"], report["preactivation_mse_after"]
         assert all(after[n] < before[n] for n in list(before)[1:]), (neuron, before, after)
@@ -178,18 +195,6 @@ def test_calibrated_sources_run_with_tpp_and_permutation():
     # potential calibration reaches TPP's phase 1: the offset is in its u
     tpp = convert(model, "tpp", calibration=x, snn_calibration="potential", calibration_steps=4)
     assert all(m.offset is not None for _, m in tpp.spiking_layers())
-
-
-def test_calibration_improves_accuracy_against_the_ann():
-    model, x = relu_source(seed=4, batch=96)
-    cal, test = x[:64], x[64:]
-    with torch.no_grad():
-        target = model(test).argmax(1)
-    agree = {}
-    for mode in (None, "light", "potential"):
-        snn = convert(model, "if", calibration=cal, threshold="mse" if mode else 99.9, snn_calibration=mode, calibration_steps=4)
-        agree[mode] = float((simulate(snn, test, 4).mean(0).argmax(1) == target).double().mean())
-    assert max(agree["light"], agree["potential"]) >= agree[None], agree
 
 
 # ---------------------------------------------------------------- bad input
@@ -241,10 +246,29 @@ def relu_digits_checkpoint(tmp_path_factory):
     from snnconv.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("relu_digits")
-    config = TrainConfig(model="small_cnn", dataset="digits", activation="relu", epochs=2, batch_size=64, seed=0,
+    config = TrainConfig(model="small_cnn", dataset="digits", activation="relu", epochs=8, batch_size=64, seed=0,
                          model_args={"width": 8})
     train(config, out, progress=False, log=lambda m: None)
     return out / "checkpoint.safetensors"
+
+
+def test_snnc_beats_plain_conversion_on_a_trained_source(relu_digits_checkpoint):
+    from snnconv.checkpoint import load_checkpoint
+    from snnconv.data import load_dataset
+
+    model, _ = load_checkpoint(relu_digits_checkpoint)
+    cal = load_dataset("digits", "train").normalized(slice(0, 256))
+    test = load_dataset("digits", "test")
+    x, y = test.normalized(), test.labels
+    ann = float((model(x).argmax(1) == y).double().mean())
+    acc = {}
+    for mode, threshold in ((None, 99.9), ("light", "mse"), ("advanced", "mse")):
+        snn = convert(model, "if", calibration=cal, threshold=threshold, snn_calibration=mode, calibration_steps=2,
+                      weight_calibration={"iterations": 200, "learning_rate": 1e-3})
+        acc[mode] = float((simulate(snn, x, 2).mean(0).argmax(1) == y).double().mean())
+    assert ann > 0.9, ann
+    # measured: ANN 94.9, plain 80.4, light 88.2, advanced 90.9 (%, T = 2)
+    assert acc["light"] > acc[None] + 0.04 and acc["advanced"] > acc[None] + 0.04, (ann, acc)
 
 
 def test_cli_evaluate_records_every_calibration_choice(relu_digits_checkpoint, tmp_path, capsys):

@@ -54,6 +54,7 @@ def convert(
     calibration_method: str | float | None = None,
     weight_calibration: WeightCalibration | dict | None = None,
     calibration_seed: int = 0,
+    calibration_target: str = "output",
     progress: bool = False,
     permute: str | None = None,
     **neuron_options,
@@ -128,7 +129,8 @@ def convert(
                     "snn_calibration": snn_calibration, "calibration_steps": calibration_steps,
                     "images": sum(b.shape[0] for b in batches) if batches else 0}
     if snn_calibration is not None:
-        record["snnc"] = calibrate_snn(ann, snn, batches, snn_calibration, calibration_steps, calibration_seed, weights, progress)
+        record["snnc"] = calibrate_snn(ann, snn, batches, snn_calibration, calibration_steps, calibration_seed, weights, progress,
+                                       calibration_target)
         if snn_calibration == "advanced":
             record["weight_calibration_settings"] = dataclasses.asdict(weights)
     snn.calibration = record

@@ -35,7 +35,7 @@ def shift_bias(layer: nn.Module, shift: torch.Tensor) -> None:
 
 
 def bias_calibration(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.Tensor], steps: int,
-                     seed: int = 0, progress: bool = False) -> dict[str, str]:
+                     seed: int = 0, progress: bool = False, target: str = "output") -> dict[str, str]:
     """Shift each spiking layer's bias by its mean pre-activation error, in place.
 
     Args:
@@ -59,6 +59,6 @@ def bias_calibration(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[tor
             done[name] = "none"
             continue
         layer_name, layer = found
-        shift_bias(layer, per_channel(mean_difference(ann, snn, batches, name, steps, seed)))
+        shift_bias(layer, per_channel(mean_difference(ann, snn, batches, name, steps, seed, target)))
         done[name] = f"bias of {layer_name}"
     return done

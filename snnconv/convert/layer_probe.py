@@ -86,10 +86,13 @@ class SnnProbe:
 
     preactivation: torch.Tensor  # [B, ...]: mean window + offset / T
     layer_input: torch.Tensor | None  # [B, ...]: the bias layer's input, if asked for
+    output: torch.Tensor | None = None  # [B, ...]: the neuron's mean output, if asked for
 
 
-def snn_site(snn: SpikingNetwork, x: torch.Tensor, name: str, steps: int, seed: int, layer: nn.Module | None = None) -> SnnProbe:
-    """Simulate ``x`` for ``steps`` and record neuron ``name``'s average input (and ``layer``'s)."""
+def snn_site(snn: SpikingNetwork, x: torch.Tensor, name: str, steps: int, seed: int, layer: nn.Module | None = None,
+             output: bool = False) -> SnnProbe:
+    """Simulate ``x`` for ``steps`` and record neuron ``name``'s average input (and
+    ``layer``'s input, and the neuron's average output when ``output``)."""
     neuron = neuron_at(snn, name)
     batch = x.shape[0]
     found: dict[str, torch.Tensor] = {}
@@ -108,10 +111,17 @@ def snn_site(snn: SpikingNetwork, x: torch.Tensor, name: str, steps: int, seed: 
         if neuron.offset is not None:
             z = z + neuron.offset.to(z.dtype) / steps
         found["z"] = z
+        if not output:
+            raise _Captured
+
+    def grab_output(_module, _inputs, out):
+        found["out"] = out.detach().mean(0)
         raise _Captured
 
     _warm(snn, x)
     handles = [neuron.register_forward_pre_hook(grab_neuron)]
+    if output:
+        handles.append(neuron.register_forward_hook(grab_output))
     if layer is not None:
         handles.append(layer.register_forward_pre_hook(grab_layer))
     try:
@@ -121,21 +131,24 @@ def snn_site(snn: SpikingNetwork, x: torch.Tensor, name: str, steps: int, seed: 
     finally:
         for h in handles:
             h.remove()
-    return SnnProbe(found["z"], found.get("layer"))
+    return SnnProbe(found["z"], found.get("layer"), found.get("out"))
 
 
-def preactivation_errors(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.Tensor], steps: int,
-                         seed: int = 0) -> dict[str, float]:
-    """Mean squared error E[(z_ANN - z_SNN)^2] of every spiking layer's pre-activation.
+def layer_errors(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.Tensor], steps: int,
+                 seed: int = 0) -> dict[str, dict[str, float]]:
+    """Every spiking layer's mean squared errors over the calibration set:
+    ``{"preactivation": {layer: E[(z_ANN - z_SNN)^2]}, "output": {layer: E[(ReLU(z_ANN) - mean_t s(t))^2]}}``.
 
     One simulation per batch records every layer at once (no calibration in between).
     """
     names = [n for n, _ in snn.spiking_layers()]
-    sums = {n: 0.0 for n in names}
+    sums = {kind: {n: 0.0 for n in names} for kind in ("preactivation", "output")}
     counts = {n: 0 for n in names}
     for index, x in enumerate(batches):
         snn_z: dict[str, torch.Tensor] = {}
+        snn_out: dict[str, torch.Tensor] = {}
         ann_z: dict[str, torch.Tensor] = {}
+        ann_out: dict[str, torch.Tensor] = {}
 
         def grab_snn(name):
             neuron = neuron_at(snn, name)
@@ -146,15 +159,22 @@ def preactivation_errors(ann: fx.GraphModule, snn: SpikingNetwork, batches: list
 
             return hook
 
+        def grab_snn_out(name):
+            def hook(_module, _inputs, out):
+                snn_out[name] = out.detach().mean(0)
+
+            return hook
+
         def grab_ann(name):
-            def hook(_module, inputs):
-                ann_z[name] = inputs[0].detach()
+            def hook(_module, inputs, out):
+                ann_z[name], ann_out[name] = inputs[0].detach(), out.detach()
 
             return hook
 
         _warm(snn, x)
         handles = [neuron_at(snn, n).register_forward_pre_hook(grab_snn(n)) for n in names]
-        handles += [ann.get_submodule(n).register_forward_pre_hook(grab_ann(n)) for n in names]
+        handles += [neuron_at(snn, n).register_forward_hook(grab_snn_out(n)) for n in names]
+        handles += [ann.get_submodule(n).register_forward_hook(grab_ann(n)) for n in names]
         try:
             with torch.no_grad():
                 ann(x)
@@ -163,21 +183,27 @@ def preactivation_errors(ann: fx.GraphModule, snn: SpikingNetwork, batches: list
             for h in handles:
                 h.remove()
         for n in names:
-            sums[n] += float(((ann_z[n] - snn_z[n]) ** 2).sum())
+            sums["preactivation"][n] += float(((ann_z[n] - snn_z[n]) ** 2).sum())
+            sums["output"][n] += float(((ann_out[n] - snn_out[n]) ** 2).sum())
             counts[n] += ann_z[n].numel()
-    return {n: sums[n] / counts[n] for n in names}
+    return {kind: {n: values[n] / counts[n] for n in names} for kind, values in sums.items()}
+
+
+TARGETS = ("output", "preactivation")
 
 
 def mean_difference(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.Tensor], name: str, steps: int,
-                    seed: int) -> torch.Tensor:
-    """Per-element mean over the calibration set of z_ANN - z_SNN at layer ``name``: ``[...]``
-    (one sample's shape)."""
+                    seed: int, target: str = "output") -> torch.Tensor:
+    """Per-element mean over the calibration set of the ANN's minus the SNN's value at
+    layer ``name``: its output ReLU(z_ANN) - mean_t s(t) (``target="output"``, the
+    authors' code) or its pre-activation z_ANN - z_SNN (``"preactivation"``). ``[...]``:
+    one sample's shape."""
     total = None
     count = 0
     for index, x in enumerate(batches):
-        z_ann, _ = ann_site(ann, x, name)
-        z_snn = snn_site(snn, x, name, steps, seed * 1_000_003 + index).preactivation
-        diff = (z_ann - z_snn).sum(0)
+        z_ann, a_ann = ann_site(ann, x, name)
+        probe = snn_site(snn, x, name, steps, seed * 1_000_003 + index, output=target == "output")
+        diff = (a_ann - probe.output if target == "output" else z_ann - probe.preactivation).sum(0)
         total = diff if total is None else total + diff
         count += x.shape[0]
     return total / count

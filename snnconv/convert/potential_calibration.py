@@ -20,7 +20,7 @@ from .layer_probe import mean_difference, neuron_at
 
 
 def potential_calibration(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.Tensor], steps: int,
-                          seed: int = 0, progress: bool = False) -> dict[str, str]:
+                          seed: int = 0, progress: bool = False, target: str = "output") -> dict[str, str]:
     """Add T times each neuron's mean pre-activation error to its v(0), in place.
 
     Args:
@@ -38,7 +38,7 @@ def potential_calibration(ann: fx.GraphModule, snn: SpikingNetwork, batches: lis
     done: dict[str, str] = {}
     for name, _ in tqdm(snn.spiking_layers(), desc="SNNC potential calibration", unit="layer", disable=not progress, leave=False):
         neuron = neuron_at(snn, name)
-        correction = mean_difference(ann, snn, batches, name, steps, seed) * steps
+        correction = mean_difference(ann, snn, batches, name, steps, seed, target) * steps
         if neuron.offset is not None:
             correction = correction + neuron.offset.to(correction.dtype)
         neuron.set_potential_offset(correction.to(neuron.threshold.dtype))

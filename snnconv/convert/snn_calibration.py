@@ -19,7 +19,7 @@ from torch import fx
 from ..errors import SnnconvError
 from ..network import SpikingNetwork
 from .bias_calibration import bias_calibration
-from .layer_probe import preactivation_errors
+from .layer_probe import TARGETS, layer_errors
 from .potential_calibration import potential_calibration
 from .weight_calibration import WeightCalibration, weight_calibration
 
@@ -47,7 +47,8 @@ def check_mode(mode: str | None, neuron: str, steps) -> None:
 
 
 def calibrate_snn(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.Tensor], mode: str, steps: int,
-                  seed: int = 0, weights: WeightCalibration = WeightCalibration(), progress: bool = False) -> dict:
+                  seed: int = 0, weights: WeightCalibration = WeightCalibration(), progress: bool = False,
+                  target: str = "output") -> dict:
     """Run the ``mode`` pipeline on ``snn`` in place; return its report.
 
     Args:
@@ -55,25 +56,35 @@ def calibrate_snn(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.
         snn: the converted network; biases, weights and v(0) offsets change.
         batches: checked calibration batches; steps: T; seed: seeds SNN runs.
         weights: weight-calibration settings (advanced only).
+        target: what bias and potential calibration match, per channel / per neuron:
+            ``"output"`` (the layer's mean output, as the authors' code does) or
+            ``"preactivation"`` (its mean input, as our spec first read the paper).
         progress: tqdm bars.
 
     Returns:
-        ``{"mode", "passes", "steps", "images", "preactivation_mse_before",
-        "preactivation_mse_after", "seconds", "layers", "weight_calibration"?}``.
+        ``{"mode", "target", "passes", "steps", "images", "seconds", "layers",
+        "weight_calibration"?}`` and every layer's mean squared error of the pre-activation
+        and of the output (ANN minus SNN over the calibration set) before and after:
+        ``"preactivation_mse_before"``, ``"preactivation_mse_after"``,
+        ``"output_mse_before"``, ``"output_mse_after"``.
     """
     check_mode(mode, snn.neuron, steps)
-    report: dict = {"mode": mode, "passes": list(PIPELINES[mode]), "steps": steps,
+    if target not in TARGETS:
+        raise SnnconvError(f"the calibration target must be one of {', '.join(TARGETS)}, got {target!r}")
+    report: dict = {"mode": mode, "target": target, "passes": list(PIPELINES[mode]), "steps": steps,
                     "images": sum(b.shape[0] for b in batches), "seconds": {}}
-    report["preactivation_mse_before"] = preactivation_errors(ann, snn, batches, steps, seed)
+    before = layer_errors(ann, snn, batches, steps, seed)
+    report["preactivation_mse_before"], report["output_mse_before"] = before["preactivation"], before["output"]
     for step in PIPELINES[mode]:
         start = time.perf_counter()
         if step == "bias":
-            report["layers"] = bias_calibration(ann, snn, batches, steps, seed, progress)
+            report["layers"] = bias_calibration(ann, snn, batches, steps, seed, progress, target)
         elif step == "potential":
-            report["layers"] = potential_calibration(ann, snn, batches, steps, seed, progress)
+            report["layers"] = potential_calibration(ann, snn, batches, steps, seed, progress, target)
         else:
             report["weight_calibration"] = weight_calibration(ann, snn, batches, steps, seed, weights, progress)
         report["seconds"][step] = time.perf_counter() - start
-    report["preactivation_mse_after"] = preactivation_errors(ann, snn, batches, steps, seed)
+    after = layer_errors(ann, snn, batches, steps, seed)
+    report["preactivation_mse_after"], report["output_mse_after"] = after["preactivation"], after["output"]
     snn.__dict__.pop("_checked_versions", None)  # parameters changed: scan them again
     return report
