@@ -40,9 +40,10 @@ def main(folder: str) -> None:
             latency = "T" if run["latency_steps"][0] == run["T"][0] else f"{run['latency_steps'][0] // run['T'][0]}·T"
             lines.append(f"| {label} | {variant_label} | {latency} | " + " | ".join(cells) + f" | {seconds(run)} |")
     head = [f"{first['dataset']} / {first['model']} / ReLU: ANN {100 * first['ann_accuracy']:.2f}% on {first['samples']} test images; "
-            f"calibration on the first training images (512 for percentile/max, 1024 otherwise, the authors' amount); "
+            f"calibration on the first {first['runs'][0]['calibration']['images']} training images; "
             "± is the spread over seeds (TPP draws, permutations).", ""]
-    commands = (root / "commands.txt").read_text().strip().splitlines() if (root / "commands.txt").exists() else []
+    commands = [line for variant, _ in VARIANTS if (root / f"commands_{variant}.txt").exists()
+                for line in (root / f"commands_{variant}.txt").read_text().strip().splitlines()]
     print("\n".join(head + lines + ["", "Commands (CHECKPOINT and DATA as given to bench/run_snnc.sh):", "", "```"] + commands + ["```"]))
 
 

@@ -238,6 +238,18 @@ def test_snn_calibration_needs_data_and_a_neuron_it_can_calibrate():
         convert(model, "if", calibration=x, snn_calibration="advanced", calibration_steps=4, weight_calibration={"iterations": 0})
 
 
+def test_nir_export_refuses_what_it_cannot_carry(tmp_path):
+    pytest.importorskip("nir")
+    from snnconv.export.nir import export_nir
+
+    model, x = relu_source()
+    for kwargs, words in (({"per_channel": True, "threshold": "max"}, "the NIR export folds one"),
+                          ({"snn_calibration": "potential", "calibration_steps": 4}, "per-neuron v(0)")):
+        snn = convert(model, "if", calibration=x, **kwargs)
+        with pytest.raises(SnnconvError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            export_nir(snn, tmp_path / "n.nir", (1, 8, 8))
+
+
 # ---------------------------------------------------------------- CLI
 
 
