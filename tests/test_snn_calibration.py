@@ -85,12 +85,14 @@ def test_mse_search_finds_the_brute_force_minimiser(levels):
     theta = float(snn.spiking_layers()[0][1].threshold)
     grid = np.linspace(0.05 * acts.max(), acts.max(), 20001)
     best_theta, best_err = _brute_force_mse(acts, levels, grid)
-    assert _mse(acts, theta, levels) <= best_err * (1 + 1e-6) + 1e-15
+    assert _mse(acts, theta, levels) <= best_err * (1 + 1e-4) + 1e-15
     assert abs(theta - best_theta) <= 0.01 * acts.max()
 
 
-def test_per_channel_mse_and_max_match_each_channel_alone():
-    g = torch.Generator().manual_seed(3)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_per_channel_mse_and_max_match_each_channel_alone(seed):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 2)).double()
     x = torch.randn(30, 1, 6, 6, generator=g, dtype=torch.float64)
     with torch.no_grad():
@@ -102,7 +104,7 @@ def test_per_channel_mse_and_max_match_each_channel_alone():
         values = acts[:, c].flatten().numpy()
         grid = np.linspace(0.05 * values.max(), values.max(), 8001)
         _, best_err = _brute_force_mse(values, 4, grid)
-        assert _mse(values, float(theta[c]), 4) <= best_err * (1 + 1e-6) + 1e-15
+        assert _mse(values, float(theta[c]), 4) <= best_err * (1 + 1e-4) + 1e-15
     top = convert(model, "if", calibration=x, threshold="max", per_channel=True).spiking_layers()[0][1].threshold
     assert torch.allclose(top.flatten(), acts.amax(dim=(0, 2, 3)))
 

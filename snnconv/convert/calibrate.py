@@ -22,10 +22,11 @@ from .calibration_data import check_calibration_data
 # a uniform random sample is accurate to well under a percent here.
 _SAMPLE_PER_BATCH = 1 << 18
 # MSE search: the authors' grid, theta = max * (1 - 0.01 i) for i = 0..94, then two
-# rounds of a 21-point grid between the neighbours of the best candidate.
+# rounds of a 21-point grid between the neighbours of each of the best three candidates.
 _COARSE = 95
 _REFINE_POINTS = 21
 _REFINE_ROUNDS = 2
+_STARTS = 3
 
 
 def parse_threshold(method: str | float) -> str | float:
@@ -57,7 +58,8 @@ def mse_threshold(values: torch.Tensor, levels: int, top: torch.Tensor | None = 
     """theta minimising E[(a - q(a; theta))^2] per row of ``values`` ``[C, M]`` (rows: channels).
 
     Candidates: the authors' grid theta = max * (1 - 0.01 i), i = 0..94, then refined twice
-    on a 21-point grid between the best candidate's neighbours. ``top``: the rows' maxima
+    on a 21-point grid between the neighbours of each of the three best candidates (the
+    error is piecewise quadratic in theta with many local minima). ``top``: the rows' maxima
     ``[C]`` when ``values`` is a subsample (default: the maxima of ``values``). Returns ``[C]``.
     """
     values = values.double()
@@ -65,19 +67,26 @@ def mse_threshold(values: torch.Tensor, levels: int, top: torch.Tensor | None = 
     fractions = 1.0 - 0.01 * torch.arange(_COARSE, dtype=torch.float64)
     thetas = fractions[:, None] * top[None, :]
     errors = mse_curve(values, thetas, levels)
-    best = errors.argmin(0)
     rows = torch.arange(values.shape[0])
-    theta, error = thetas[best, rows], errors[best, rows]
-    step = 0.01 * top
-    for _ in range(_REFINE_ROUNDS):
-        offsets = torch.linspace(-1.0, 1.0, _REFINE_POINTS, dtype=torch.float64)
-        candidates = (theta[None, :] + offsets[:, None] * step[None, :]).clamp(min=0.05 * top, max=top)
-        cand_errors = mse_curve(values, candidates, levels)
-        pick = cand_errors.argmin(0)
-        better = cand_errors[pick, rows] < error
-        theta = torch.where(better, candidates[pick, rows], theta)
-        error = torch.where(better, cand_errors[pick, rows], error)
-        step = step * 2.0 / (_REFINE_POINTS - 1)
+    best_theta = best_error = None
+    for start in errors.argsort(0)[:_STARTS]:  # refine around the best few coarse candidates
+        theta, error = thetas[start, rows], errors[start, rows]
+        step = 0.01 * top
+        for _ in range(_REFINE_ROUNDS):
+            offsets = torch.linspace(-1.0, 1.0, _REFINE_POINTS, dtype=torch.float64)
+            candidates = (theta[None, :] + offsets[:, None] * step[None, :]).clamp(min=0.05 * top, max=top)
+            cand_errors = mse_curve(values, candidates, levels)
+            pick = cand_errors.argmin(0)
+            better = cand_errors[pick, rows] < error
+            theta = torch.where(better, candidates[pick, rows], theta)
+            error = torch.where(better, cand_errors[pick, rows], error)
+            step = step * 2.0 / (_REFINE_POINTS - 1)
+        if best_theta is None:
+            best_theta, best_error = theta, error
+        else:
+            better = error < best_error
+            best_theta, best_error = torch.where(better, theta, best_theta), torch.where(better, error, best_error)
+    theta = best_theta
     return theta
 
 
