@@ -50,7 +50,7 @@ def _parse_seeds(text: str) -> list[int]:
 def _calibration(args, meta: dict) -> str:
     """--calibrate for a ReLU source (default 99.9), validated before any work; refused on a
     QCFS or clip-floor source, whose thresholds are its trained clip values lambda."""
-    from .convert.calibrate import parse_calibration_method
+    from .convert.calibrate import parse_threshold
 
     if args.calibrate is None:
         return "99.9"
@@ -58,7 +58,7 @@ def _calibration(args, meta: dict) -> str:
     if kind != "relu":
         raise SnnconvError(f"--calibrate applies to ReLU sources only: {args.checkpoint!r} is a {kind} checkpoint whose "
                            "thresholds are its trained clip values lambda; drop --calibrate")
-    parse_calibration_method(args.calibrate)
+    parse_threshold(args.calibrate)
     return args.calibrate
 
 
@@ -72,7 +72,12 @@ def _add_method_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-steps", type=int, help="GN with --group-size auto: the T to reach")
     p.add_argument("--initial-potential", type=float, help="v(0) as a fraction of theta (IF, GN, TPP)")
     p.add_argument("--option", action="append", help="other neuron option KEY=VALUE (repeatable)")
-    p.add_argument("--calibrate", help="ReLU sources only: 'max' or a percentile in (0, 100] for the thresholds (default 99.9)")
+    p.add_argument("--calibrate", help="ReLU sources only (default 99.9): thresholds from 'max', 'mse' (SNNC's search, per T) or a percentile")
+    p.add_argument("--per-channel", action="store_true", help="ReLU sources: one threshold per output channel")
+    p.add_argument("--snn-calibration", choices=["light", "advanced", "bias", "potential"],
+                   help="SNN Calibration after conversion, per T (light: bias; advanced: weights, then potential)")
+    p.add_argument("--calibration-images", type=int,
+                   help="training images for thresholds and SNN Calibration (default 512; 1024 with --snn-calibration)")
     p.add_argument("--data-dir", help="folder with the dataset files (not needed for digits)")
     p.add_argument("--limit", type=int, help="evaluate on the first N test images only")
     p.add_argument("--batch-size", type=int, default=256)
@@ -211,10 +216,11 @@ def _cmd_evaluate(args) -> None:
     check_output_file(args.json)
     meta = read_checkpoint(args.checkpoint)[0]
     spec = RunSpec(args.neuron, parse_steps(args.steps), args.sleep_steps, args.permute, _parse_seeds(args.seeds),
-                   _neuron_options(args), _calibration(args, meta), args.stop_when_quiet)
+                   _neuron_options(args), _calibration(args, meta), args.stop_when_quiet, args.per_channel, args.snn_calibration)
     if args.download:
         _download_if_asked(args, meta["dataset"])
     results = evaluate_checkpoint(args.checkpoint, [spec], args.data_dir, args.limit, args.batch_size,
+                                  calibration_samples=args.calibration_images,
                                   progress=not args.no_progress, json_path=args.json, device=args.device)
     print_main(format_table(results))
 
@@ -237,7 +243,10 @@ def _cmd_compare(args) -> None:
                           levels=meta.get("activation", {}).get("levels"), calibration=_calibration(args, meta))
     for spec in specs:
         spec.permute = spec.permute or args.permute
+        spec.per_channel, spec.snn_calibration = args.per_channel, args.snn_calibration
+    images = args.calibration_images or (1024 if args.snn_calibration else 512)
     compare(args.checkpoint, specs, args.out, data_dir=args.data_dir, limit=args.limit, batch_size=args.batch_size,
+            calibration_samples=images,
             error_samples=args.error_samples, e_ac=args.e_ac, e_mac=args.e_mac, progress=not args.no_progress,
             device=args.device)
     print((__import__("pathlib").Path(args.out) / "report.md").read_text())
@@ -292,7 +301,7 @@ def _cmd_export(args) -> None:
     else:
         shape = tuple(dataset("test").normalized(slice(0, 1)).shape[1:])
     calibration = dataset("train").normalized(slice(0, 512)) if relu else None
-    snn = convert(model, args.neuron, calibration=calibration, calibration_method=calibration_method)
+    snn = convert(model, args.neuron, calibration=calibration, threshold=calibration_method)
     path = export_nir(snn, args.out, shape)
     print(f"wrote {path} (NIR; reset by subtraction recorded in node metadata)")
 
@@ -302,6 +311,9 @@ def _method_spec(args):
     from .experiments import RunSpec, parse_steps
 
     calibration = _calibration(args, read_checkpoint(args.checkpoint)[0]) if args.calibrate is not None else "99.9"
+    if args.per_channel or args.snn_calibration or args.calibrate == "mse" or args.calibration_images:
+        raise SnnconvError("detect-evaluate takes --calibrate max or a percentile only: --per-channel, --snn-calibration, "
+                           "--calibration-images and --calibrate mse are for evaluate and compare")
     return RunSpec(args.neuron, parse_steps(args.steps), args.sleep_steps, args.permute, _parse_seeds(args.seeds),
                    _neuron_options(args), calibration, args.stop_when_quiet)
 

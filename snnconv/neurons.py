@@ -142,6 +142,27 @@ class SpikingNeuron(nn.Module):
     def dynamics(self, x, threshold, *, wake_steps, generator) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def set_potential_offset(self, offset: torch.Tensor | None) -> None:
+        """Add ``offset`` to v(0) (input units, broadcastable to ``[batch, ...]`` without
+        the batch dimension), or remove it with None. Only neurons with
+        ``accepts_offset`` integrate it (IF, GN, TPP); SNN Calibration's potential
+        calibration sets it (``snnconv.convert.potential_calibration``)."""
+        if not self.accepts_offset:
+            raise SnnconvError(f"neuron {type(self).__name__} has no per-neuron initial potential: use IF, GN or TPP")
+        if offset is None:
+            self._buffers.pop("potential_offset", None)
+            return
+        if not isinstance(offset, torch.Tensor) or not offset.is_floating_point() or not bool(torch.isfinite(offset).all()):
+            raise SnnconvError("the potential offset must be a finite floating-point tensor")
+        self.register_buffer("potential_offset", offset.detach().clone())
+
+    @property
+    def offset(self) -> torch.Tensor | None:
+        """The extra v(0) set by :meth:`set_potential_offset`, or None."""
+        return self._buffers.get("potential_offset")
+
+    accepts_offset: bool = False
+
     def spike_units(self, out: torch.Tensor) -> torch.Tensor:
         """Spike events per element and step: |out| / (theta / units), rounded to integers.
 
@@ -165,9 +186,10 @@ class GroupNeuron(SpikingNeuron):
         self.params = GroupParams(group_size, initial_potential)
 
     supports_inplace = True
+    accepts_offset = True
 
     def dynamics(self, x, threshold, *, wake_steps, generator, inplace=False):
-        return group_window(x, threshold, self.params, inplace=inplace)
+        return group_window(x, threshold, self.params, inplace=inplace, offset=self.offset)
 
     @property
     def units(self) -> int:
@@ -193,9 +215,10 @@ class TPPNeuron(SpikingNeuron):
         self.params = TPPParams(initial_potential)
 
     supports_inplace = True
+    accepts_offset = True
 
     def dynamics(self, x, threshold, *, wake_steps, generator, inplace=False):
-        return tpp_window(x, threshold, self.params, generator, inplace=inplace)
+        return tpp_window(x, threshold, self.params, generator, inplace=inplace, offset=self.offset)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, initial_potential={self.params.initial_potential}"
@@ -282,13 +305,19 @@ def create_neuron(
     return factory(threshold, source=source or SourceInfo(), **options)
 
 
+# v(0) = theta/2 for IF and GN on every source (QCFS, clip, ReLU): the shift that QCFS
+# builds in (phi = 1/2) and that Deng & Gu (ICLR 2021) and SNN Calibration prescribe for
+# ReLU sources; docs/methods.md, section 2. ``initial_potential`` overrides it.
+DEFAULT_INITIAL_POTENTIAL = 0.5
+
+
 def _phi(initial_potential: float | None, source: SourceInfo) -> float:
-    return source.shift if initial_potential is None else initial_potential
+    return DEFAULT_INITIAL_POTENTIAL if initial_potential is None else initial_potential
 
 
 @register_neuron("if")
 def _if(threshold, *, source: SourceInfo, initial_potential: float | None = None) -> SpikingNeuron:
-    """IF with reset by subtraction; v(0) = phi * theta, phi defaulting to the source's shift."""
+    """IF with reset by subtraction; v(0) = phi * theta, phi = 1/2 unless ``initial_potential`` is given."""
     return GroupNeuron(threshold, 1, _phi(initial_potential, source))
 
 
@@ -301,7 +330,10 @@ def _gn(
     target_steps: int | None = None,
     initial_potential: float | None = None,
 ) -> SpikingNeuron:
-    """Group neuron. ``group_size="auto"`` picks tau = ceil(L / target_steps) from the source's L."""
+    """Group neuron; v(0) = phi * theta / tau, phi = 1/2 unless ``initial_potential`` is given.
+
+    ``group_size="auto"`` picks tau = ceil(L / target_steps) from the source's L.
+    """
     if target_steps is not None and (
         isinstance(target_steps, bool) or not isinstance(target_steps, numbers.Integral) or target_steps < 1
     ):

@@ -111,7 +111,8 @@ def compare(checkpoint: str | Path, specs: list[RunSpec], out_dir: str | Path, *
     check(len(specs) >= 1, "give at least one method")
     check(error_samples >= 0, f"error samples must be >= 0, got {error_samples}")
     check_output_folder(out_dir)  # before any simulation: a read-only --out fails now
-    model, meta, x, y, calibration = load_evaluation(checkpoint, data_dir, limit, resolve_device(device), calibration_samples)
+    model, meta, x, y, calibration = load_evaluation(checkpoint, data_dir, limit, resolve_device(device), calibration_samples,
+                                                     always_calibrate=any(spec.snn_calibration for spec in specs))
     n = len(y)
     runs = []
     methods = specs
@@ -134,7 +135,7 @@ def compare(checkpoint: str | Path, specs: list[RunSpec], out_dir: str | Path, *
         if spec.neuron == "cif" and meta["activation"]["kind"] != "clipfloor":
             run["note"] = (f"the source uses {meta['activation']['kind']} (not clip-floor, phi = 0): CIF's exact "
                            "wake-sleep mapping assumes a clip-floor source, so expect a gap to the ANN")
-        if error_samples:
+        if error_samples and not spec.calibrates_per_step:  # one network per T there: no single error curve
             snn = networks[0][0]
             steps = spec.steps if not spec.sleep_steps else spec.steps[:1]
             errors = layerwise_error(model, snn, x[:error_samples], steps, sleep_steps=spec.sleep_steps, seed=spec.seeds[0])

@@ -1,11 +1,14 @@
 """Conversion: a chain of small torch.fx passes, each copying nothing but the input once.
 
     trace -> remove_dropout -> fold_batchnorm -> mark_activation_sites
-          -> calibrate_thresholds (ReLU sources) -> swap_to_neurons -> SpikingNetwork
+          -> calibrate_thresholds (ReLU sources: max, percentile or MSE, per layer or channel)
+          -> swap_to_neurons -> SpikingNetwork
+          -> SNN Calibration (optional: bias, potential, weight calibration; snn_calibration.py)
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Iterable, Mapping
 
 import torch
@@ -16,8 +19,11 @@ from ..inputs import check_input
 from ..network import SpikingNetwork
 from ..neurons import list_neurons
 from .activation_sites import ActivationSite, activation_sites, mark_activation_sites
-from .calibrate import calibrate_thresholds, parse_calibration_method
+from .calibrate import calibrate_thresholds, parse_threshold
+from .calibration_data import check_calibration_data
 from .custom import ActivationFactory, map_activations
+from .snn_calibration import calibrate_snn, check_mode
+from .weight_calibration import WeightCalibration
 from .fold_bn import fold_batchnorm
 from .remove_dropout import remove_dropout
 from .swap_neurons import swap_to_neurons
@@ -49,7 +55,16 @@ def convert(
     neuron: str = "if",
     *,
     calibration: torch.Tensor | Iterable | None = None,
-    calibration_method: str | float = "99.9",
+    threshold: str | float | None = None,
+    per_channel: bool = False,
+    snn_calibration: str | None = None,
+    calibration_steps: int | None = None,
+    calibration_images: int | None = None,
+    calibration_method: str | float | None = None,
+    weight_calibration: WeightCalibration | dict | None = None,
+    calibration_seed: int = 0,
+    calibration_target: str = "output",
+    progress: bool = False,
     permute: str | None = None,
     activations: Mapping[type, ActivationFactory] | None = None,
     max_pool: str | None = None,
@@ -63,9 +78,23 @@ def convert(
             scaling by constants: README "What converts") with ReLU, QCFS or ClipFloor
             activations (modules or functions); dropout of any spelling is removed.
         neuron: a registered neuron name (:func:`snnconv.list_neurons`).
-        calibration: data to set thresholds of plain-ReLU activations (tensor ``[N, ...]``
-            or iterable of batches); QCFS/clip-floor layers use theta = lambda.
-        calibration_method: ``"max"`` or a percentile such as ``99.9``.
+        calibration: data to set thresholds of plain-ReLU activations (float tensor
+            ``[N, ...]`` or iterable of batches); QCFS/clip-floor layers use theta = lambda.
+        threshold: how ReLU thresholds are set: ``"max"``, a percentile such as ``99.9``
+            (the default), or ``"mse"``: SNN Calibration's search for the theta minimising
+            the T-step quantisation error (needs ``calibration_steps``); docs/methods.md 2b.
+        per_channel: one threshold per output channel instead of per layer.
+        snn_calibration: SNN Calibration after conversion (Li et al., ICML 2021):
+            ``"light"`` (bias calibration), ``"advanced"`` (weight calibration, then
+            potential calibration), or ``"bias"`` / ``"potential"`` alone; layer by layer
+            on ``calibration``, for T = ``calibration_steps``. IF, GN and TPP neurons.
+        calibration_steps: T that ``"mse"`` and ``snn_calibration`` calibrate for.
+        calibration_images: use only the first N calibration images.
+        calibration_method: the old name of ``threshold`` (an alias).
+        weight_calibration: :class:`WeightCalibration` (or its fields as a dict) for
+            ``"advanced"``: iterations, learning rate, mini-batch size.
+        calibration_seed: seeds calibration's SNN runs and samples.
+        progress: tqdm progress bars for the calibration passes.
         permute: ``"per-neuron"`` or ``"per-layer"``: shuffle each spiking layer's output
             spike trains in time before the next layer reads them (temporal-misalignment
             experiment); redrawn per sample. A default for :func:`simulate`.
@@ -80,40 +109,66 @@ def convert(
 
     Returns:
         A :class:`SpikingNetwork`; ``snn(x, T)`` returns outputs ``[T, batch, ...]``.
+        ``snn.calibration`` records the calibration choices and, with ``snn_calibration``,
+        every layer's pre-activation error before and after and the seconds taken.
+
+    Raises:
+        SnnconvError: unknown neuron or option, bad calibration data (dtype, shape,
+        channels, NaN, too few values for the percentile), ``"mse"`` or
+        ``snn_calibration`` without ``calibration_steps`` or data; all before any work.
     """
     if neuron not in list_neurons():
         raise SnnconvError(f"unknown neuron {neuron!r}: choose one of {', '.join(list_neurons())}")
     if max_pool == "gate" and neuron == "cif":
         raise SnnconvError("max_pool='gate' follows running spike counts, which CIF's negative spikes and sleep phase "
                            "break: use if, gn or tpp, or average pooling")
-    parse_calibration_method(calibration_method)  # a bad method (say a percentile of 150) is refused even without ReLU sites
+    if threshold is not None and calibration_method is not None and parse_threshold(threshold) != parse_threshold(calibration_method):
+        raise SnnconvError("give threshold= or its old name calibration_method=, not both")
+    method = parse_threshold(threshold if threshold is not None else calibration_method if calibration_method is not None else "99.9")
+    check_mode(snn_calibration, neuron, calibration_steps)
+    if method == "mse":
+        if isinstance(calibration_steps, bool) or not isinstance(calibration_steps, int) or calibration_steps < 1:
+            raise SnnconvError(f"threshold='mse' searches theta for one T: pass calibration_steps=T (an integer >= 1), got {calibration_steps!r}")
+    if snn_calibration is not None and calibration is None:
+        raise SnnconvError(f"snn_calibration={snn_calibration!r} needs calibration images: pass calibration=x")
+    if isinstance(weight_calibration, dict):
+        weight_calibration = WeightCalibration(**weight_calibration)
+    weights = weight_calibration or WeightCalibration()
     graph_module = prepare(model, activations, max_pool)
+    batches = None
     if calibration is not None:
-        calibration = _checked_batches(graph_module, calibration)
-        calibrate_thresholds(graph_module, calibration, calibration_method)
+        batches = check_calibration_data(graph_module, calibration, calibration_images)
+        batches = [check_input(graph_module, b, "calibration data") for b in batches]  # the same checks as simulate()
+        levels = None
+        if calibration_steps is not None:
+            group = neuron_options.get("group_size", 4) if neuron == "gn" else 1
+            levels = int(calibration_steps) * (group if isinstance(group, int) and not isinstance(group, bool) else 1)
+        calibrate_thresholds(graph_module, batches, method, per_channel=per_channel, levels=levels, seed=calibration_seed)
+    ann = copy.deepcopy(graph_module) if snn_calibration is not None else None
     dtype = next((p.dtype for p in graph_module.parameters()), torch.float32)
     swap_to_neurons(graph_module, neuron, **neuron_options)
     graph_module.to(dtype)
     snn = SpikingNetwork(graph_module, neuron, dict(neuron_options), permute=permute)
     snn.max_pool = max_pool  # layerwise_error() prepares the source the same way
+    record: dict = {"threshold": method if calibration is not None else None, "per_channel": per_channel,
+                    "snn_calibration": snn_calibration, "calibration_steps": calibration_steps,
+                    "images": sum(b.shape[0] for b in batches) if batches else 0}
+    if snn_calibration is not None:
+        record["snnc"] = calibrate_snn(ann, snn, batches, snn_calibration, calibration_steps, calibration_seed, weights, progress,
+                                       calibration_target)
+        if snn_calibration == "advanced":
+            record["weight_calibration_settings"] = dataclasses.asdict(weights)
+    snn.calibration = record
     return snn
-
-
-def _checked_batches(graph_module: torch.fx.GraphModule, calibration) -> list[torch.Tensor]:
-    """Calibration data as checked batches (:func:`snnconv.inputs.check_input`), all checked before any is used."""
-    if isinstance(calibration, torch.Tensor):
-        return [check_input(graph_module, calibration, "calibration data")]
-    try:
-        batches = list(calibration)
-    except TypeError:
-        raise SnnconvError(f"calibration must be a tensor [N, ...] or an iterable of batches, got {type(calibration).__name__}") from None
-    return [check_input(graph_module, b[0] if isinstance(b, (tuple, list)) else b, "calibration data") for b in batches]
 
 
 __all__ = [
     "ActivationSite",
+    "WeightCalibration",
     "activation_sites",
+    "calibrate_snn",
     "calibrate_thresholds",
+    "check_calibration_data",
     "convert",
     "fold_batchnorm",
     "map_activations",

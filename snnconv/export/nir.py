@@ -195,6 +195,9 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
                 _fix_conv_types(nodes[name], shape[inputs[0]], shape[n])
             carrier[n] = (name, 1.0)
         elif isinstance(module, SpikingNeuron):
+            check(getattr(module, "offset", None) is None,
+                  f"layer {name!r} has a per-neuron v(0) from potential calibration, which NIR export does not carry: "
+                  "use snn_calibration='light' (biases) for an exported network")
             theta = float(module.threshold)
             size = shape[n]
             phi = module.params.initial_potential

@@ -21,12 +21,13 @@ def group_window(
     params: GroupParams = GroupParams(),
     *,
     inplace: bool = False,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run tau IF members sharing one membrane over a whole window.
 
     Update, for t = 1..T, with tau = ``params.group_size`` and phi = ``params.initial_potential``::
 
-        v(0)   = phi * theta / tau
+        v(0)   = phi * theta / tau (+ offset)
         p(t)   = v(t-1) + x(t)
         n(t)   = clip(floor(p(t) * tau / theta), 0, tau)     # members at or above i*theta/tau
         v(t)   = p(t) - (theta / tau) * n(t)
@@ -41,6 +42,8 @@ def group_window(
         inplace: ``x`` may be overwritten (the engine passes windows nobody else reads):
             the drive, the counts and the output then all live in ``x``'s memory, so the
             neuron allocates nothing of window size. The values are the same either way.
+        offset: optional extra v(0) in units of the input (broadcastable to
+            ``x.shape[1:]``), e.g. set per neuron by SNN Calibration's potential calibration.
 
     Returns:
         ``[T, batch, ...]``: theta/tau times the member count n(t) in 0..tau
@@ -62,6 +65,8 @@ def group_window(
         drive = x * scale
         counts = drive  # drive is our own fresh tensor: same reuse as above
     potential = torch.full_like(drive[0], params.initial_potential)
+    if offset is not None:
+        potential.add_(offset.to(potential.dtype) * scale)
     for t in range(x.shape[0]):
         potential.add_(drive[t])
         n = counts[t]

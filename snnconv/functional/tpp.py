@@ -72,12 +72,13 @@ def tpp_window(
     generator: torch.Generator | None = None,
     *,
     inplace: bool = False,
+    offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Integrate the whole window, then fire Bernoulli spikes owed / slots left.
 
     With theta the threshold and phi = ``params.initial_potential``::
 
-        phase 1:  u = phi * theta + sum_{t=1..T} x(t)
+        phase 1:  u = phi * theta (+ offset) + sum_{t=1..T} x(t)
         phase 2:  v = u; for k = 1..T:
                      p = clip(v / ((T - k + 1) * theta), 0, 1)
                      s(k) ~ Bernoulli(p);  v -= theta * s(k);  out(k) = theta * s(k)
@@ -96,6 +97,8 @@ def tpp_window(
         generator: source of the Bernoulli draws (same seed, same spikes on one device).
         inplace: ``x`` may be overwritten (it is dead after phase 1): the spikes are
             written into its memory. Same values either way.
+        offset: optional extra v(0) in units of the input (broadcastable to
+            ``x.shape[1:]``), e.g. from SNN Calibration's potential calibration.
 
     Returns:
         ``[T, batch, ...]`` with values in {0, theta}.
@@ -105,6 +108,8 @@ def tpp_window(
     work = torch.promote_types(x.dtype, torch.float32)
     # A static input (one step repeated, stride 0 in time) sums to T times that step.
     total = x[0].to(work) * steps if is_constant_window(x) else x.sum(0, dtype=work)
+    if offset is not None:
+        total = total.add_(offset.to(work))
     owed = total.div_(threshold).add_(params.initial_potential)
     # One draw for the whole window: no per-step RNG call, and the same numbers whatever
     # order the loop below consumes them in. They are copied into the float buffer the

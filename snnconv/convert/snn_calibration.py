@@ -1,0 +1,90 @@
+"""SNN Calibration pipelines (Li et al., ICML 2021; IJCV 2024): which passes, in which order.
+
+    light     = bias calibration                      (the authors' ``--calib light``)
+    advanced  = weight calibration, then potential calibration   (``--calib advanced``)
+    bias      = bias calibration only;  potential = potential calibration only
+
+Each pass runs layer by layer from the input on the converted network itself (so a TPP
+or permuted network is calibrated as it will run), post-training, on the calibration
+images, for one T. The report records every layer's pre-activation error before and
+after and the seconds each pass took.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import fx
+
+from ..errors import SnnconvError
+from ..network import SpikingNetwork
+from .bias_calibration import bias_calibration
+from .layer_probe import TARGETS, layer_errors
+from .potential_calibration import potential_calibration
+from .weight_calibration import WeightCalibration, weight_calibration
+
+PIPELINES = {
+    "light": ("bias",),
+    "advanced": ("weights", "potential"),
+    "bias": ("bias",),
+    "potential": ("potential",),
+}
+CALIBRATED_NEURONS = ("if", "gn", "tpp")
+# Images the authors calibrate on ("~1000"; 1024 in their weight calibration).
+DEFAULT_IMAGES = 1024
+
+
+def check_mode(mode: str | None, neuron: str, steps) -> None:
+    """Refuse an unknown pipeline, a neuron it cannot calibrate, or a missing T (before any work)."""
+    if mode is None:
+        return
+    if mode not in PIPELINES:
+        raise SnnconvError(f"snn_calibration must be None or one of {', '.join(PIPELINES)}, got {mode!r}")
+    if neuron not in CALIBRATED_NEURONS:
+        raise SnnconvError(f"snn_calibration works with the {', '.join(CALIBRATED_NEURONS)} neurons, not {neuron!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SnnconvError(f"snn_calibration={mode!r} calibrates for one T: pass calibration_steps=T (an integer >= 1), got {steps!r}")
+
+
+def calibrate_snn(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.Tensor], mode: str, steps: int,
+                  seed: int = 0, weights: WeightCalibration = WeightCalibration(), progress: bool = False,
+                  target: str = "output") -> dict:
+    """Run the ``mode`` pipeline on ``snn`` in place; return its report.
+
+    Args:
+        ann: the prepared ANN graph (thresholds set) the SNN was converted from.
+        snn: the converted network; biases, weights and v(0) offsets change.
+        batches: checked calibration batches; steps: T; seed: seeds SNN runs.
+        weights: weight-calibration settings (advanced only).
+        target: what bias and potential calibration match, per channel / per neuron:
+            ``"output"`` (the layer's mean output, as the authors' code does) or
+            ``"preactivation"`` (its mean input, as our spec first read the paper).
+        progress: tqdm bars.
+
+    Returns:
+        ``{"mode", "target", "passes", "steps", "images", "seconds", "layers",
+        "weight_calibration"?}`` and every layer's mean squared error of the pre-activation
+        and of the output (ANN minus SNN over the calibration set) before and after:
+        ``"preactivation_mse_before"``, ``"preactivation_mse_after"``,
+        ``"output_mse_before"``, ``"output_mse_after"``.
+    """
+    check_mode(mode, snn.neuron, steps)
+    if target not in TARGETS:
+        raise SnnconvError(f"the calibration target must be one of {', '.join(TARGETS)}, got {target!r}")
+    report: dict = {"mode": mode, "target": target, "passes": list(PIPELINES[mode]), "steps": steps,
+                    "images": sum(b.shape[0] for b in batches), "seconds": {}}
+    before = layer_errors(ann, snn, batches, steps, seed)
+    report["preactivation_mse_before"], report["output_mse_before"] = before["preactivation"], before["output"]
+    for step in PIPELINES[mode]:
+        start = time.perf_counter()
+        if step == "bias":
+            report["layers"] = bias_calibration(ann, snn, batches, steps, seed, progress, target)
+        elif step == "potential":
+            report["layers"] = potential_calibration(ann, snn, batches, steps, seed, progress, target)
+        else:
+            report["weight_calibration"] = weight_calibration(ann, snn, batches, steps, seed, weights, progress)
+        report["seconds"][step] = time.perf_counter() - start
+    after = layer_errors(ann, snn, batches, steps, seed)
+    report["preactivation_mse_after"], report["output_mse_after"] = after["preactivation"], after["output"]
+    snn.__dict__.pop("_checked_versions", None)  # parameters changed: scan them again
+    return report
