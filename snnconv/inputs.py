@@ -72,6 +72,8 @@ def check_input(graph_module: fx.GraphModule, x, what: str = "input") -> torch.T
     """
     if not isinstance(x, torch.Tensor):
         raise SnnconvError(f"{what} must be a torch.Tensor [batch, ...], got {type(x).__name__}")
+    if x.dim() >= 2 and x.shape[0] == 0:
+        raise SnnconvError(f"{what} is empty: shape {tuple(x.shape)} holds no samples; pass at least one")
     if x.dim() < 2 or x.shape[0] < 1:
         raise SnnconvError(f"{what} must have shape [batch, ...] with batch >= 1, got {tuple(x.shape)}: add the batch dimension (x.unsqueeze(0))")
     if not x.is_floating_point():

@@ -209,9 +209,9 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 
 @pytest.mark.parametrize("data, kwargs, words", [
-    (lambda x: (x * 255).to(torch.uint8), {}, "dtype torch.uint8"),
-    (lambda x: x.repeat(1, 3, 1, 1), {}, "1 input channels"),
-    (lambda x: x[:, 0], {}, "does not fit the first layer"),
+    (lambda x: (x * 255).to(torch.uint8), {}, "is torch.uint8, not floating point"),
+    (lambda x: x.repeat(1, 3, 1, 1), {}, "has 3 channels (dim 1) but layer '0.0' (Conv2d) takes 1"),
+    (lambda x: x[:, 0], {}, "takes [batch, 1, ...] with 4 dims"),
     (lambda x: torch.rand(4, 1, 2, 2, dtype=torch.float64), {}, "does not fit the model"),
     (lambda x: torch.where(torch.arange(x.numel()).reshape(x.shape) == 5, torch.nan, x), {}, "NaN"),
     (lambda x: x[:5], {"threshold": 99.9, "per_channel": True}, "percentile needs at least 1000"),

@@ -137,6 +137,8 @@ def convert(
     graph_module = prepare(model, activations, max_pool)
     batches = None
     if calibration is not None:
+        if isinstance(calibration, torch.Tensor):  # simulate()'s own checks and messages first
+            calibration = check_input(graph_module, calibration, "calibration data")
         batches = check_calibration_data(graph_module, calibration, calibration_images)
         batches = [check_input(graph_module, b, "calibration data") for b in batches]  # the same checks as simulate()
         levels = None
