@@ -79,6 +79,29 @@ def spikingjelly_run(model, x, y, calibration, steps: list[int], batch_size: int
             "latency_steps": steps, "samples": len(y)}
 
 
+def subset_if_run(model, x, y, n: int, steps: list[int], batch_size: int) -> dict:
+    """IF on the first ``n`` images only (the permutation runs' images), with the ANN there."""
+    started = time.perf_counter()
+    run = run_method(model, x[:n], y[:n], RunSpec("if", steps), None, batch_size)
+    run.update(label=f"IF (the {n} images of the permutation rows)", samples=n, ann_accuracy_on_samples=accuracy(model, x[:n], y[:n]),
+               wall_seconds=round(time.perf_counter() - started, 1))
+    return run
+
+
+def append_subset_if(args) -> dict:
+    """``--append-subset-if``: add the IF row on the permutation runs' images to an existing OUT.json."""
+    results = json.loads(args.out.with_suffix(".json").read_text())
+    for source in results["sources"]:
+        subset = min(r["samples"] for r in source["runs"])
+        if subset < source["samples"] and not any(r["label"].startswith("IF (the") for r in source["runs"]):
+            model, _, x, y, _ = load_evaluation(args.zoo / SOURCES[source["source"]] / "checkpoint.safetensors", args.data_dir, subset,
+                                                torch.device("cpu"))
+            steps = next(r["T"] for r in source["runs"] if r.get("permute"))
+            source["runs"].append(subset_if_run(model, x, y, subset, steps, args.batch_size))
+    results["appended"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    return results
+
+
 def run_source(kind: str, args) -> dict | None:
     """Every method on one zoo source; None when its checkpoint is not there yet."""
     checkpoint = args.zoo / SOURCES[kind] / "checkpoint.safetensors"
@@ -101,6 +124,9 @@ def run_source(kind: str, args) -> dict | None:
         record["runs"].append(run)
         print(f"{kind} / {label}: " + ", ".join(f"T={t} {100 * a:.2f}" for t, a in zip(run.get("total_steps") or run["T"], run["accuracy"]))
               + f" ({run['wall_seconds']} s)", flush=True)
+    subset = min((r["samples"] for r in record["runs"]), default=len(y))
+    if subset < len(y):  # IF on the images the permutation runs used, so their rows compare like with like
+        record["runs"].append(subset_if_run(model, x, y, subset, args.window_steps, args.batch_size))
     if kind == "relu" and not args.no_spikingjelly:
         started = time.perf_counter()
         sj = spikingjelly_run(model, x, y, calibration, args.steps, args.batch_size)
@@ -192,10 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, type=Path, help="output path without extension")
     p.add_argument("--redraw", action="store_true", help="only rebuild OUT.md and OUT.png from OUT.json")
+    p.add_argument("--append-subset-if", action="store_true",
+                   help="add to OUT.json the IF row on the permutation runs' images (runs made before this row existed)")
     args = p.parse_args(argv)
     json_path = args.out.with_suffix(".json")
     if args.redraw:
         results = json.loads(json_path.read_text())
+    elif args.append_subset_if:
+        results = append_subset_if(args)
+        write_json(json_path, results)
     else:
         args.steps = [int(t) for t in args.steps.split(",")]
         args.window_steps = [int(t) for t in args.window_steps.split(",")] if args.window_steps else args.steps
