@@ -36,7 +36,7 @@ def parse_threshold(method: str | float) -> str | float:
     try:
         pct = float(method)
     except (TypeError, ValueError):
-        raise SnnconvError(f"threshold must be 'max', 'mse' or a percentile such as 99.9, got {method!r}") from None
+        raise SnnconvError(f"the calibration threshold (--calibrate, threshold=) must be 'max', 'mse' or a percentile such as 99.9, got {method!r}") from None
     if not 0 < pct <= 100:
         raise SnnconvError(f"calibration percentile must be in (0, 100], got {pct}")
     return pct
