@@ -6,6 +6,9 @@ Results schema (plain data; later additions never remove these keys)::
      "runs": [{"neuron": str, "options": {...}, "T": [int...], "accuracy": [float...],
                "latency_steps": [int...], ...}]}
 
+A GN run also holds ``group_size``, the tau it used (resolved when given as "auto");
+a run on a source its method was not designed for holds a ``note`` (:func:`source_note`).
+
 Under ``torchrun`` every rank simulates the batches ``rank, rank + W, ...`` of the
 same batch partition (each batch keeps its global index, hence its seed), and the
 correct counts and spike-event totals are summed over ranks, so the numbers equal a
@@ -199,12 +202,33 @@ def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
         "accuracy_per_seed": per_seed,
         "spike_events_per_image": statistics.fmean(events_per_image),
         "spiking_layers": len(snn.spiking_layers()),
+        **_resolved_options(snn),
     }
     if spec.sleep_steps:
         run.update(wake_steps=spec.steps[0], sleep_steps=spec.sleep_steps, total_steps=latency,
                    steps_used=latency[-1], stopped_when_quiet=spec.stop_when_quiet)
     run["calibration"] = _calibration_record(spec, snn, calibration_data)
     return run
+
+
+def _resolved_options(snn: SpikingNetwork) -> dict:
+    """What a run's options resolved to: GN's tau (``group_size``, also when given as
+    ``"auto"`` = ceil(L / target_steps)); empty for other neurons."""
+    if snn.neuron != "gn" or not snn.spiking_layers():
+        return {}
+    return {"group_size": int(snn.spiking_layers()[0][1].params.group_size)}
+
+
+def source_note(neuron: str, activation_kind: str) -> str | None:
+    """The warning for a method run on a source it was not designed for, else None.
+
+    CIF's wake-sleep mapping (CASC) is exact for a clip-floor source (phi = 0); on a QCFS
+    (phi = 1/2) or ReLU source it lands far from the ANN.
+    """
+    if neuron == "cif" and activation_kind != "clipfloor":
+        return (f"the source uses {activation_kind} (not clip-floor, phi = 0): CIF's exact "
+                "wake-sleep mapping assumes a clip-floor source, so expect a gap to the ANN")
+    return None
 
 
 def _calibration_record(spec: RunSpec, snn: SpikingNetwork, calibration_data: torch.Tensor | None) -> dict:
@@ -263,6 +287,7 @@ def _run_per_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunS
         "accuracy_per_seed": per_seed,
         "spike_events_per_image": statistics.fmean(events),
         "spiking_layers": len(snn.spiking_layers()),
+        **_resolved_options(snn),
         "calibration": record,
     }
 
@@ -307,6 +332,10 @@ def evaluate_checkpoint(checkpoint: str | Path, specs: list[RunSpec], data_dir: 
     model, meta, x, y, calibration = load_evaluation(checkpoint, data_dir, limit, dev, calibration_samples, always_calibrate=snnc)
     n = len(y)
     runs = [run_method(model, x, y, spec, calibration, batch_size, progress=progress) for spec in specs]
+    for spec, run in zip(specs, runs):
+        note = source_note(spec.neuron, meta["activation"]["kind"])
+        if note:
+            run["note"] = note
     limit_model = clip_limit(model)
     results = results_record(meta, checkpoint, runs, n, ann_accuracy=accuracy(model, x, y),
                              clip_limit_accuracy=None if limit_model is None else accuracy(limit_model, x, y))
@@ -319,7 +348,7 @@ def run_label(run: dict) -> str:
     """A run's name in tables: neuron, permutation and options."""
     label = run["neuron"] + (f"+{run['permute']}" if run.get("permute") else "")
     if run["options"]:
-        label += " (" + ", ".join(f"{k}={v}" for k, v in run["options"].items()) + ")"
+        label += " (" + ", ".join(option_labels(run)) + ")"
     cal = run.get("calibration") or {}
     if cal.get("snn_calibration") or cal.get("per_channel") or cal.get("threshold") == "mse":
         label += f" [theta {cal['threshold']}{' per channel' if cal.get('per_channel') else ''}" + (
@@ -327,11 +356,26 @@ def run_label(run: dict) -> str:
     return label
 
 
+def option_labels(run: dict) -> list[str]:
+    """A run's options as 'key=value' texts; an 'auto' group size shows the tau it resolved
+    to, e.g. 'group_size=2 (auto)'."""
+    labels = []
+    for key, value in run.get("options", {}).items():
+        if key == "group_size" and value == "auto" and run.get("group_size") is not None:
+            value = f"{run['group_size']} (auto)"
+        labels.append(f"{key}={value}")
+    return labels
+
+
+LATENCY_HEADER = "method ([n]: latency in simulated steps, where it differs from T)"
+
+
 def run_table(run: dict, cells: list[str]) -> list[str]:
     """Markdown lines of a one-row table for ``run``: a column per reported T (or total
     step), each cell followed by its latency in brackets when that differs from T."""
     steps = run.get("total_steps") or run["T"]
-    header = "| method | " + " | ".join(f"{'step' if run.get('total_steps') else 'T'}={t}" for t in steps) + " |"
+    bracketed = any(lat != t for t, lat in zip(steps, run["latency_steps"]))
+    header = f"| {LATENCY_HEADER if bracketed else 'method'} | " + " | ".join(f"{'step' if run.get('total_steps') else 'T'}={t}" for t in steps) + " |"
     cells = [cell + (f" [{lat}]" if lat != t else "") for cell, t, lat in zip(cells, steps, run["latency_steps"])]
     return [header, "|" + "---|" * (len(steps) + 1), f"| {run_label(run)} | " + " | ".join(cells) + " |", ""]
 
@@ -340,10 +384,13 @@ def format_table(results: dict) -> str:
     """A markdown table: one row per run, one column per reported T (latency in brackets when it differs)."""
     limit = results.get("clip_limit_accuracy")
     limit_text = "" if limit is None else f"; clip limit (what IF converges to at large T) {100 * limit:.2f}%"
-    lines = [f"{results['dataset']} / {results['model']}: ANN accuracy {100 * results['ann_accuracy']:.2f}%{limit_text}", ""]
+    samples = f" ({results['samples']} test images)" if results.get("samples") is not None else ""
+    lines = [f"{results['dataset']} / {results['model']}{samples}: ANN accuracy {100 * results['ann_accuracy']:.2f}%{limit_text}", ""]
     for run in results["runs"]:
         cells = [f"{100 * acc:.2f}" + (f" ± {100 * std:.2f}" if std else "") for acc, std in zip(run["accuracy"], run["accuracy_std"])]
         lines += run_table(run, cells)
+        if run.get("note"):
+            lines += [f"Note ({run_label(run)}): {run['note']}", ""]
     return "\n".join(lines)
 
 

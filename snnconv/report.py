@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .activations import clip_limit
 from .errors import SnnconvError, check
-from .experiments import RunSpec, load_evaluation, results_record, run_method
+from .experiments import RunSpec, load_evaluation, option_labels, results_record, run_method, source_note
 from .files import atomic_write, check_output_folder, read_json, write_json, write_text
 from .insight import E_AC_PJ, E_MAC_PJ, CostCounter, cost_profile, layerwise_error
 
@@ -30,7 +30,7 @@ PLOTS = ("accuracy_latency.png", "firing_rate.png", "layer_error.png")
 def method_label(run: dict) -> str:
     """'gn (group_size=4)', 'if+per-neuron', 'cif (S=8)': how a run is named in tables and legends."""
     label = run["neuron"] + (f"+{run['permute']}" if run.get("permute") else "")
-    options = [f"{k}={v}" for k, v in run.get("options", {}).items()]
+    options = option_labels(run)
     if run.get("sleep_steps"):
         options.append(f"S={run['sleep_steps']}")
     return label + (f" ({', '.join(options)})" if options else "")
@@ -132,9 +132,9 @@ def compare(checkpoint: str | Path, specs: list[RunSpec], out_dir: str | Path, *
 
         run = run_method(model, x, y, spec, calibration, batch_size, progress=progress, counter_factory=factory)
         run["cost"] = _cost_per_step(run, counters)
-        if spec.neuron == "cif" and meta["activation"]["kind"] != "clipfloor":
-            run["note"] = (f"the source uses {meta['activation']['kind']} (not clip-floor, phi = 0): CIF's exact "
-                           "wake-sleep mapping assumes a clip-floor source, so expect a gap to the ANN")
+        note = source_note(spec.neuron, meta["activation"]["kind"])
+        if note:
+            run["note"] = note
         if error_samples and not spec.calibrates_per_step:  # one network per T there: no single error curve
             snn = networks[0][0]
             steps = spec.steps if not spec.sleep_steps else spec.steps[:1]
