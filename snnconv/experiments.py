@@ -143,6 +143,26 @@ def results_record(meta: dict, checkpoint: str | Path, runs: list[dict], samples
             "activation": meta["activation"], "samples": samples, "runs": runs}
 
 
+def _run_record(spec: RunSpec, snn: SpikingNetwork, report_steps: list[int], latency: list[int],
+                per_seed: list[list[float]], events_per_image: list[float]) -> dict:
+    """A run's results entry: accuracy per reported T (mean and spread over seeds), latency, spikes."""
+    columns = list(zip(*per_seed))
+    return {
+        "neuron": spec.neuron,
+        "options": dict(spec.options),
+        "T": report_steps,
+        "accuracy": [statistics.fmean(c) for c in columns],
+        "latency_steps": latency,
+        "permute": spec.permute,
+        "seeds": spec.seeds[: len(per_seed)],
+        "accuracy_std": [statistics.pstdev(c) if len(c) > 1 else 0.0 for c in columns],
+        "accuracy_per_seed": per_seed,
+        "spike_events_per_image": statistics.fmean(events_per_image),
+        "spiking_layers": len(snn.spiking_layers()),
+        **_resolved_options(snn),
+    }
+
+
 def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec, calibration_data: torch.Tensor | None = None,
                batch_size: int = 256, memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool = False,
                counter_factory: Callable[[SpikingNetwork], SpikeCounter] | None = None) -> dict:
@@ -189,21 +209,7 @@ def run_method(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunSpec
             break  # deterministic: more seeds would repeat the same numbers
     if bar is not None:
         bar.close()
-    columns = list(zip(*per_seed))
-    run = {
-        "neuron": spec.neuron,
-        "options": dict(spec.options),
-        "T": report_steps,
-        "accuracy": [statistics.fmean(c) for c in columns],
-        "latency_steps": latency,
-        "permute": spec.permute,
-        "seeds": spec.seeds[: len(per_seed)],
-        "accuracy_std": [statistics.pstdev(c) if len(c) > 1 else 0.0 for c in columns],
-        "accuracy_per_seed": per_seed,
-        "spike_events_per_image": statistics.fmean(events_per_image),
-        "spiking_layers": len(snn.spiking_layers()),
-        **_resolved_options(snn),
-    }
+    run = _run_record(spec, snn, report_steps, latency, per_seed, events_per_image)
     if spec.sleep_steps:
         run.update(wake_steps=spec.steps[0], sleep_steps=spec.sleep_steps, total_steps=latency,
                    steps_used=latency[-1], stopped_when_quiet=spec.stop_when_quiet)
@@ -272,24 +278,9 @@ def _run_per_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: RunS
         if bar is not None:
             bar.close()
     per_seed = [acc for acc in per_seed if len(acc) == len(report_steps)]
-    columns = list(zip(*per_seed))
     record = _calibration_record(spec, snn, calibration_data)
     record["per_T"] = reports
-    return {
-        "neuron": spec.neuron,
-        "options": dict(spec.options),
-        "T": report_steps,
-        "accuracy": [statistics.fmean(c) for c in columns],
-        "latency_steps": latency,
-        "permute": spec.permute,
-        "seeds": spec.seeds[: len(per_seed)],
-        "accuracy_std": [statistics.pstdev(c) if len(c) > 1 else 0.0 for c in columns],
-        "accuracy_per_seed": per_seed,
-        "spike_events_per_image": statistics.fmean(events),
-        "spiking_layers": len(snn.spiking_layers()),
-        **_resolved_options(snn),
-        "calibration": record,
-    }
+    return {**_run_record(spec, snn, report_steps, latency, per_seed, events), "calibration": record}
 
 
 def load_evaluation(checkpoint: str | Path, data_dir: str | Path | None, limit: int | None, device: torch.device,
