@@ -74,7 +74,7 @@ MIN_THRESHOLD = 1e-3
 
 
 @torch.no_grad()
-def keep_thresholds_positive(model: nn.Module, minimum: float = MIN_THRESHOLD) -> list[str]:
+def keep_thresholds_positive(model: nn.Module, minimum: float = MIN_THRESHOLD, report: bool = True) -> list[str]:
     """Clamp every QCFS / clip-floor lambda to ``>= minimum``, in place; call after each
     optimizer step. A gradient step can push lambda through 0, after which the layer is
     no clipped ReLU and no spiking threshold matches it (conversion refuses it).
@@ -82,7 +82,14 @@ def keep_thresholds_positive(model: nn.Module, minimum: float = MIN_THRESHOLD) -
 
     Returns:
         The names of the activations whose lambda was raised (empty when none was).
+        With ``report=False`` every lambda is clamped on its device without being read
+        (no host sync: the form a training step uses) and the list is empty.
     """
+    if not report:
+        for module in model.modules():
+            if isinstance(module, QuantizedClip):
+                module.threshold.data.nan_to_num_(nan=minimum).clamp_(min=minimum)
+        return []
     raised = []
     for name, module in model.named_modules():
         if isinstance(module, QuantizedClip) and not float(module.threshold) >= minimum:
