@@ -1,12 +1,18 @@
 """Insight into a converted network: synaptic operations, energy, layer-wise conversion error.
 
-Counting rules (methods spec section 6, with our exact reading):
+Counting rules (methods spec section 6, with our exact reading). Which rule an op follows
+is its ``cost`` in the table of operations (:mod:`snnconv.convert.ops`), the same for
+every spelling of the op (module, function, tensor method). Layers are keyed by their
+graph name (``site_3``); ``CostCounter.paths``, ``summary()["layers"][name]["path"]``,
+:func:`layer_paths` and ``layerwise_error(...).paths`` give the user's module path of
+each (``layer3.1.relu``).
 
 * **Spike events.** A spiking layer's output window is ``θ·s(t)``; one *event* is one
   spike unit: an IF/TPP spike is 1, a GN count of n is n, a CIF ±1 is 1
   (``neuron.spike_units(out)``). Sleep steps count like wake steps.
 * **Fan-out.** An event at position e of a spiking layer costs one accumulate per
-  *path* from e to a synapse-bearing consumer: the next conv/linear layer, reached
+  *path* from e to a synapse-bearing consumer: the next conv/linear layer (or transposed
+  conv; module or functional), reached
   through any chain of linear pass-through ops (flatten, view, reshape, cat, add,
   getitem, nearest upsampling, average pooling, constant scaling). A path through an
   average pool counts once per pool window that holds e, i.e. the pool is folded into
@@ -21,7 +27,8 @@ Counting rules (methods spec section 6, with our exact reading):
   spike), so border positions get the smaller fan-out they really have.
 * **SOPs** of a layer at step t = Σ_e units_e(t)·fanout(e), summed over the batch.
 * **MACs.** Every conv/linear node costs (output elements) × (inputs per output) MACs
-  per image (the usual count, padding included). ``ann_macs`` sums all of them: the
+  per image (the usual count, padding included); a transposed conv costs (input
+  elements) × (outputs per input). ``ann_macs`` sums all of them: the
   ANN. ``input_macs`` sums those that run on the analog input before the first spiking
   layer; the drive is constant under direct coding, so the engine computes it once per
   image and we count it once (a chip that recomputes it every step pays T times it).
@@ -256,7 +263,12 @@ def cost_profile(snn: SpikingNetwork, example: torch.Tensor) -> CostProfile:
 
     Runs the graph once on one sample (one step) to learn every shape, then one
     structural backward pass per spiking layer. Cost: about two forward passes of one
-    image per layer; done once per evaluation, not per batch.
+    image per layer; done once per evaluation, not per batch. Each layer is counted by
+    its rule in the table of operations (:mod:`snnconv.convert.ops`).
+
+    Raises:
+        SnnconvError: ``snn`` is not a converted network, ``example`` does not fit it, or
+            a layer takes spikes as its weight (no synaptic count is defined).
     """
     check(isinstance(snn, SpikingNetwork), f"cost_profile() needs a network from snnconv.convert(), got {type(snn).__name__}")
     gm = snn.graph
@@ -300,6 +312,14 @@ class CostCounter(SpikeCounter):
         e_ac, e_mac: picojoules per accumulate / per multiply-accumulate.
         profile: a :func:`cost_profile` already made for this network and shape (reused
             across seeds and T instead of recomputed).
+
+    Attributes:
+        events, sops: per layer name, float64 ``[total_steps]``.
+        paths: per layer name (``site_3``), the user's module path (``layer3.1.relu``).
+
+    Raises:
+        SnnconvError: a negative energy per operation, the errors of :func:`cost_profile`,
+            and (in ``record``) a simulated shape other than the profiled one.
     """
 
     def __init__(self, snn: SpikingNetwork, example: torch.Tensor, e_ac: float = E_AC_PJ, e_mac: float = E_MAC_PJ,

@@ -262,10 +262,15 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
     ``max_pool="gate"``: max-pool modules after a spiking layer become
     :class:`~snnconv.convert.max_pool.MaxPoolGate` (approximate); otherwise they are refused.
 
-    Raises :class:`SnnconvError` for any node the SNN cannot represent (max pooling
-    after a spiking layer, GELU, LSTM, a multiplication of two input-dependent tensors,
-    ...) and for a model with no activation. A node traced inside a user's module is
-    reported with that module's name and class (see ``convert(..., activations=)``).
+    Every site gets ``path``, the user's name of the activation (:func:`user_path`).
+    Which nodes convert is the table of operations (:mod:`snnconv.convert.ops`).
+
+    Raises:
+        SnnconvError: for any node the SNN cannot represent (max pooling after a spiking
+            layer, GELU, LSTM, a multiplication of two input-dependent tensors, ...), a
+            QCFS/clip-floor lambda <= 0, ``max_pool`` other than None or ``"gate"``, and a
+            model with no activation. A node traced inside a user's module is reported
+            with that module's name and class (see ``convert(..., activations=)``).
     """
     modules = dict(graph_module.named_modules())
     sites = []

@@ -120,6 +120,15 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
     Returns:
         The graph; its ``Input`` is the analog input (applied at every step), its
         ``Output`` the network output per step (average it over steps to classify).
+
+    Each layer exports to the NIR form the table of operations gives it
+    (:mod:`snnconv.convert.ops`, ``Op.nir``).
+
+    Raises:
+        SnnconvError: nir is not installed; a neuron other than IF (GN counts, CIF, TPP),
+            a per-neuron threshold or v(0), a permuted network; a layer with no NIR form
+            (named, with its class), a residual add or concatenation (chains only), a
+            bad ``input_shape``.
     """
     nir = _import_nir()
     import numpy as np
@@ -299,7 +308,11 @@ def read_nir(path: str | Path):
 
 
 def export_nir(snn: SpikingNetwork, path: str | Path, input_shape: tuple[int, ...] | list[int], *, warn: bool = True) -> Path:
-    """Write :func:`to_nir` of ``snn`` to ``path`` (NIR's HDF5 format), atomically."""
+    """Write :func:`to_nir` of ``snn`` to ``path`` (NIR's HDF5 format), atomically.
+
+    Raises:
+        SnnconvError: everything :func:`to_nir` refuses (the file is then not written).
+    """
     nir = _import_nir()
     graph = to_nir(snn, input_shape, warn=warn)
     return atomic_write(path, lambda p: nir.write(str(p), graph))
