@@ -14,14 +14,13 @@ import math
 import numbers
 from dataclasses import dataclass
 
-import operator
-
 import torch
 from torch import fx, nn
 from torch.fx.node import map_arg
 from torch.utils import _pytree as pytree
 
 from .convert.max_pool import MaxPoolGate
+from .convert.ops import constant_in_sleep
 from .errors import SnnconvError, check
 from .functional import check_threshold
 from .inputs import check_input
@@ -93,18 +92,6 @@ class BatchSize(int):
     def __floordiv__(self, other):
         result = int(self) // other
         return BatchSize(result) if isinstance(other, int) and not isinstance(other, bool) and int(self) % other == 0 else result
-
-
-# Nodes that only move, select, scale or average values: they cannot add a constant, so
-# their sleep-step output needs no correction (see _WindowRunner._constants_off_in_sleep).
-_NO_CONSTANT_METHODS = {
-    "view", "reshape", "flatten", "size", "contiguous", "mean", "permute", "transpose", "squeeze", "unsqueeze",
-    "expand", "repeat", "sum", "chunk", "split", "unflatten", "movedim", "clone",
-}
-_NO_CONSTANT_FUNCTIONS = {
-    operator.getitem, getattr, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.mean, torch.sum,
-    torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, torch.chunk, torch.split, torch.movedim,
-}
 
 
 def _plain(value):
@@ -227,15 +214,7 @@ class _WindowRunner(fx.Interpreter):
             return result
 
     def _adds_constant(self, n: fx.Node) -> bool:
-        if n.op == "call_method":
-            return n.target not in _NO_CONSTANT_METHODS
-        if n.op == "call_function":
-            if n.target in (operator.mul, operator.truediv, torch.mul, torch.div, operator.neg, torch.neg):
-                return False  # linear in the one windowed operand (checked at conversion)
-            return n.target not in _NO_CONSTANT_FUNCTIONS
-        module = self.modules.get(n.target)
-        return not isinstance(module, (nn.Flatten, nn.Unflatten, nn.Identity, nn.Upsample, nn.AvgPool1d, nn.AvgPool2d,
-                                       nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d))
+        return constant_in_sleep(n, self.modules)  # the sleep rule of the table of operations
 
     def _constants_off_in_sleep(self, n: fx.Node, folded: torch.Tensor) -> torch.Tensor:
         """Wake-sleep: in sleep steps every constant drive is off: biases of any layer,

@@ -1,12 +1,18 @@
 """Insight into a converted network: synaptic operations, energy, layer-wise conversion error.
 
-Counting rules (methods spec section 6, with our exact reading):
+Counting rules (methods spec section 6, with our exact reading). Which rule an op follows
+is its ``cost`` in the table of operations (:mod:`snnconv.convert.ops`), the same for
+every spelling of the op (module, function, tensor method). Layers are keyed by their
+graph name (``site_3``); ``CostCounter.paths``, ``summary()["layers"][name]["path"]``,
+:func:`layer_paths` and ``layerwise_error(...).paths`` give the user's module path of
+each (``layer3.1.relu``).
 
 * **Spike events.** A spiking layer's output window is ``θ·s(t)``; one *event* is one
   spike unit: an IF/TPP spike is 1, a GN count of n is n, a CIF ±1 is 1
   (``neuron.spike_units(out)``). Sleep steps count like wake steps.
 * **Fan-out.** An event at position e of a spiking layer costs one accumulate per
-  *path* from e to a synapse-bearing consumer: the next conv/linear layer, reached
+  *path* from e to a synapse-bearing consumer: the next conv/linear layer (or transposed
+  conv; module or functional), reached
   through any chain of linear pass-through ops (flatten, view, reshape, cat, add,
   getitem, nearest upsampling, average pooling, constant scaling). A path through an
   average pool counts once per pool window that holds e, i.e. the pool is folded into
@@ -21,7 +27,8 @@ Counting rules (methods spec section 6, with our exact reading):
   spike), so border positions get the smaller fan-out they really have.
 * **SOPs** of a layer at step t = Σ_e units_e(t)·fanout(e), summed over the batch.
 * **MACs.** Every conv/linear node costs (output elements) × (inputs per output) MACs
-  per image (the usual count, padding included). ``ann_macs`` sums all of them: the
+  per image (the usual count, padding included); a transposed conv costs (input
+  elements) × (outputs per input). ``ann_macs`` sums all of them: the
   ANN. ``input_macs`` sums those that run on the analog input before the first spiking
   layer; the drive is constant under direct coding, so the engine computes it once per
   image and we count it once (a chip that recomputes it every step pays T times it).
@@ -31,7 +38,6 @@ Counting rules (methods spec section 6, with our exact reading):
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +45,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import SnnconvError, check
-from .convert.fold_bn import ChannelAffine
-from .convert.max_pool import MaxPoolGate
+from .convert.ops import Op, lookup
 from .inputs import check_input
 from .metrics import SpikeCounter, running_average
 from .network import SpikingNetwork
@@ -48,14 +53,6 @@ from .neurons import SpikingNeuron
 
 E_AC_PJ = 0.9  # picojoules per accumulate (45 nm, Horowitz ISSCC 2014)
 E_MAC_PJ = 4.6  # picojoules per multiply-accumulate
-
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_AVG_POOL_FUNCS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
-_ADAPTIVE_FUNCS = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3}
-_ADAPTIVE_MODULES = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}
-_AVG_MODULES = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
-_SCALE_FUNCS = {operator.mul, operator.truediv, torch.mul, torch.div}
-_SIGNED_FUNCS = {operator.sub, torch.sub, operator.neg, torch.neg}
 
 
 @dataclass
@@ -76,8 +73,23 @@ class CostProfile:
     neurons: dict[str, int]
 
 
-class _Probe(fx.Interpreter):
-    """Runs the graph on one sample for one step and keeps every node's value."""
+class GraphProbe(fx.Interpreter):
+    """Runs a converted graph on one sample for one step and keeps every node's value.
+
+    Used by :func:`cost_profile` and the NIR export to learn every shape. Each spiking
+    layer runs one step on a window ``[1, batch, ...]``; its values only fix shapes.
+
+    Attributes:
+        modules: ``dict(graph_module.named_modules())``.
+        values: each node's value after :meth:`run`.
+        windows: the nodes computed from a spiking layer's output.
+        macs: per synaptic node (conv, transposed conv, linear; :mod:`snnconv.convert.ops`),
+            its MACs per image: output elements x inputs per output (input elements x
+            outputs per input for a transposed conv).
+
+    Raises:
+        SnnconvError: from :meth:`run`, only through the layers it runs (bad shapes).
+    """
 
     def __init__(self, graph_module: fx.GraphModule) -> None:
         super().__init__(graph_module, garbage_collect_values=False)
@@ -98,21 +110,27 @@ class _Probe(fx.Interpreter):
             result = super().run_node(n)
             if any(i in self.windows for i in n.all_input_nodes):
                 self.windows.add(n)
-        weight = _synaptic_weight(n, module)
-        if weight is not None and isinstance(result, torch.Tensor):
-            # (output elements per image) x (inputs per output) = weight[0].numel().
-            self.macs[n] = float(result[0].numel() * weight[0].numel())
+        op = lookup(n, self.modules)
+        if op is not None and op.cost == "synapse" and isinstance(result, torch.Tensor):
+            weight = module.weight if module is not None else self._operand(n, 1, "weight")
+            if isinstance(weight, torch.Tensor):
+                self.macs[n] = _macs(op, self._operand(n, 0, "input"), result, weight)
         self.values[n] = result
         return result
 
+    def _operand(self, n: fx.Node, index: int, name: str):
+        """Argument ``index`` (or keyword ``name``) of node ``n``, evaluated."""
+        value = n.args[index] if len(n.args) > index else n.kwargs.get(name)
+        return self.env.get(value) if isinstance(value, fx.Node) else value
 
-def _synaptic_weight(n: fx.Node, module: nn.Module | None) -> torch.Tensor | None:
-    """The weight of a conv/linear node (module or functional), else None."""
-    if isinstance(module, (*_CONV, nn.Linear)):
-        return module.weight
-    if n.op == "call_function" and n.target in (F.linear, F.conv1d, F.conv2d, F.conv3d):
-        return n.args[1] if isinstance(n.args[1], torch.Tensor) else None
-    return None
+
+def _macs(op: Op, x, result: torch.Tensor, weight: torch.Tensor) -> float:
+    """MACs per image of one synaptic layer (padding included): (output elements) x
+    (inputs per output) = ``result[0].numel() * weight[0].numel()``; a transposed conv
+    (weight ``[C_in, C_out / groups, *kernel]``) costs (input elements) x (outputs per input)."""
+    if op.name.startswith("conv_transpose"):
+        return float(x[0].numel() * weight[0].numel())
+    return float(result[0].numel() * weight[0].numel())
 
 
 def _sum_pool(x: torch.Tensor, dims: int, kernel, stride, padding, ceil_mode: bool) -> torch.Tensor:
@@ -141,11 +159,7 @@ def _adaptive_sum(x: torch.Tensor, dims: int, output_size) -> torch.Tensor:
     return x
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _structural_fanout(gm: fx.GraphModule, probe: _Probe, source: fx.Node) -> torch.Tensor:
+def _structural_fanout(gm: fx.GraphModule, probe: GraphProbe, source: fx.Node) -> torch.Tensor:
     """fanout(e) for every neuron e of ``source`` (see the module docstring), ``[*shape]``."""
     modules = probe.modules
     shape = probe.values[source].shape
@@ -176,69 +190,70 @@ def _structural_fanout(gm: fx.GraphModule, probe: _Probe, source: fx.Node) -> to
         if isinstance(module, SpikingNeuron):
             total = total + args[0].sum()  # identity synapse into the next membrane
             continue
-        if isinstance(module, _CONV):
-            ones = torch.ones_like(module.weight, dtype=dtype)
-            total = total + module._conv_forward(args[0], ones, None).sum()
+        op = lookup(n, modules)
+        if op is not None and op.cost == "synapse":
+            total = total + _synapse_paths(n, op, module, args, kwargs, reach).sum()
             continue
-        if isinstance(module, nn.Linear):
-            total = total + F.linear(args[0], torch.ones_like(module.weight, dtype=dtype)).sum()
-            continue
-        if n.op == "call_function" and n.target in (F.linear, F.conv1d, F.conv2d, F.conv3d):
-            x, w = args[0], args[1]
-            if x is not reach.get(n.args[0]):
-                raise SnnconvError(f"layer {n.name!r} takes spikes as its weight: no synaptic count is defined")
-            rest = list(args[3:]) if n.target is not F.linear else []
-            ones = torch.ones(w.shape, dtype=dtype)
-            geometry = {k: v for k, v in kwargs.items() if k not in ("bias", "weight", "input")}  # stride, padding, ...
-            total = total + (F.linear(x, ones) if n.target is F.linear else n.target(x, ones, None, *rest, **geometry)).sum()
-            continue
-        reach[n] = _structural_op(n, module, args, kwargs, reach)
+        reach[n] = _structural_op(n, op, module, args, kwargs, reach)
     (grad,) = torch.autograd.grad(total, s, allow_unused=True) if total.requires_grad else (None,)
     fanout = torch.zeros(shape, dtype=dtype) if grad is None else grad.detach()
     return fanout[0]  # drop the batch of one
 
 
-def _structural_op(n: fx.Node, module, args, kwargs, reach) -> torch.Tensor:
-    """The 0/1 version of one linear pass-through op (see the module docstring)."""
+def _synapse_paths(n: fx.Node, op: Op, module, args, kwargs, reach) -> torch.Tensor:
+    """A synaptic layer with every weight replaced by ones and no bias (geometry kept)."""
+    dtype = torch.float64
     if module is not None:
-        kind = type(module)
-        if kind in _AVG_MODULES:
-            return _sum_pool(args[0], _AVG_MODULES[kind], module.kernel_size, module.stride, module.padding, module.ceil_mode)
-        if kind in _ADAPTIVE_MODULES:
-            return _adaptive_sum(args[0], _ADAPTIVE_MODULES[kind], module.output_size)
-        if isinstance(module, MaxPoolGate):  # counted as if every spike passed the gate: an upper bound
+        ones = torch.ones_like(module.weight, dtype=dtype)
+        if isinstance(module, nn.Linear):
+            return F.linear(args[0], ones)
+        if op.name.startswith("conv_transpose"):
+            transpose = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[op.dims - 1]
+            return transpose(args[0], ones, None, module.stride, module.padding, module.output_padding, module.groups,
+                             module.dilation)
+        return module._conv_forward(args[0], ones, None)
+    x = args[0] if args else kwargs.get("input")
+    w = args[1] if len(args) > 1 else kwargs.get("weight")
+    if x is not reach.get(n.args[0] if n.args else n.kwargs.get("input")):
+        raise SnnconvError(f"layer {n.name!r} takes spikes as its weight: no synaptic count is defined")
+    rest = list(args[3:]) if n.target is not F.linear else []
+    ones = torch.ones(w.shape, dtype=dtype)
+    geometry = {k: v for k, v in kwargs.items() if k not in ("bias", "weight", "input")}  # stride, padding, ...
+    return F.linear(x, ones) if n.target is F.linear else n.target(x, ones, None, *rest, **geometry)
+
+
+def _structural_op(n: fx.Node, op: Op | None, module, args, kwargs, reach) -> torch.Tensor:
+    """The 0/1 version of one linear pass-through op, by its cost rule (:mod:`snnconv.convert.ops`)."""
+    rule = op.cost if op is not None else "as_is"
+    reached = [a for a in args if isinstance(a, torch.Tensor) and any(a is r for r in reach.values())]
+    if rule == "pass" and len(reached) == 1:
+        return reached[0]  # scaling by a number, parameter or buffer carries each spike to one place
+    if rule == "unsigned_sum" and reached:
+        return sum(reached)  # a - b, -a: one path per reached operand, whatever the sign
+    if module is not None:
+        if rule == "sum_pool":
+            return _sum_pool(args[0], op.dims, module.kernel_size, module.stride, module.padding, module.ceil_mode)
+        if rule == "adaptive_sum":
+            return _adaptive_sum(args[0], op.dims, module.output_size)
+        if rule == "gate":  # counted as if every spike passed the gate: an upper bound
             return _sum_pool(args[0], module.dims, module.kernel_size, module.stride, module.padding, module.ceil_mode)
-        if isinstance(module, ChannelAffine):  # a per-channel scale carries each spike to one place
-            return args[0]
         return module(*args, **kwargs)  # flatten, identity, unflatten, nearest upsampling: already 0/1
     if n.op == "call_function":
-        if n.target in _AVG_POOL_FUNCS:
+        if rule == "sum_pool":
             names = ("kernel_size", "stride", "padding", "ceil_mode")
             values = list(args[1:5]) + [None] * (5 - len(args))
             opts = {k: kwargs.get(k, v) for k, v in zip(names, values)}
-            return _sum_pool(args[0], _AVG_POOL_FUNCS[n.target], opts["kernel_size"], opts["stride"],
-                             opts["padding"] or 0, bool(opts["ceil_mode"]))
-        if n.target in _ADAPTIVE_FUNCS:
-            return _adaptive_sum(args[0], _ADAPTIVE_FUNCS[n.target], args[1] if len(args) > 1 else kwargs["output_size"])
-        reached = [a for a in args if isinstance(a, torch.Tensor) and any(a is r for r in reach.values())]
-        if n.target in _SCALE_FUNCS and len(reached) == 1:
-            return reached[0]  # scaling by a number, parameter or buffer carries each spike to one place
-        if n.target in _SIGNED_FUNCS and reached:
-            return sum(reached)  # a - b, -a: one path per reached operand, whatever the sign
-        if n.target in (operator.add, torch.add) and any(_is_number(a) for a in args):
-            return next(a for a in args if isinstance(a, torch.Tensor))  # constants carry no synapse
+            return _sum_pool(args[0], op.dims, opts["kernel_size"], opts["stride"], opts["padding"] or 0,
+                             bool(opts["ceil_mode"]))
+        if rule == "adaptive_sum":
+            return _adaptive_sum(args[0], op.dims, args[1] if len(args) > 1 else kwargs["output_size"])
+        if rule == "mean_as_sum":
+            return torch.sum(*args, **kwargs)
         return n.target(*args, **kwargs)
     if n.op == "call_method":
         self_arg, *rest = args
-        if n.target == "mean":
+        if rule == "mean_as_sum":
             return self_arg.sum(*rest, **kwargs)
-        if n.target in ("add", "mul", "div") and rest and _is_number(rest[0]):
-            return self_arg
-        reached = [a for a in args if isinstance(a, torch.Tensor) and any(a is r for r in reach.values())]
-        if n.target in ("mul", "div") and len(reached) == 1:
-            return reached[0]
-        if n.target in ("sub", "neg") and reached:
-            return sum(reached)
         return getattr(self_arg, n.target)(*rest, **kwargs)
     raise SnnconvError(f"node {n.name!r} ({n.op}) cannot be counted")
 
@@ -248,13 +263,18 @@ def cost_profile(snn: SpikingNetwork, example: torch.Tensor) -> CostProfile:
 
     Runs the graph once on one sample (one step) to learn every shape, then one
     structural backward pass per spiking layer. Cost: about two forward passes of one
-    image per layer; done once per evaluation, not per batch.
+    image per layer; done once per evaluation, not per batch. Each layer is counted by
+    its rule in the table of operations (:mod:`snnconv.convert.ops`).
+
+    Raises:
+        SnnconvError: ``snn`` is not a converted network, ``example`` does not fit it, or
+            a layer takes spikes as its weight (no synaptic count is defined).
     """
     check(isinstance(snn, SpikingNetwork), f"cost_profile() needs a network from snnconv.convert(), got {type(snn).__name__}")
     gm = snn.graph
     reference = next(iter(gm.buffers()), None)
     sample = check_input(gm, example, "example")[:1]
-    probe = _Probe(gm)
+    probe = GraphProbe(gm)
     with torch.no_grad():
         probe.run(sample)
     cpu_values = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in probe.values.items()}
@@ -292,6 +312,14 @@ class CostCounter(SpikeCounter):
         e_ac, e_mac: picojoules per accumulate / per multiply-accumulate.
         profile: a :func:`cost_profile` already made for this network and shape (reused
             across seeds and T instead of recomputed).
+
+    Attributes:
+        events, sops: per layer name, float64 ``[total_steps]``.
+        paths: per layer name (``site_3``), the user's module path (``layer3.1.relu``).
+
+    Raises:
+        SnnconvError: a negative energy per operation, the errors of :func:`cost_profile`,
+            and (in ``record``) a simulated shape other than the profiled one.
     """
 
     def __init__(self, snn: SpikingNetwork, example: torch.Tensor, e_ac: float = E_AC_PJ, e_mac: float = E_MAC_PJ,
@@ -300,6 +328,7 @@ class CostCounter(SpikeCounter):
         check(e_ac >= 0 and e_mac >= 0, f"energies per operation must be >= 0, got e_ac={e_ac}, e_mac={e_mac}")
         self.profile = cost_profile(snn, example) if profile is None else profile
         self.sops: dict[str, torch.Tensor] = {}
+        self.paths: dict[str, str] = {}  # layer name (site_3) -> the user's module path (layer3.1.relu)
         self.e_ac, self.e_mac = float(e_ac), float(e_mac)
         self._fanout_device: dict[str, torch.Tensor] = {}
 
@@ -317,6 +346,7 @@ class CostCounter(SpikeCounter):
             else:
                 store[name] = value
         self.neurons[name] = units.shape[2]
+        self.paths[name] = _path(name, neuron)
         if name == next(iter(self.events)):
             self.samples += out.shape[1]
 
@@ -338,7 +368,12 @@ class CostCounter(SpikeCounter):
         """Per-image costs over the first ``upto`` steps (all steps by default), as plain data.
 
         Keys: spike_events, sops, input_macs, ann_macs, energy_pj, ann_energy_pj,
-        energy_ratio (E_SNN / E_ANN), firing_rate / sops per layer.
+        energy_ratio (E_SNN / E_ANN), and ``layers``: per layer name (``site_3``) its
+        neurons, spike_events, firing_rate, sops and ``path``, the user's module path of
+        the activation it replaced (``layer3.1.relu``).
+
+        Raises:
+            SnnconvError: nothing was recorded, or ``upto`` is not in 1..steps.
         """
         check(self.samples > 0, "nothing was recorded: pass the counter as recorder= to simulate()")
         steps = next(iter(self.events.values())).numel()
@@ -353,6 +388,7 @@ class CostCounter(SpikeCounter):
                 "spike_events": float(e[:upto].sum()) * per,
                 "firing_rate": float(e[:upto].sum()) * per / (self.neurons[name] * upto),
                 "sops": float(self.sops[name][:upto].sum()) * per,
+                "path": self.paths.get(name, name),
             }
             for name, e in self.events.items()
         }
@@ -369,6 +405,36 @@ class CostCounter(SpikeCounter):
             "e_mac_pj": self.e_mac,
             "layers": layers,
         }
+
+
+def _path(name: str, neuron: nn.Module) -> str:
+    path = getattr(neuron, "path", None)
+    return path if isinstance(path, str) and path else name
+
+
+def layer_paths(snn: SpikingNetwork) -> dict[str, str]:
+    """``{layer name: user's module path}`` for each spiking layer, in graph order.
+
+    The layer name is the neuron's name in the converted graph (``site_3``, the key of
+    counters and error tables); the path is where the activation it replaced sits in the
+    source model (``layer3.1.relu``, ``features.3``, ``layer1.0.relu#2`` for a module's
+    second call; see :class:`snnconv.convert.ActivationSite`). A neuron without a path
+    (set by hand) is named by its layer name.
+
+    Raises:
+        SnnconvError: ``snn`` is not a network from :func:`snnconv.convert`.
+    """
+    check(isinstance(snn, SpikingNetwork), f"layer_paths() needs a network from snnconv.convert(), got {type(snn).__name__}")
+    return {name: _path(name, neuron) for name, neuron in snn.spiking_layers()}
+
+
+class LayerErrors(dict):
+    """:func:`layerwise_error`'s ``{layer name: [error at each reported step]}``, plus
+    ``paths``: ``{layer name: the user's module path}`` (:func:`layer_paths`)."""
+
+    def __init__(self, errors: dict, paths: dict[str, str]) -> None:
+        super().__init__(errors)
+        self.paths = dict(paths)
 
 
 class _AverageRecorder:
@@ -394,10 +460,10 @@ def _relative_mse(estimate: torch.Tensor, target: torch.Tensor) -> float | None:
 
 
 def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, steps: list[int] | int, *,
-                    sleep_steps: int = 0, seed: int = 0, activations=None) -> dict[str, list[float | None]]:
+                    sleep_steps: int = 0, seed: int = 0, activations=None) -> LayerErrors:
     """Relative MSE between each ANN activation and its spiking layer's average output.
 
-    For spiking layer l (``site_i``) and each T: err_l(T) = Σ(ȳ_l(T) − a_l)² / Σ a_l²,
+    For spiking layer l (``site_i``, whose source path is in the result's ``paths``) and each T: err_l(T) = Σ(ȳ_l(T) − a_l)² / Σ a_l²,
     where a_l is the ANN activation (the source's QCFS/clip-floor/ReLU output, BN
     folded) and ȳ_l(T) = Σ_{t<=T} out_l(t) / min(T, wake) the layer's running-average
     output, summed over the batch and neurons. None where the ANN layer is all zero and
@@ -413,7 +479,13 @@ def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, step
         activations: the ``activations=`` mapping ``snn`` was converted with, if any.
 
     Returns:
-        ``{layer name: [error at each reported step]}`` in layer order.
+        ``{layer name: [error at each reported step]}`` in layer order (a
+        :class:`LayerErrors`, a dict whose ``paths`` gives each layer's module path in the
+        source, e.g. ``{"site_0": "features.1"}``).
+
+    Raises:
+        SnnconvError: bad ``steps`` (not integers >= 1, or several with sleep steps), an
+            input that does not fit, or a model that is not the one ``snn`` came from.
     """
     from .convert import prepare
     from .convert.activation_sites import ActivationSite
@@ -456,4 +528,4 @@ def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, step
             averages = torch.cat(recorder.averages[name], dim=1)  # chunks along the batch
             errors[name] += [_relative_mse(a, activations[name]) for a in averages]
     check(all(len(v) == len(report) for v in errors.values()), "internal: one error per reported step")
-    return errors
+    return LayerErrors(errors, layer_paths(snn))

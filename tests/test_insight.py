@@ -191,3 +191,38 @@ def test_cli_compare_and_redraw(digits_source, tmp_path, capsys):
     assert "| gn (group_size=2) | 4 |" in capsys.readouterr().out
     assert main(["compare", str(checkpoint), "--out", str(out), "--redraw"]) == 0
     assert main(["compare", str(checkpoint), "--neurons", "if+sideways", "--out", str(out)]) == 2
+
+
+class _Block(nn.Module):
+    """A QCFS module called twice, F.relu6 and a clamp: four activations inside one module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.act = QCFS(4, threshold=0.5)
+
+    def forward(self, x):
+        h = torch.nn.functional.relu6(self.act(self.conv(x)) * 8.0)
+        return torch.clamp(self.act(h * 0.1), 0, 1.0)
+
+
+def test_layers_are_named_by_their_path_in_the_source():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), QCFS(4, threshold=0.5), _Block(), nn.Flatten(),
+                          nn.Linear(32, 3)).double().eval()
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    expected = {"site_0": "1", "site_1": "2.act", "site_2": "2.relu6", "site_3": "2.act#2", "site_4": "2.clamp"}
+    from snnconv.convert import activation_sites, prepare
+    from snnconv.insight import layer_paths
+
+    assert {name: site.path for name, site in activation_sites(prepare(model))} == expected
+    snn = convert(model, "if")
+    assert {name: neuron.path for name, neuron in snn.spiking_layers()} == expected == layer_paths(snn)
+    counter = CostCounter(snn, x)
+    simulate(snn, x, 3, recorder=counter)
+    layers = counter.summary()["layers"]
+    assert list(layers) == list(expected)  # the keys stay the graph names
+    assert {name: layer["path"] for name, layer in layers.items()} == expected == counter.paths
+    errors = layerwise_error(model, snn, x, [1, 2])
+    assert list(errors) == list(expected) and errors.paths == expected
+    assert json.loads(json.dumps(errors)) == {k: v for k, v in errors.items()}  # still plain JSON

@@ -54,6 +54,10 @@ def run_nir(graph, x: torch.Tensor, steps: int) -> torch.Tensor:
             elif kind == "Conv2d":
                 out = F.conv2d(inp, t(node.weight), t(node.bias), tuple(node.stride), tuple(node.padding),
                                tuple(node.dilation), int(node.groups))
+            elif kind == "Conv1d":
+                padding = node.padding if isinstance(node.padding, str) else int(np.atleast_1d(node.padding)[0])
+                out = F.conv1d(inp, t(node.weight), t(node.bias), int(np.atleast_1d(node.stride)[0]), padding,
+                               int(np.atleast_1d(node.dilation)[0]), int(node.groups))
             elif kind == "Affine":
                 out = inp @ t(node.weight).T + t(node.bias)
             elif kind == "SumPool2d":
@@ -143,3 +147,77 @@ def test_cli_export(digits_source, tmp_path, capsys):
     assert type(graph.nodes["input"]).__name__ == "Input"
     assert main(["export", str(checkpoint), "--format", "nir", "--neuron", "gn", "--out", str(out)]) == 2
     assert "binary spikes" in capsys.readouterr().err
+
+
+# The table of operations: every op with a NIR form exports and runs like simulate(), in
+# every spelling; an op without one is refused with its layer named.
+class _Chain(nn.Module):
+    """conv(2 -> 3) -> QCFS -> f -> flatten (if still spatial) -> linear; ``conv1d=True``: on [2, 16]."""
+
+    def __init__(self, f, features: int, conv1d: bool = False, flat: bool = False) -> None:
+        super().__init__()
+        self.flat = flat
+        torch.manual_seed(3)
+        self.conv = nn.Conv1d(2, 3, 3, padding=1) if conv1d else nn.Conv2d(2, 3, 3, padding=1)
+        self.act = QCFS(4, threshold=0.3)
+        self.f = f if isinstance(f, nn.Module) else None
+        self._fn = None if isinstance(f, nn.Module) else f
+        self.fc = nn.Linear(features, 4)
+
+    def forward(self, x):
+        h = self.act(self.conv(x))
+        h = self.f(h) if self.f is not None else self._fn(h)
+        return self.fc(h if self.flat else torch.flatten(h, 1))
+
+
+NIR_SPELLINGS = {
+    "conv2d": [nn.Identity()],  # the chain's own first layer
+    "conv1d": [nn.Identity()],
+    "linear": [nn.Flatten()],  # the chain's last layer
+    "avg_pool2d": [nn.AvgPool2d(2)],
+    "adaptive_avg_pool2d": [nn.AdaptiveAvgPool2d(2)],
+    "flatten": [nn.Flatten(), lambda h: torch.flatten(h, 1), lambda h: h.flatten(1)],
+    "reshape": [lambda h: h.view(-1, 192), lambda h: h.reshape(-1, 192), lambda h: torch.reshape(h, (-1, 192))],
+    "identity": [nn.Identity(), lambda h: h.contiguous()],
+}
+
+
+def test_every_nir_form_of_the_table_is_covered():
+    from snnconv.convert.ops import OPS
+
+    assert {op.name for op in OPS if op.nir and op.kind != "activation"} == set(NIR_SPELLINGS)
+
+
+@pytest.mark.parametrize("name", sorted(NIR_SPELLINGS))
+def test_each_nir_form_round_trips_in_every_spelling(name, tmp_path):
+    from snnconv.export.nir import read_nir
+
+    conv1d = name == "conv1d"
+    x = torch.rand(3, 2, *((16,) if conv1d else (8, 8)), dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for i, f in enumerate(NIR_SPELLINGS[name]):
+        with torch.no_grad():
+            h = torch.zeros(1, 3, *x.shape[2:])
+            out = f(h)
+        snn = convert(_Chain(f, out.flatten(1).shape[1], conv1d, flat=out.dim() == 2).double().eval(), "if")
+        export_nir(snn, tmp_path / f"{i}.nir", tuple(x.shape[1:]), warn=False)
+        graph = read_nir(tmp_path / f"{i}.nir")
+        expected = simulate(snn, x, 8)
+        assert expected.abs().sum() > 0
+        assert torch.allclose(run_nir(graph, x, 8), expected, rtol=1e-9, atol=1e-9), (name, i)
+
+
+@pytest.mark.parametrize("layer, what", [
+    (nn.ZeroPad2d(1), "ZeroPad2d"), (nn.ConvTranspose2d(3, 3, 2, stride=2), "ConvTranspose2d"),
+    (nn.Upsample(scale_factor=2), "Upsample"), (nn.BatchNorm2d(3), "ChannelAffine"),
+])
+def test_ops_without_nir_form_are_refused_by_name(layer, what, tmp_path):
+    from snnconv.convert.ops import op_of_module
+
+    with torch.no_grad():
+        features = layer.eval()(torch.zeros(1, 3, 8, 8)).flatten(1).shape[1]
+    snn = convert(_Chain(layer, features).double().eval(), "if")
+    modules = dict(snn.graph.named_modules())
+    op = op_of_module(modules["f"])
+    assert op.nir is None and op.nir_note
+    with pytest.raises(SnnconvError, match=rf"^layer 'f' \({what}\) has no NIR export: use conv/linear/average-pool/flatten layers$"):
+        export_nir(snn, tmp_path / "x.nir", (2, 8, 8), warn=False)

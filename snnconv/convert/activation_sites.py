@@ -7,16 +7,16 @@ no faithful form for is an error naming the node and the fix.
 """
 from __future__ import annotations
 
-import operator
-
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from ..activations import QuantizedClip, is_relu_node
 from ..errors import SnnconvError
-from .fold_bn import ChannelAffine
 from .max_pool import MaxPoolGate
+from .ops import OPS, lookup
+
+_MAX_POOL_OPS = {f"{kind}{d}d" for kind in ("max_pool", "adaptive_max_pool") for d in (1, 2, 3)}
 
 
 class ActivationSite(nn.Module):
@@ -27,10 +27,17 @@ class ActivationSite(nn.Module):
         levels: L for quantised sources, else None.
         shift: phi of the source (1/2 for QCFS, 0 otherwise).
         threshold: theta = lambda, the clip value, or a calibrated value; None until known.
+        upper: the clip value of ``"clip"`` (clamp(x, 0, upper)), else None.
+        path: where the activation sits in the user's model: its module path
+            (``"layer3.1.relu"``, ``"features.3"``), or the enclosing module's path and the
+            function name for a functional call (``"layer1.0.relu"`` for ``F.relu`` in
+            ``layer1.0``); a later call of the same name gets ``#2``, ``#3``, ...
+            None for a site built by hand.
     """
 
-    def __init__(self, original: nn.Module | None, kind: str, levels: int | None, shift: float, threshold: float | torch.Tensor | None, upper: float | None = None):
+    def __init__(self, original: nn.Module | None, kind: str, levels: int | None, shift: float, threshold: float | torch.Tensor | None, upper: float | None = None, path: str | None = None):
         super().__init__()
+        self.path = path
         self.original = original
         self.kind = kind
         self.levels = levels
@@ -44,32 +51,12 @@ class ActivationSite(nn.Module):
         return torch.clamp(z, min=0.0, max=self.upper)
 
 
-# Stateless layers the engine runs on the folded [T * batch, ...] tensor. Each is affine
-# in its windowed input (f(s) = A s + c); the engine switches c off in sleep steps.
-SUPPORTED_MODULES = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.Flatten, nn.Identity, nn.Upsample, nn.Unflatten, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, ChannelAffine,
-)
-SUPPORTED_FUNCTIONS = {
-    operator.add, operator.sub, operator.neg, operator.getitem, getattr, torch.add, torch.sub, torch.subtract,
-    torch.neg, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.mean, torch.sum, torch.permute,
-    torch.transpose, torch.squeeze, torch.unsqueeze, torch.movedim, torch.chunk, torch.split,
-    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.interpolate, F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
-}
-SUPPORTED_METHODS = {
-    "view", "reshape", "flatten", "size", "contiguous", "add", "sub", "neg", "mean", "sum", "permute", "transpose",
-    "squeeze", "unsqueeze", "expand", "unflatten", "movedim", "chunk", "split",
-}
-# Multiplications and divisions are linear when the other operand does not depend on the
-# input (a number, parameter, buffer or constant): input normalisation (x - mean) / std.
-_MULTIPLY = {operator.mul, torch.mul, torch.multiply, "mul"}
-_DIVIDE = {operator.truediv, torch.div, torch.divide, torch.true_divide, "div", "true_divide"}
-_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-_MAX_POOL_FUNCTIONS = {
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-}
+# What converts is the table of operations (snnconv.convert.ops): every op there except
+# the activations (which become sites) and max pooling after a spiking layer (refused or
+# gated) is affine in its windowed input, f(s) = A s + c. These views are kept for reading.
+SUPPORTED_MODULES = tuple(m for op in OPS if op.kind != "activation" and op.name not in _MAX_POOL_OPS for m in op.modules)
+SUPPORTED_FUNCTIONS = {f for op in OPS if op.kind != "activation" for f in op.functions}
+SUPPORTED_METHODS = {m for op in OPS if op.kind != "activation" for m in op.methods}
 _MAX_POOL_FIX = (
     "max pooling is exact only on the analog input, before the first activation: move it there, convert with "
     "max_pool='gate' (an approximate spiking max, Rueckauer et al. 2017), or replace it by average pooling "
@@ -131,6 +118,21 @@ def _user_module(node: fx.Node) -> tuple[str, type] | None:
     return None
 
 
+def user_path(node: fx.Node) -> str:
+    """The user's name of the activation a node computes, before de-duplication.
+
+    A module call: its qualified name (``"layer3.1.relu"``, ``"3"`` in a Sequential).
+    A function or method call: the innermost module it was traced in, dot, the function
+    name (``"layer1.0.relu"`` for ``F.relu(x)`` inside ``layer1.0``; ``"relu"`` at the top).
+    """
+    if node.op == "call_module":
+        return str(node.target)
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", node.name)
+    stack = node.meta.get("nn_module_stack") or {}
+    owner = next(reversed(stack.values()))[0] if stack else ""
+    return f"{owner}.{name}" if owner else str(name)
+
+
 def _where(node: fx.Node) -> str:
     return str(node.target) if node.op == "call_module" else node.name
 
@@ -184,33 +186,36 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
     if node.op in ("placeholder", "output", "get_attr") or node not in dynamic:
         return  # values that do not depend on the input are used as they are
     where = _where(node)
+    op = lookup(node, modules)
+    if op is not None and op.kind == "activation":
+        op = None  # an activation that did not become a site (Hardtanh(-1, 1)): not an affine layer
     if node.op == "call_module":
         module = modules[node.target]
         kind = type(module)
-        if isinstance(module, MaxPoolGate):
+        if op is not None and op.name == "max_pool_gate":
             return
-        if isinstance(module, _MAX_POOLS):
+        if op is not None and op.name in _MAX_POOL_OPS:
             if node in spiking:
                 raise _unsupported(f"{kind.__name__} after a spiking layer", where, _MAX_POOL_FIX)
             return
-        if isinstance(module, nn.Upsample) and module.mode != "nearest":
+        if op is not None and op.name == "upsample" and module.mode != "nearest":
             raise _unsupported(f"Upsample mode={module.mode}", where, "use mode='nearest'")
-        if isinstance(module, SUPPORTED_MODULES):
+        if op is not None:
             return
         _refuse_inside_user_module(node, kind.__name__)
         raise _unsupported(kind.__name__, where, "use conv/linear/average-pool layers with ReLU, QCFS or ClipFloor "
                            "activations, or map a custom activation class with convert(..., activations={Class: ...})")
     target = node.target
     name = target if node.op == "call_method" else getattr(target, "__name__", str(target))
-    if target in _MULTIPLY or target in _DIVIDE:
+    if op is not None and op.name in ("mul", "div"):
         operands = list(node.args) + list(node.kwargs.values())
-        divisor_dynamic = target in _DIVIDE and len(operands) > 1 and isinstance(operands[1], fx.Node) and operands[1] in dynamic
+        divisor_dynamic = op.name == "div" and len(operands) > 1 and isinstance(operands[1], fx.Node) and operands[1] in dynamic
         if sum(isinstance(a, fx.Node) and a in dynamic for a in operands) <= 1 and not divisor_dynamic:
             return
         _refuse_inside_user_module(node, f"a {name} of two input-dependent values")
         raise _unsupported(f"{name} of two input-dependent values", where,
                            "multiply or divide only by numbers, parameters or buffers")
-    if node.op == "call_function" and target in _MAX_POOL_FUNCTIONS:
+    if node.op == "call_function" and op is not None and op.name in _MAX_POOL_OPS:
         if node in spiking:
             raise _unsupported(f"{name} after a spiking layer", where, _MAX_POOL_FIX)
         return
@@ -222,10 +227,7 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
         if mode == "constant" and not value:
             return
         raise _unsupported(f"pad mode={mode} value={value}", where, "pad with zeros only (mode='constant', value=0)")
-    supported = (node.op == "call_function" and target in SUPPORTED_FUNCTIONS) or (
-        node.op == "call_method" and target in SUPPORTED_METHODS
-    )
-    if supported:
+    if op is not None:
         if node in spiking and _touches_batch(node):
             raise _unsupported(f"{name} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
                                "reduce, concatenate or move only dims >= 1")
@@ -260,13 +262,19 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
     ``max_pool="gate"``: max-pool modules after a spiking layer become
     :class:`~snnconv.convert.max_pool.MaxPoolGate` (approximate); otherwise they are refused.
 
-    Raises :class:`SnnconvError` for any node the SNN cannot represent (max pooling
-    after a spiking layer, GELU, LSTM, a multiplication of two input-dependent tensors,
-    ...) and for a model with no activation. A node traced inside a user's module is
-    reported with that module's name and class (see ``convert(..., activations=)``).
+    Every site gets ``path``, the user's name of the activation (:func:`user_path`).
+    Which nodes convert is the table of operations (:mod:`snnconv.convert.ops`).
+
+    Raises:
+        SnnconvError: for any node the SNN cannot represent (max pooling after a spiking
+            layer, GELU, LSTM, a multiplication of two input-dependent tensors, ...), a
+            QCFS/clip-floor lambda <= 0, ``max_pool`` other than None or ``"gate"``, and a
+            model with no activation. A node traced inside a user's module is reported
+            with that module's name and class (see ``convert(..., activations=)``).
     """
     modules = dict(graph_module.named_modules())
     sites = []
+    calls: dict[str, int] = {}
     inputs = _downstream(graph_module.graph, [n for n in graph_module.graph.nodes if n.op == "placeholder"])
     for node in list(graph_module.graph.nodes):
         if node not in inputs:
@@ -275,6 +283,9 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
         if site is None:
             continue
         name = f"site_{len(sites)}"
+        path = user_path(node)
+        calls[path] = calls.get(path, 0) + 1
+        site.path = path if calls[path] == 1 else f"{path}#{calls[path]}"
         graph_module.add_submodule(name, site)
         with graph_module.graph.inserting_after(node):
             new = graph_module.graph.call_module(name, (node.args[0],))

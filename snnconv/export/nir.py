@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
+from ..convert.ops import lookup
 from ..errors import SnnconvError, check
 from ..files import atomic_write
 from ..inputs import check_input
@@ -119,11 +120,20 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
     Returns:
         The graph; its ``Input`` is the analog input (applied at every step), its
         ``Output`` the network output per step (average it over steps to classify).
+
+    Each layer exports to the NIR form the table of operations gives it
+    (:mod:`snnconv.convert.ops`, ``Op.nir``).
+
+    Raises:
+        SnnconvError: nir is not installed; a neuron other than IF (GN counts, CIF, TPP),
+            a per-neuron threshold or v(0), a permuted network; a layer with no NIR form
+            (named, with its class), a residual add or concatenation (chains only), a
+            bad ``input_shape``.
     """
     nir = _import_nir()
     import numpy as np
 
-    from ..insight import _Probe
+    from ..insight import GraphProbe
 
     check(isinstance(snn, SpikingNetwork), f"to_nir() needs a network from snnconv.convert(), got {type(snn).__name__}")
     check(snn.permute is None, "a permuted network shuffles spikes in time, which NIR cannot express: convert without permute")
@@ -134,7 +144,7 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
     check(isinstance(input_shape, (tuple, list)) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in input_shape),
           f"input_shape must be one sample's shape as positive integers, e.g. (1, 28, 28), got {input_shape!r}")
     sample = check_input(gm, torch.zeros(1, *input_shape, dtype=dtype), "an input of input_shape")
-    probe = _Probe(gm)
+    probe = GraphProbe(gm)
     with torch.no_grad():
         probe.run(sample)
     modules = probe.modules
@@ -174,16 +184,18 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
                                "export supports chains only, since θ would have to be folded into one branch")
         src, factor = fold(inputs[0], n)
         name = n.name
-        if isinstance(module, nn.Identity):
+        op = lookup(n, modules)
+        form = op.nir if op is not None else None  # the table's NIR form of this op
+        if form == "identity":
             carrier[n] = (src, factor)
             continue
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+        if form in ("Affine", "Conv1d", "Conv2d") and module is not None:
             check(getattr(module, "padding_mode", "zeros") == "zeros", f"layer {name!r}: only zero padding exports to NIR")
             weight = numpy(module.weight * factor)
             bias = numpy(module.bias) if module.bias is not None else np.zeros(weight.shape[0], dtype=weight.dtype)
-            if isinstance(module, nn.Linear):
+            if form == "Affine":
                 nodes[name] = nir.Affine(weight=weight, bias=bias)
-            elif isinstance(module, nn.Conv2d):
+            elif form == "Conv2d":
                 nodes[name] = nir.Conv2d(input_shape=shape[inputs[0]][1:], weight=weight, stride=_pair(module.stride),
                                          padding=_explicit_padding(module),
                                          dilation=_pair(module.dilation), groups=module.groups, bias=bias)
@@ -207,8 +219,8 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
                           "time_step": 1.0, "neuron": "if"},
             )
             carrier[n] = (name, theta)  # snnconv passes θ·s on; NIR passes s
-        elif isinstance(module, nn.AvgPool2d) or isinstance(module, nn.AdaptiveAvgPool2d):
-            if isinstance(module, nn.AvgPool2d):
+        elif form == "SumPool2d" and module is not None:
+            if op.name == "avg_pool2d":
                 kernel, stride, padding = _pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding)
                 check(not module.ceil_mode and (module.count_include_pad or padding == (0, 0)),
                       f"layer {name!r}: average pooling with ceil_mode or count_include_pad=False has a varying divisor; "
@@ -224,14 +236,12 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
                 divisor = kernel[0] * kernel[1]
             nodes[name] = nir.SumPool2d(kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(padding))
             carrier[n] = (name, factor / divisor)
-        elif isinstance(module, nn.Flatten) or (n.op == "call_function" and n.target is torch.flatten) or (
-            n.op == "call_method" and n.target in ("flatten", "view", "reshape") and len(shape[n]) == 1
-        ):
-            if isinstance(module, nn.Flatten):
+        elif form == "Flatten" and (op.name == "flatten" or len(shape[n]) == 1):
+            if module is not None:
                 start, end = module.start_dim, module.end_dim
             else:
                 start, end = 1, -1
-                if n.op == "call_function" or n.target == "flatten":
+                if op.name == "flatten":
                     start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
                     end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
                     if start == 0:
@@ -298,7 +308,11 @@ def read_nir(path: str | Path):
 
 
 def export_nir(snn: SpikingNetwork, path: str | Path, input_shape: tuple[int, ...] | list[int], *, warn: bool = True) -> Path:
-    """Write :func:`to_nir` of ``snn`` to ``path`` (NIR's HDF5 format), atomically."""
+    """Write :func:`to_nir` of ``snn`` to ``path`` (NIR's HDF5 format), atomically.
+
+    Raises:
+        SnnconvError: everything :func:`to_nir` refuses (the file is then not written).
+    """
     nir = _import_nir()
     graph = to_nir(snn, input_shape, warn=warn)
     return atomic_write(path, lambda p: nir.write(str(p), graph))
