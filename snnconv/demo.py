@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from .data import load_dataset
-from .experiments import RunSpec, format_table, run_method
+from .evaluate import RunSpec, evaluate_classification
+from .experiments import format_table
 from .files import write_json
 from .train import TrainConfig, accuracy, train
 
@@ -43,7 +44,7 @@ def _run_demo(config: TrainConfig, json_path: str | Path | None, log) -> dict:
         "ann_accuracy": accuracy(model, x, y),
         "activation": meta["activation"],
         "samples": len(y),
-        "runs": [run_method(model, x, y, RunSpec("if", DEMO_STEPS), progress=True)],
+        "runs": [evaluate_classification(model, x, y, RunSpec("if", DEMO_STEPS), progress=True).record],
     }
     log(format_table(results))
     if json_path is not None:
