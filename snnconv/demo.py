@@ -23,6 +23,9 @@ def run_demo(json_path: str | Path | None = None, epochs: int = 30, seed: int = 
     the order of floating-point sums in the convolutions' gradients, and so the trained
     network, from one machine to another. The README's table is this function's output
     (``tests/test_measured.py`` checks it).
+
+    Raises:
+        SnnconvError: an unwritable ``json_path``, or ``epochs`` below 1.
     """
     config = TrainConfig(model="small_cnn", dataset="digits", activation="qcfs", levels=4, epochs=epochs, batch_size=64, lr=0.05, seed=seed)
     threads = torch.get_num_threads()

@@ -117,7 +117,9 @@ def cost_per_step(run: MethodRun) -> dict:
         "e_ac_pj": last["e_ac_pj"],
         "e_mac_pj": last["e_mac_pj"],
         "at_step": last["steps"],
-        "layers": {n: {k: statistics.fmean(s[-1]["layers"][n][k] for s in summaries) for k in ("neurons", "spike_events", "firing_rate", "sops")}
+        "layers": {n: {**{k: statistics.fmean(s[-1]["layers"][n][k] for s in summaries)
+                           for k in ("neurons", "spike_events", "firing_rate", "sops")},
+                       **({"path": last["layers"][n]["path"]} if "path" in last["layers"][n] else {})}  # the module path, if the counter records it
                    for n in layers},
     }
 
