@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from .data import load_dataset
-from .experiments import RunSpec, format_table, run_method
+from .evaluate import RunSpec, evaluate_classification
+from .experiments import format_table
 from .files import write_json
 from .train import TrainConfig, accuracy, train
 
@@ -22,6 +23,9 @@ def run_demo(json_path: str | Path | None = None, epochs: int = 30, seed: int = 
     the order of floating-point sums in the convolutions' gradients, and so the trained
     network, from one machine to another. The README's table is this function's output
     (``tests/test_measured.py`` checks it).
+
+    Raises:
+        SnnconvError: an unwritable ``json_path``, or ``epochs`` below 1.
     """
     config = TrainConfig(model="small_cnn", dataset="digits", activation="qcfs", levels=4, epochs=epochs, batch_size=64, lr=0.05, seed=seed)
     threads = torch.get_num_threads()
@@ -43,7 +47,7 @@ def _run_demo(config: TrainConfig, json_path: str | Path | None, log) -> dict:
         "ann_accuracy": accuracy(model, x, y),
         "activation": meta["activation"],
         "samples": len(y),
-        "runs": [run_method(model, x, y, RunSpec("if", DEMO_STEPS), progress=True)],
+        "runs": [evaluate_classification(model, x, y, RunSpec("if", DEMO_STEPS), progress=True).record],
     }
     log(format_table(results))
     if json_path is not None:

@@ -1,8 +1,8 @@
 """Comparison reports: several conversion methods on one checkpoint, one folder.
 
-``compare()`` evaluates each method (reusing :func:`snnconv.experiments.run_method`),
-adds cost counters (:class:`snnconv.insight.CostCounter`) and layer-wise conversion
-error, and writes, atomically::
+``compare()`` evaluates each method (:func:`snnconv.evaluate.evaluate_classification`)
+with a cost counter per simulation (:class:`snnconv.insight.CostCounter`), adds the
+layer-wise conversion error, and writes, atomically::
 
     OUT/results.json          the evaluate schema + per-run "cost" and "layer_error"
     OUT/report.md             accuracy, latency, spikes, SOPs and energy per method and T
@@ -11,7 +11,9 @@ error, and writes, atomically::
     OUT/layer_error.png       relative MSE per spiking layer, one line per method
 
 Tables and plots are drawn from the JSON only (:func:`render_report`), so
-``redraw_report("OUT/results.json")`` rebuilds them without simulating again.
+``redraw_report("OUT/results.json")`` rebuilds them without simulating again. Layers
+are keyed by their graph name (``site_0``); tables and plots print the user's module
+path where the run's ``layer_paths`` records one (:func:`snnconv.evaluate.display_name`).
 """
 from __future__ import annotations
 
@@ -20,9 +22,11 @@ from pathlib import Path
 
 from .activations import clip_limit
 from .errors import SnnconvError, check
-from .experiments import RunSpec, load_evaluation, option_labels, results_record, run_method, source_note
+from .evaluate import MethodRun, RunSpec, display_name, evaluate_classification
+from .experiments import load_evaluation, option_labels, results_record, source_note
 from .files import atomic_write, check_output_folder, read_json, write_json, write_text
-from .insight import E_AC_PJ, E_MAC_PJ, CostCounter, cost_profile, layerwise_error
+from .insight import E_AC_PJ, E_MAC_PJ, CostCounter, CostProfile, cost_profile, layerwise_error
+from .network import SpikingNetwork
 
 PLOTS = ("accuracy_latency.png", "firing_rate.png", "layer_error.png")
 
@@ -44,6 +48,9 @@ def parse_methods(text: str, steps: list[int], *, seeds: list[int], sleep_steps:
     ``cif``, which then runs T = L wake steps (``levels``, else the largest T) followed by
     S sleep steps; without sleep steps CIF runs every T like the others. ``+per-neuron`` /
     ``+per-layer`` after a name adds temporal permutation.
+
+    Raises:
+        SnnconvError: a method other than NEURON or NEURON+per-neuron / +per-layer, or no method.
     """
     specs = []
     for token in [t.strip() for t in text.split(",") if t.strip()]:
@@ -62,15 +69,40 @@ def parse_methods(text: str, steps: list[int], *, seeds: list[int], sleep_steps:
     return specs
 
 
-def _cost_per_step(run: dict, counters: list[CostCounter]) -> dict:
-    """Per-image cost at every reported step, averaged over seeds (see :mod:`snnconv.insight`)."""
-    summaries: list[list[dict]] = []  # [seed][reported step]
-    if run.get("sleep_steps") or len(counters) == len(run["seeds"]):  # one simulation per seed: read prefixes
-        upto = run["latency_steps"] if run.get("sleep_steps") else run["T"]
-        summaries = [[c.summary(t) for t in upto] for c in counters]
-    else:  # window methods: one simulation per seed and T, in that order
-        per = len(run["T"])
-        summaries = [[c.summary() for c in counters[i * per : (i + 1) * per]] for i in range(len(counters) // per)]
+class CostRecorders:
+    """Makes the :class:`CostCounter` of every simulation of a method (``recorder=`` of
+    :func:`snnconv.evaluate.evaluate_classification`), with one cost profile, made for the
+    first network and shape and reused (the fan-out depends on the structure only).
+
+    Args:
+        example: one input ``[1, ...]`` of the simulated shape.
+        e_ac, e_mac: picojoules per accumulate / per multiply-accumulate.
+    """
+
+    def __init__(self, example, e_ac: float = E_AC_PJ, e_mac: float = E_MAC_PJ) -> None:
+        self.example, self.e_ac, self.e_mac = example, e_ac, e_mac
+        self.profile: CostProfile | None = None
+
+    def __call__(self, snn: SpikingNetwork) -> CostCounter:
+        """A fresh counter for one simulation of ``snn``.
+
+        Raises:
+            SnnconvError: negative energies per operation.
+        """
+        if self.profile is None:
+            self.profile = cost_profile(snn, self.example)
+        return CostCounter(snn, self.example, self.e_ac, self.e_mac, profile=self.profile)
+
+
+def cost_per_step(run: MethodRun) -> dict:
+    """Per-image cost at every reported step, averaged over seeds (see :mod:`snnconv.insight`).
+
+    Each simulation's counter is read at the steps it reported (a causal run: every T
+    as a prefix of its one simulation; a window method: each T's own simulation).
+    """
+    summaries = [[sim.counter.summary(t) for sim in sims for t in sim.report] for _, sims in run.by_seed()]  # [seed][step]
+    shown = min(len(s) for s in summaries)
+    summaries = [s[:shown] for s in summaries]
     mean = lambda key: [statistics.fmean(s[j][key] for s in summaries) for j in range(len(summaries[0]))]  # noqa: E731
     last = summaries[0][-1]
     layers = list(last["layers"])
@@ -85,7 +117,9 @@ def _cost_per_step(run: dict, counters: list[CostCounter]) -> dict:
         "e_ac_pj": last["e_ac_pj"],
         "e_mac_pj": last["e_mac_pj"],
         "at_step": last["steps"],
-        "layers": {n: {k: statistics.fmean(s[-1]["layers"][n][k] for s in summaries) for k in ("neurons", "spike_events", "firing_rate", "sops")}
+        "layers": {n: {**{k: statistics.fmean(s[-1]["layers"][n][k] for s in summaries)
+                           for k in ("neurons", "spike_events", "firing_rate", "sops")},
+                       **({"path": last["layers"][n]["path"]} if "path" in last["layers"][n] else {})}  # the module path, if the counter records it
                    for n in layers},
     }
 
@@ -105,11 +139,18 @@ def compare(checkpoint: str | Path, specs: list[RunSpec], out_dir: str | Path, *
 
     Returns:
         The results dict written to ``out_dir/results.json``.
+
+    Raises:
+        SnnconvError: no method, an invalid spec, negative ``error_samples`` or an
+            unwritable ``out_dir`` (all before any work), or what loading, conversion,
+            simulation and plotting raise.
     """
     from .train import accuracy, resolve_device
 
     check(len(specs) >= 1, "give at least one method")
     check(error_samples >= 0, f"error samples must be >= 0, got {error_samples}")
+    for spec in specs:
+        spec.validate()
     check_output_folder(out_dir)  # before any simulation: a read-only --out fails now
     model, meta, x, y, calibration = load_evaluation(checkpoint, data_dir, limit, resolve_device(device), calibration_samples,
                                                      always_calibrate=any(spec.snn_calibration for spec in specs))
@@ -121,22 +162,15 @@ def compare(checkpoint: str | Path, specs: list[RunSpec], out_dir: str | Path, *
 
         methods = tqdm(specs, desc="methods", unit="method")
     for spec in methods:
-        counters: list[CostCounter] = []
-        networks = []
-
-        def factory(snn):
-            if not networks:
-                networks.append((snn, cost_profile(snn, x[:1])))
-            counters.append(CostCounter(snn, x[:1], e_ac, e_mac, profile=networks[0][1]))
-            return counters[-1]
-
-        run = run_method(model, x, y, spec, calibration, batch_size, progress=progress, counter_factory=factory)
-        run["cost"] = _cost_per_step(run, counters)
+        result = evaluate_classification(model, x, y, spec, calibration, batch_size=batch_size, progress=progress,
+                                         recorder=CostRecorders(x[:1], e_ac, e_mac))
+        run = result.record
+        run["cost"] = cost_per_step(result.run)
         note = source_note(spec.neuron, meta["activation"]["kind"])
         if note:
             run["note"] = note
         if error_samples and not spec.calibrates_per_step:  # one network per T there: no single error curve
-            snn = networks[0][0]
+            snn = result.run.networks[0]
             steps = spec.steps if not spec.sleep_steps else spec.steps[:1]
             errors = layerwise_error(model, snn, x[:error_samples], steps, sleep_steps=spec.sleep_steps, seed=spec.seeds[0])
             run["layer_error"] = {"steps": run["latency_steps"] if spec.sleep_steps else run["T"], "samples": min(n, error_samples),
@@ -194,7 +228,7 @@ def format_report(results: dict) -> str:
                   "| layer | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
         for name in layers:
             cells = [_fmt(r["layer_error"]["layers"].get(name, [None])[-1]) for r in with_error]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {display_name(with_error[0], name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +249,11 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_accuracy_latency(results: dict, path: str | Path) -> None:
-    """Accuracy (%) against latency steps, one line per method, the ANN as a horizontal line."""
+    """Accuracy (%) against latency steps, one line per method, the ANN as a horizontal line.
+
+    Raises:
+        SnnconvError: matplotlib is not installed, or ``path`` cannot be written.
+    """
     fig, ax = _figure()
     for run in results["runs"]:
         ax.plot(run["latency_steps"], [100 * a for a in run["accuracy"]], marker="o", markersize=3, label=method_label(run))
@@ -232,15 +270,18 @@ def plot_accuracy_latency(results: dict, path: str | Path) -> None:
 def _per_layer_plot(results: dict, path: Path, value, ylabel: str, title: str, log: bool) -> None:
     fig, ax = _figure()
     names: list[str] = []
+    labels: list[str] = []
     for run in results["runs"]:
         data = value(run)
         if not data:
             continue
-        names = names or list(data)
+        if not names:
+            names = list(data)
+            labels = [display_name(run, n) for n in names]
         ys = [data.get(n) for n in names]
         ax.plot(range(len(names)), [float("nan") if v is None else v for v in ys], marker="o", markersize=3, label=method_label(run))
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("spiking layer")
@@ -253,7 +294,12 @@ def _per_layer_plot(results: dict, path: Path, value, ylabel: str, title: str, l
 
 
 def render_report(results: dict, out_dir: str | Path) -> list[Path]:
-    """Write report.md and the PNG plots for ``results`` into ``out_dir``; returns the paths."""
+    """Write report.md and the PNG plots for ``results`` into ``out_dir``; returns the paths.
+
+    Raises:
+        SnnconvError: ``results`` has no ``runs`` list, matplotlib is missing, or a file
+            cannot be written.
+    """
     out = Path(out_dir)
     check(isinstance(results, dict) and isinstance(results.get("runs"), list), "not a results JSON: it has no 'runs' list")
     paths = [write_text(out / "report.md", format_report(results))]
@@ -277,6 +323,9 @@ def redraw_report(json_path: str | Path, out_dir: str | Path | None = None) -> l
 
     A missing, binary or malformed file, or one lacking a key the report needs, raises
     :class:`SnnconvError` naming the file (and the key).
+
+    Raises:
+        SnnconvError: as above, or what :func:`render_report` raises.
     """
     json_path = Path(json_path)
     results = read_json(json_path)

@@ -53,8 +53,9 @@ def cmd_detect_train(args: argparse.Namespace) -> None:
 
 
 def cmd_detect_evaluate(args: argparse.Namespace, spec) -> None:
+    from ..distributed import print_main
     from .evaluate import evaluate_detector, format_detection_table
 
     results = evaluate_detector(args.checkpoint, [spec], args.data_dir, args.limit, args.batch_size, progress=not args.no_progress,
                                 json_path=args.json, device=args.device)
-    print(format_detection_table(results))
+    print_main(format_detection_table(results))

@@ -9,22 +9,21 @@ step, like the classifiers' ``accuracy``).
 """
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .. import distributed
 from ..checkpoint import load_checkpoint
-from ..convert import convert
-from ..engine import DEFAULT_MEMORY_BUDGET, simulate
+from ..engine import DEFAULT_MEMORY_BUDGET
 from ..errors import SnnconvError, check
-from ..experiments import RunSpec, report_schedule, run_table
-from ..files import write_json
-from ..metrics import SpikeCounter, running_average
-from .boxes import postprocess
+from ..evaluate import PlannedSimulation, RunSpec, evaluate_detection, run_simulation
+from ..evaluate.detection import DetectionReadout
+from ..experiments import run_table
+from ..files import check_output_file, write_json
+from ..metrics import SpikeCounter
 from .dataset import load_detection_dataset
-from .metrics import detection_map
 from .train import TASK, ann_map
 
 
@@ -42,96 +41,60 @@ def simulate_detections(snn, x: torch.Tensor, steps: int, sleep_steps: int, repo
     Returns:
         ({step: one prediction dict per image}, spike counter over the whole simulation).
         The head output at step t is the running average of the raw outputs (divided by
-        min(t, T) under wake-sleep, CASC's readout), decoded and NMS-ed like the ANN's.
+        min(t, T) under wake-sleep, CASC's readout), decoded and NMS-ed like the ANN's
+        (:class:`snnconv.evaluate.DetectionReadout`; batches sharded under torchrun).
+
+    Raises:
+        SnnconvError: a bad batch size, or what :func:`snnconv.simulate` raises.
     """
-    found: dict[int, list[dict]] = {t: [] for t in report}
-    counter = SpikeCounter()
-    index = torch.tensor([t - 1 for t in report])
-    for chunk, start in enumerate(range(0, x.shape[0], batch_size)):
-        part = x[start : start + batch_size]
-        out = simulate(snn, part, steps, sleep_steps=sleep_steps, seed=seed * 1_000_003 + chunk, memory_budget=memory_budget,
-                       recorder=counter)
-        averaged = running_average(out, wake_steps=steps if sleep_steps else None)[index.to(out.device)]
-        detections = postprocess(averaged.reshape(-1, *averaged.shape[2:]).float(), stride)  # all steps in one batch
-        for k, t in enumerate(report):
-            found[t] += detections[k * part.shape[0] : (k + 1) * part.shape[0]]
-        if progress is not None:
-            progress.update(part.shape[0])
-    return found, counter
+    planned = PlannedSimulation(seed, steps, sleep_steps, tuple(report))
+    done = run_simulation(snn, x, planned, DetectionReadout(stride, steps if sleep_steps else None), batch_size=batch_size,
+                          memory_budget=memory_budget, progress=progress)
+    return dict(zip(report, done.values)), done.counter
 
 
 def run_detection_method(model: nn.Module, x: torch.Tensor, targets: list[dict], num_classes: int, spec: RunSpec,
                          calibration_data: torch.Tensor | None = None, batch_size: int = 64,
                          memory_budget: int = DEFAULT_MEMORY_BUDGET, progress: bool = False) -> dict:
-    """Convert the detector ``model`` with ``spec`` and measure mAP at every requested T.
+    """Convert the detector ``model`` with ``spec`` and measure mAP at every requested T:
+    the run's results-JSON entry (:func:`snnconv.evaluate.evaluate_detection`'s ``record``).
 
     Causal neurons (IF, GN, CIF) read every T off one simulation of the largest T (CIF:
-    every total step of the wake + sleep window); window methods (TPP, permutation)
-    simulate each T on its own, once per seed.
-    """
-    spec.validate()
-    stride = getattr(model, "stride", None)
-    check(isinstance(stride, int), f"{type(model).__name__} is not a detector: it has no integer grid 'stride'")
-    snn = convert(model, spec.neuron, calibration=calibration_data, calibration_method=spec.calibration,
-                  permute=spec.permute, **spec.options)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    every total step of the wake + sleep window, cut when quiet with
+    ``spec.stop_when_quiet``); window methods (TPP, permutation) simulate each T on its
+    own, once per seed; batches are sharded over torchrun ranks.
 
-        sims = len(spec.seeds) * (1 if snn.causal else len(spec.steps))
-        bar = tqdm(total=sims * x.shape[0], desc=f"{spec.neuron}{'+' + spec.permute if spec.permute else ''}", unit="img", leave=False)
-    report_steps, latency = report_schedule(snn, spec)
-    per_seed: list[list[dict[str, float]]] = []
-    events: list[float] = []
-    for seed in spec.seeds:
-        if snn.causal or spec.sleep_steps:
-            report = latency if spec.sleep_steps else report_steps
-            found, counter = simulate_detections(snn, x, max(report_steps), spec.sleep_steps, report, stride, seed, batch_size,
-                                                 memory_budget, bar)
-            per_seed.append([detection_map(found[t], targets, num_classes) for t in report])
-        else:
-            scores = []
-            for t in report_steps:
-                found, counter = simulate_detections(snn, x, t, 0, [t], stride, seed, batch_size, memory_budget, bar)
-                scores.append(detection_map(found[t], targets, num_classes))
-            per_seed.append(scores)
-        events.append(counter.total_events() / x.shape[0])  # window methods: at the largest T
-        if not snn.stochastic:
-            break  # deterministic: more seeds would repeat the same numbers
-    if bar is not None:
-        bar.close()
-    columns = list(zip(*per_seed))
-    map50 = [statistics.fmean(s["map50"] for s in c) for c in columns]
-    run = {
-        "neuron": spec.neuron,
-        "options": dict(spec.options),
-        "T": report_steps,
-        "accuracy": map50,
-        "map50": map50,
-        "map": [statistics.fmean(s["map"] for s in c) for c in columns],
-        "latency_steps": latency,
-        "permute": spec.permute,
-        "seeds": spec.seeds[: len(per_seed)],
-        "accuracy_std": [statistics.pstdev([s["map50"] for s in c]) if len(c) > 1 else 0.0 for c in columns],
-        "map50_per_seed": [[s["map50"] for s in row] for row in per_seed],
-        "spike_events_per_image": statistics.fmean(events),
-        "spiking_layers": len(snn.spiking_layers()),
-    }
-    if spec.sleep_steps:
-        run.update(wake_steps=spec.steps[0], sleep_steps=spec.sleep_steps, total_steps=latency)
-    return run
+    Raises:
+        SnnconvError: ``model`` is not a detector, an invalid spec, or what conversion
+            and simulation raise.
+    """
+    return evaluate_detection(model, x, targets, num_classes, spec, calibration_data, batch_size=batch_size,
+                              memory_budget=memory_budget, progress=progress).record
 
 
 def evaluate_detector(checkpoint: str | Path, specs: list[RunSpec], data_dir: str | Path | None = None, limit: int | None = None,
                       batch_size: int = 64, calibration_samples: int = 256, progress: bool = True,
                       json_path: str | Path | None = None, device: str = "cpu") -> dict:
-    """Load a detector checkpoint, measure the ANN's and every run spec's mAP on the test split."""
+    """Load a detector checkpoint, measure the ANN's and every run spec's mAP on the test split.
+
+    Under ``torchrun`` every rank simulates its share of the batches (the numbers equal
+    one process's); rank 0 writes the JSON.
+
+    Raises:
+        SnnconvError: an unwritable ``json_path`` or an invalid spec (before any work),
+            a checkpoint that is not a detector's, an empty evaluation set, or what
+            loading, conversion and simulation raise.
+    """
     from ..train import resolve_device
 
+    dev = distributed.setup(resolve_device(device))
+    distributed.run_on_main(lambda: check_output_file(json_path))  # before any work: an unwritable --json fails now
+    progress = progress and distributed.is_main()
+    for spec in specs:
+        spec.validate()
     model, meta = load_checkpoint(checkpoint)
     if meta.get("task") != TASK:
         raise SnnconvError(f"{str(checkpoint)!r} is not a detector checkpoint: use 'snnconv evaluate' for classifiers")
-    dev = resolve_device(device)
     model.to(dev)
     test = load_detection_dataset(meta["dataset"], "test", data_dir, **meta.get("dataset_args", {}))
     n = len(test) if limit is None else min(limit, len(test))
@@ -157,7 +120,7 @@ def evaluate_detector(checkpoint: str | Path, specs: list[RunSpec], data_dir: st
         "runs": [run_detection_method(model, x, targets, test.num_classes, spec, calibration, batch_size, progress=progress)
                  for spec in specs],
     }
-    if json_path is not None:
+    if json_path is not None and distributed.is_main():
         write_json(json_path, results)
     return results
 

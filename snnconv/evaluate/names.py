@@ -1,0 +1,33 @@
+"""Layer names a user can read: each spiking layer's module path in the source model.
+
+Counters, layer-error tables and plots key spiking layers by the converted graph's
+site name (``site_0``, ...). Where the conversion records the user's module path of a
+site (``layer3.1.relu``, ``3.body.0.2`` in a Sequential) on the spiking layer, as a
+``path`` or ``name`` attribute, reports print that path instead.
+"""
+from __future__ import annotations
+
+from ..network import SpikingNetwork
+
+
+def layer_path(name: str, module) -> str:
+    """The module path recorded on a spiking layer ``module`` (``path``, else ``name``
+    when it is a non-empty string), else its graph name ``name``."""
+    for attr in ("path", "name"):
+        value = getattr(module, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return name
+
+
+def layer_paths(snn: SpikingNetwork) -> dict[str, str]:
+    """``{graph name: module path}`` for the spiking layers whose path differs from their
+    graph name, in layer order (empty when no path is recorded)."""
+    paths = {name: layer_path(name, module) for name, module in snn.spiking_layers()}
+    return {name: path for name, path in paths.items() if path != name}
+
+
+def display_name(run: dict, name: str) -> str:
+    """How a results-JSON run names its layer ``name`` in tables and plots: the module
+    path from the run's ``layer_paths`` when it has one, else ``name``."""
+    return (run.get("layer_paths") or {}).get(name, name)
