@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import SnnconvError, check
+from .evaluate.plan import plan_simulations
 from .convert.ops import Op, lookup
 from .inputs import check_input
 from .metrics import SpikeCounter, running_average
@@ -511,19 +512,14 @@ def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, step
     layer_names = [name for name, _ in snn.spiking_layers()]
     missing = [n for n in layer_names if n not in activations]
     check(not missing, f"spiking layers {missing} have no ANN activation of that name: pass the model the network was converted from")
-    if sleep_steps:
-        report = list(range(1, steps[0] + sleep_steps + 1))
-        runs = [(steps[0], report)]
-    elif snn.causal:
-        report = steps
-        runs = [(max(steps), steps)]
-    else:
-        report = steps
-        runs = [(t, [t]) for t in steps]  # window methods depend on T as a whole
+    # The evaluation plan's rule (one simulation at the largest T for causal neurons, one per
+    # T otherwise), with this call's seed for every simulation.
+    plan = plan_simulations(list(steps), sleep_steps=sleep_steps, seeds=[seed], causal=snn.causal, stochastic=True)
+    report = [t for simulation in plan for t in simulation.report]
     errors: dict[str, list[float | None]] = {name: [] for name in layer_names}
-    for t, at in runs:
-        recorder = _AverageRecorder(at, steps[0] if sleep_steps else None)
-        simulate(snn, x, t, sleep_steps=sleep_steps, seed=seed, recorder=recorder)
+    for simulation in plan:
+        recorder = _AverageRecorder(list(simulation.report), steps[0] if sleep_steps else None)
+        simulate(snn, x, simulation.steps, sleep_steps=sleep_steps, seed=seed, recorder=recorder)
         for name in layer_names:
             averages = torch.cat(recorder.averages[name], dim=1)  # chunks along the batch
             errors[name] += [_relative_mse(a, activations[name]) for a in averages]

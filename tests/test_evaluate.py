@@ -168,9 +168,12 @@ def test_reports_name_layers_by_the_recorded_module_path():
     model, x = make_source("small_cnn", "qcfs", dtype=torch.float32)
     snn = convert(model, "if")
     (first, neuron), *_ = snn.spiking_layers()
-    assert layer_paths(snn) == {}  # nothing recorded: reports keep the graph names
+    recorded = layer_paths(snn)  # conversion records where each activation sat in the source
+    assert list(recorded) == [name for name, _ in snn.spiking_layers()] and recorded[first] != first
     neuron.path = "features.2"
-    assert layer_paths(snn) == {first: "features.2"}
+    assert layer_paths(snn)[first] == "features.2"
+    neuron.path = first  # a path equal to the graph name needs no translation
+    assert first not in layer_paths(snn)
     run = {"neuron": "if", "options": {}, "T": [1], "accuracy": [0.5], "latency_steps": [1], "layer_paths": {first: "features.2"},
            "layer_error": {"steps": [1], "samples": 2, "layers": {first: [0.25], "other": [0.5]}}}
     report = format_report({"dataset": "digits", "model": "small_cnn", "ann_accuracy": 0.9, "runs": [run]})

@@ -22,9 +22,11 @@ def layer_path(name: str, module) -> str:
 
 def layer_paths(snn: SpikingNetwork) -> dict[str, str]:
     """``{graph name: module path}`` for the spiking layers whose path differs from their
-    graph name, in layer order (empty when no path is recorded)."""
-    paths = {name: layer_path(name, module) for name, module in snn.spiking_layers()}
-    return {name: path for name, path in paths.items() if path != name}
+    graph name, in layer order (empty when no path is recorded): the entries of
+    :func:`snnconv.insight.layer_paths` a report has to translate."""
+    from ..insight import layer_paths as all_paths  # insight imports the evaluation plan
+
+    return {name: path for name, path in all_paths(snn).items() if path != name}
 
 
 def display_name(run: dict, name: str) -> str:
