@@ -173,7 +173,7 @@ def _download_if_asked(args, dataset: str) -> None:
         return
     from . import distributed
     from .data import download
-    from .train import resolve_device
+    from .device import resolve_device
 
     distributed.setup(resolve_device(args.device))
     error = None
@@ -325,7 +325,7 @@ def _cmd_detect_train(args) -> None:
     from .files import check_output_folder
 
     check_output_folder(args.out)
-    cmd_detect_train(args)
+    cmd_detect_train(args, _key_values(args.dataset_arg, "--dataset-arg"))
 
 
 def _cmd_detect_evaluate(args) -> None:
