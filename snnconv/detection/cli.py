@@ -45,6 +45,7 @@ def cmd_detect_train(args: argparse.Namespace, dataset_args: dict) -> None:
     Raises:
         SnnconvError: a bad option, dataset, or a checkpoint in ``--out`` from another run.
     """
+    from ..distributed import print_main
     from .train import DetectTrainConfig, train_detector
 
     config = DetectTrainConfig(
@@ -53,7 +54,7 @@ def cmd_detect_train(args: argparse.Namespace, dataset_args: dict) -> None:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, flip=args.flip, seed=args.seed, device=args.device,
     )
     _, meta = train_detector(config, args.out, args.data_dir, progress=not args.no_progress)
-    print(f"checkpoint: {args.out}/checkpoint.safetensors (test mAP@0.5 {meta['ann_map50']:.4f}, mAP@[.5:.95] {meta['ann_map']:.4f})")
+    print_main(f"checkpoint: {args.out}/checkpoint.safetensors (test mAP@0.5 {meta['ann_map50']:.4f}, mAP@[.5:.95] {meta['ann_map']:.4f})")
 
 
 def cmd_detect_evaluate(args: argparse.Namespace, spec) -> None:
