@@ -352,7 +352,12 @@ COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "evaluate": _cmd_evaluate, "
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: returns the exit status (0 ok, 2 user error)."""
+    """Entry point: returns the exit status (0 ok, 2 user error, 130 interrupted).
+
+    Raises:
+        SnnconvError: only with ``--debug`` (otherwise printed as one line, exit status 2).
+        SystemExit: argparse's, for ``--help`` and unparsable arguments.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -417,6 +417,9 @@ def bytes_per_sample(snn: SpikingNetwork, x: torch.Tensor, total_steps: int, per
 
     The largest layer output (probed once per input shape) times the live copies of a
     window, at least float32 wide since half precision is integrated in float32.
+
+    Raises:
+        SnnconvError: the one-sample probe of the graph fails on ``x``'s shape (as :func:`simulate`).
     """
     per_element = _LIVE_COPIES * max(4, x.element_size()) + (_PERMUTE_BYTES if permute else 0)
     return _largest_activation(snn, x) * total_steps * per_element
@@ -502,6 +505,14 @@ def simulate(
         several outputs (a tuple, list or dict of heads) gets the same structure back,
         each tensor leaf that depends on the input as ``[steps + sleep_steps, batch, ...]``
         (parameters, buffers or constants returned by the model come back as they are).
+
+    Raises:
+        SnnconvError: ``snn`` is not a converted network; the input has the wrong shape,
+            dtype or non-finite values; T, sleep steps, seed, memory budget or window bytes
+            are not valid integers in range; permutation combined with sleep steps, or
+            sleep steps for neurons that do not sleep; NaN/inf weights or bad thresholds;
+            ``stop_when_quiet`` without sleep steps; or one sample needs more than
+            ``memory_budget`` bytes at this T.
     """
     permute = snn.permute if permute is None and _is_network(snn) else permute
     steps, sleep_steps, seed, memory_budget = _check_input(snn, x, steps, sleep_steps, permute, seed, memory_budget)

@@ -90,6 +90,22 @@ def test_lookups_take_a_name_or_the_registered_factory():
     assert torch.equal(data_registry.load_dataset(digits, "test").labels, data_registry.load_dataset("digits", "test").labels)
 
 
+def test_a_registered_class_is_found_by_name_or_by_the_class_itself():
+    class Widget:
+        pass
+
+    class Other:
+        pass
+
+    reg = Registry("widget")
+    reg.register("plain")(_first)
+    reg.register("box")(Widget)
+    assert reg.get(Widget) is reg.get("box") is Widget and reg.name_of(Widget) == "box" and reg.name_of("plain") == "plain"
+    with pytest.raises(SnnconvError, match=r"Other is not a registered widget: register it with @register_widget\(name\), "
+                                           r"or pass one of box, plain$"):
+        reg.get(Other)
+
+
 def test_unregistered_names_and_factories_are_refused_with_the_known_names():
     with pytest.raises(SnnconvError, match=r"^unknown model 'resnet1000': choose one of resnet18, resnet20, "):
         snnconv.create_model("resnet1000")

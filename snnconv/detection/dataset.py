@@ -80,6 +80,9 @@ def letterbox(path: Path, size: int, channels: int = 3) -> tuple[np.ndarray, flo
 
     Returns (uint8 ``[channels, size, size]``, scale, (pad_x, pad_y)): a point (x, y) of
     the original image lands at (x * scale + pad_x, y * scale + pad_y).
+
+    Raises:
+        SnnconvError: the image file is missing or cannot be decoded.
     """
     from PIL import Image, UnidentifiedImageError
 

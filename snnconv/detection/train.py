@@ -18,7 +18,7 @@ from ..activations import QuantizedClip
 from ..errors import SnnconvError, check
 from ..models import create_model
 from ..train import check_schedule
-from ..training.loop import CHECKPOINT_NAME, TrainingTask, run_training
+from ..training.loop import CHECKPOINT_NAME, TrainingTask, run_training  # noqa: F401  (CHECKPOINT_NAME: the old name)
 from .boxes import postprocess
 from .dataset import DetectionDataset, load_detection_dataset
 from .loss import detection_loss
@@ -88,7 +88,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256, **postproc
 
 
 def ann_map(model: nn.Module, dataset: DetectionDataset, x: torch.Tensor) -> dict[str, float]:
-    """mAP@0.5 and mAP@[.5:.95] of the ANN on normalised images ``x`` of ``dataset``."""
+    """mAP@0.5 and mAP@[.5:.95] of the ANN on normalised images ``x`` of ``dataset``.
+
+    Raises:
+        SnnconvError: pycocotools is not installed (see :func:`detection_map`).
+    """
     return detection_map(predict(model, x), dataset.targets(slice(0, x.shape[0])), dataset.num_classes)
 
 
