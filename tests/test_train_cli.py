@@ -67,14 +67,18 @@ def test_training_resumes_to_the_same_weights(tmp_path):
     straight, _ = train(config, tmp_path / "a", progress=False, log=lambda m: None)
     first = TrainConfig(**config.__dict__)
 
-    def stop_after_first(message):  # interrupt right after epoch 1's checkpoint
-        if message.startswith("epoch 1/"):
+    def stop_in_epoch_2(message):  # epoch 2's line is logged before its checkpoint: epoch 1's is on disk
+        if message.startswith("epoch 2/"):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(first, tmp_path / "b", progress=False, log=stop_after_first)
-    resumed, meta = train(first, tmp_path / "b", progress=False, log=lambda m: None)
-    assert meta["epochs_done"] == 3
+        train(first, tmp_path / "b", progress=False, log=stop_in_epoch_2)
+    from snnconv.checkpoint import read_checkpoint
+
+    assert read_checkpoint(tmp_path / "b" / "checkpoint.safetensors")[0]["epochs_done"] == 1  # a real resume follows
+    messages = []
+    resumed, meta = train(first, tmp_path / "b", progress=False, log=messages.append)
+    assert messages[0] == "resuming from epoch 1 of 3" and meta["epochs_done"] == 3
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
 
