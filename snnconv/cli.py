@@ -173,7 +173,7 @@ def _download_if_asked(args, dataset: str) -> None:
         return
     from . import distributed
     from .data import download
-    from .train import resolve_device
+    from .device import resolve_device
 
     distributed.setup(resolve_device(args.device))
     error = None
@@ -325,7 +325,7 @@ def _cmd_detect_train(args) -> None:
     from .files import check_output_folder
 
     check_output_folder(args.out)
-    cmd_detect_train(args)
+    cmd_detect_train(args, _key_values(args.dataset_arg, "--dataset-arg"))
 
 
 def _cmd_detect_evaluate(args) -> None:
@@ -352,7 +352,12 @@ COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "evaluate": _cmd_evaluate, "
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: returns the exit status (0 ok, 2 user error)."""
+    """Entry point: returns the exit status (0 ok, 2 user error, 130 interrupted).
+
+    Raises:
+        SnnconvError: only with ``--debug`` (otherwise printed as one line, exit status 2).
+        SystemExit: argparse's, for ``--help`` and unparsable arguments.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -55,6 +55,9 @@ def setup(device: torch.device) -> torch.device:
     """Join the torchrun process group if launched by torchrun (idempotent); return this rank's device.
 
     CUDA ranks get ``cuda:LOCAL_RANK`` and the nccl backend; CPU ranks use gloo.
+
+    Raises:
+        SnnconvError: a local rank has no GPU, or this PyTorch has no torch.distributed.
     """
     if device.type == "cuda" and launched_by_torchrun():
         if local_rank() >= torch.cuda.device_count():
@@ -125,6 +128,9 @@ def run_on_main(fn: Callable[[], Any]) -> Any:
 
     So a user error found by rank 0 (say, a checkpoint from another configuration)
     stops every rank with the same message instead of leaving them waiting.
+
+    Raises:
+        SnnconvError: the one ``fn`` raised on rank 0 (on every rank).
     """
     if not is_distributed():
         return fn()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import fx, nn
@@ -24,8 +26,35 @@ from .convert.ops import constant_in_sleep
 from .errors import SnnconvError, check
 from .functional import check_threshold
 from .inputs import check_input
-from .network import PERMUTE_MODES, SpikingNetwork
 from .neurons import SpikingNeuron
+
+if TYPE_CHECKING:  # the network module imports this one (SpikingNetwork.forward is simulate)
+    from .network import SpikingNetwork
+
+PERMUTE_MODES = ("per-neuron", "per-layer")
+
+
+@dataclass
+class SimulationCache:
+    """What the engine remembers about one network between simulations (declared on
+    :class:`snnconv.SpikingNetwork` as ``simulation_cache``).
+
+    checked_versions: ``(id, version)`` of every floating parameter and buffer at the last
+        finite-weights scan; the scan is skipped while they are unchanged. ``None``: scan
+        again (set by code that changes parameters without bumping versions).
+    activation_sizes: elements per sample of the largest value in the graph, keyed by
+        (sample shape, dtype, device).
+    """
+
+    checked_versions: tuple | None = None
+    activation_sizes: dict[tuple, int] = field(default_factory=dict)
+
+
+def _is_network(snn: object) -> bool:
+    """A network from :func:`snnconv.convert` (a :class:`SpikingNetwork`), recognised by
+    what the engine uses, so the engine needs no import of the network module."""
+    return (isinstance(snn, nn.Module) and isinstance(getattr(snn, "graph", None), fx.GraphModule)
+            and isinstance(getattr(snn, "simulation_cache", None), SimulationCache))
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of activations per chunk (2 GiB)
 # On CPU a chunk whose largest window fits in the last-level cache runs faster than one
@@ -298,7 +327,7 @@ def _integer(value, name: str) -> int:
 
 def _check_input(snn: nn.Module, x: torch.Tensor, steps, sleep_steps, permute: str | None, seed, memory_budget) -> tuple[int, int, int, int]:
     """Validate simulate()'s arguments; return (steps, sleep_steps, seed, memory_budget) as ints."""
-    if not isinstance(snn, SpikingNetwork):
+    if not _is_network(snn):
         raise SnnconvError(f"simulate() needs a network from snnconv.convert(), got {type(snn).__name__}")
     check_input(snn.graph, x, "input")
     steps = _integer(steps, "T (steps)")
@@ -326,14 +355,14 @@ def _check_network(snn: SpikingNetwork) -> None:
     """
     named = [(n, t) for n, t in list(snn.graph.named_parameters()) + list(snn.graph.named_buffers()) if t.is_floating_point()]
     versions = tuple((id(t), t._version) for _, t in named)
-    if snn.__dict__.get("_checked_versions") == versions:
+    if snn.simulation_cache.checked_versions == versions:
         return
     for name, tensor in named:
         if tensor.numel() and not all(math.isfinite(float(v)) for v in torch.aminmax(tensor.detach())):
             raise SnnconvError(f"the network's {name!r} contains NaN or inf: check the source model's weights")
     for _, neuron in snn.spiking_layers():
         check_threshold(neuron.threshold)  # raises with the message naming the fix
-    snn.__dict__["_checked_versions"] = versions
+    snn.simulation_cache.checked_versions = versions
 
 
 def _largest_activation(snn: SpikingNetwork, sample: torch.Tensor) -> int:
@@ -343,7 +372,7 @@ def _largest_activation(snn: SpikingNetwork, sample: torch.Tensor) -> int:
     network (keyed by shape and dtype), so later calls pay nothing.
     """
     key = (tuple(sample.shape[1:]), sample.dtype, sample.device)
-    cache = snn.__dict__.setdefault("_activation_sizes", {})
+    cache = snn.simulation_cache.activation_sizes
     if key not in cache:
         sizes = [sample[:1].numel()]
 
@@ -368,6 +397,9 @@ def bytes_per_sample(snn: SpikingNetwork, x: torch.Tensor, total_steps: int, per
 
     The largest layer output (probed once per input shape) times the live copies of a
     window, at least float32 wide since half precision is integrated in float32.
+
+    Raises:
+        SnnconvError: the one-sample probe of the graph fails on ``x``'s shape (as :func:`simulate`).
     """
     per_element = _LIVE_COPIES * max(4, x.element_size()) + (_PERMUTE_BYTES if permute else 0)
     return _largest_activation(snn, x) * total_steps * per_element
@@ -453,8 +485,16 @@ def simulate(
         several outputs (a tuple, list or dict of heads) gets the same structure back,
         each tensor leaf that depends on the input as ``[steps + sleep_steps, batch, ...]``
         (parameters, buffers or constants returned by the model come back as they are).
+
+    Raises:
+        SnnconvError: ``snn`` is not a converted network; the input has the wrong shape,
+            dtype or non-finite values; T, sleep steps, seed, memory budget or window bytes
+            are not valid integers in range; permutation combined with sleep steps, or
+            sleep steps for neurons that do not sleep; NaN/inf weights or bad thresholds;
+            ``stop_when_quiet`` without sleep steps; or one sample needs more than
+            ``memory_budget`` bytes at this T.
     """
-    permute = snn.permute if permute is None and isinstance(snn, SpikingNetwork) else permute
+    permute = snn.permute if permute is None and _is_network(snn) else permute
     steps, sleep_steps, seed, memory_budget = _check_input(snn, x, steps, sleep_steps, permute, seed, memory_budget)
     _check_network(snn)
     reference = next(iter(snn.graph.buffers()), None)

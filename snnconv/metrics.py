@@ -1,8 +1,10 @@
-"""Readout and counting: running averages, accuracy per step, spike and SOP counters."""
+"""Readout and counting: running averages, accuracy (of an ANN, and per step of an SNN), spike and SOP counters."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from . import distributed
 from .errors import check
 
 
@@ -71,3 +73,17 @@ class SpikeCounter:
         return {
             name: float(e.sum() / (self.neurons[name] * max(1, self.samples) * e.numel())) for name, e in self.events.items()
         }
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (fraction) of ``model`` in eval mode on images ``x [N, ...]``, labels ``y [N]``.
+
+    Under torchrun each rank scores the batches ``rank, rank + W, ...`` and the counts
+    are summed, so every rank returns the single-process number.
+    """
+    model.eval()
+    starts = range(0, len(y), batch_size)
+    correct = sum(int((model(x[starts[i] : starts[i] + batch_size]).argmax(1) == y[starts[i] : starts[i] + batch_size]).sum())
+                  for i in distributed.shard_indices(len(starts)))
+    return distributed.sum_int(correct) / max(1, len(y))

@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from .engine import PERMUTE_MODES, SimulationCache, simulate
 from .errors import SnnconvError
 from .neurons import SpikingNeuron
 
-PERMUTE_MODES = ("per-neuron", "per-layer")
+__all__ = ["PERMUTE_MODES", "SpikingNetwork"]
 
 
 class SpikingNetwork(nn.Module):
@@ -17,6 +18,12 @@ class SpikingNetwork(nn.Module):
         graph: the ``torch.fx.GraphModule`` (stateless layers + neuron modules).
         neuron: the neuron name it was converted with; ``neuron_options`` its options.
         permute: default temporal permutation mode (None, "per-neuron", "per-layer").
+        simulation_cache: what the engine remembers between simulations (the last
+            finite-weights scan, activation sizes per input shape); see
+            :class:`snnconv.engine.SimulationCache`.
+
+    Raises:
+        SnnconvError: ``permute`` is not None or one of :data:`PERMUTE_MODES`.
     """
 
     def __init__(self, graph: fx.GraphModule, neuron: str, neuron_options: dict, permute: str | None = None) -> None:
@@ -27,6 +34,12 @@ class SpikingNetwork(nn.Module):
         self.neuron = neuron
         self.neuron_options = neuron_options
         self.permute = permute
+        self.simulation_cache = SimulationCache()
+
+    def forget_checks(self) -> None:
+        """Make the next simulation scan the weights again (after parameters were changed
+        in a way that does not bump tensor versions, e.g. ``.data`` writes)."""
+        self.simulation_cache.checked_versions = None
 
     def spiking_layers(self) -> list[tuple[str, SpikingNeuron]]:
         """(name, neuron module) for each spiking layer, in graph order."""
@@ -57,6 +70,9 @@ class SpikingNetwork(nn.Module):
         return (len(self.spiking_layers()) + 1) * steps + sleep_steps
 
     def forward(self, x: torch.Tensor, steps: int, **options) -> torch.Tensor:
-        from .engine import simulate  # the engine imports this module
+        """:func:`snnconv.simulate` of this network on ``x`` for ``steps`` steps.
 
+        Raises:
+            SnnconvError: as :func:`snnconv.simulate` (bad input, steps or options).
+        """
         return simulate(self, x, steps, **options)

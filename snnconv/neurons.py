@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .errors import SnnconvError
+from .registry import Registry
 from .functional import (
     CIFParams,
     GroupParams,
@@ -248,24 +249,21 @@ class CIFNeuron(SpikingNeuron):
 
 
 NeuronFactory = Callable[..., SpikingNeuron]
-_NEURONS: dict[str, NeuronFactory] = {}
+_NEURONS: Registry[NeuronFactory] = Registry("neuron")
 
 
 def register_neuron(name: str) -> Callable[[NeuronFactory], NeuronFactory]:
-    """Decorator: register ``factory(threshold, *, source: SourceInfo, **options)`` as ``name``."""
+    """Decorator: register ``factory(threshold, *, source: SourceInfo, **options)`` as ``name``.
 
-    def decorate(factory: NeuronFactory) -> NeuronFactory:
-        if name in _NEURONS:
-            raise SnnconvError(f"neuron {name!r} is already registered: pick another name")
-        _NEURONS[name] = factory
-        return factory
-
-    return decorate
+    Raises:
+        SnnconvError: a neuron of that name is already registered (the message names where).
+    """
+    return _NEURONS.register(name)
 
 
-def list_neurons() -> list[str]:
-    """Names of all registered neurons, sorted."""
-    return sorted(_NEURONS)
+def list_neurons(pattern: str = "*") -> list[str]:
+    """Names of the registered neurons matching the ``fnmatch`` wildcard ``pattern``, sorted."""
+    return _NEURONS.names(pattern)
 
 
 def neuron_options(name: str) -> list[str]:
@@ -274,11 +272,8 @@ def neuron_options(name: str) -> list[str]:
     return [p for p in inspect.signature(factory).parameters if p not in ("threshold", "source")]
 
 
-def _lookup(name: str) -> NeuronFactory:
-    try:
-        return _NEURONS[name]
-    except KeyError:
-        raise SnnconvError(f"unknown neuron {name!r}: choose one of {', '.join(list_neurons())}") from None
+def _lookup(name: str | NeuronFactory) -> NeuronFactory:
+    return _NEURONS.get(name)
 
 
 def create_neuron(

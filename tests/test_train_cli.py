@@ -67,14 +67,18 @@ def test_training_resumes_to_the_same_weights(tmp_path):
     straight, _ = train(config, tmp_path / "a", progress=False, log=lambda m: None)
     first = TrainConfig(**config.__dict__)
 
-    def stop_after_first(message):  # interrupt right after epoch 1's checkpoint
-        if message.startswith("epoch 1/"):
+    def stop_in_epoch_2(message):  # epoch 2's line is logged before its checkpoint: epoch 1's is on disk
+        if message.startswith("epoch 2/"):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(first, tmp_path / "b", progress=False, log=stop_after_first)
-    resumed, meta = train(first, tmp_path / "b", progress=False, log=lambda m: None)
-    assert meta["epochs_done"] == 3
+        train(first, tmp_path / "b", progress=False, log=stop_in_epoch_2)
+    from snnconv.checkpoint import read_checkpoint
+
+    assert read_checkpoint(tmp_path / "b" / "checkpoint.safetensors")[0]["epochs_done"] == 1  # a real resume follows
+    messages = []
+    resumed, meta = train(first, tmp_path / "b", progress=False, log=messages.append)
+    assert messages[0] == "resuming from epoch 1 of 3" and meta["epochs_done"] == 3
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -178,3 +182,133 @@ def test_cif_run_reports_every_total_step_and_can_stop_when_quiet():
     quiet = run_method(model, x, y, RunSpec("cif", [4], sleep_steps=30, stop_when_quiet=True))
     used = quiet["steps_used"]
     assert 4 < used < 34 and quiet["accuracy"] == full["accuracy"][:used]
+
+
+# ---- the detector trains through the same loop: resume, stale temporaries, divergence ------
+
+DETECTION_TINY = {"train_count": 48, "test_count": 16, "size": 32, "min_scale": 10, "max_scale": 16, "max_objects": 2}
+
+
+def _fake_mnist(folder, count=64):
+    """Official idx .gz files whose 'digits' are bright bars of a class-dependent height."""
+    import struct
+
+    labels = (torch.arange(count) * 7 % 10).to(torch.uint8)
+    images = torch.zeros(count, 28, 28, dtype=torch.uint8)
+    for i, label in enumerate(labels.tolist()):
+        images[i, 4 : 8 + 2 * label, 6:22] = 255
+    raw = folder / "raw"
+    raw.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        with gzip.open(raw / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 0x803, count, 28, 28) + images.numpy().tobytes())
+        with gzip.open(raw / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">II", 0x801, count) + labels.numpy().tobytes())
+    return folder
+
+
+def _detector_config(**changes):
+    from snnconv.detection.train import DetectTrainConfig
+
+    return DetectTrainConfig(**{"dataset_args": dict(DETECTION_TINY), "width": 4, "epochs": 2, "batch_size": 16, "lr": 5e-3,
+                                "flip": True, **changes})
+
+
+def test_detector_resumes_and_cleans_stale_temporaries_through_the_shared_loop(tmp_path):
+    from snnconv.checkpoint import read_checkpoint
+    from snnconv.detection.train import train_detector
+
+    data = _fake_mnist(tmp_path / "MNIST")
+    straight, meta = train_detector(_detector_config(), tmp_path / "a", data, progress=False, log=lambda m: None)
+
+    def stop_in_epoch_2(message):  # epoch 2's line is logged before its checkpoint: epoch 1's is on disk
+        if message.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(_detector_config(), tmp_path / "b", data, progress=False, log=stop_in_epoch_2)
+    assert read_checkpoint(tmp_path / "b" / "checkpoint.safetensors")[0]["epochs_done"] == 1
+    stale = [".checkpoint.safetensors.k2j4h5g6.tmp", ".tmpOjvS08"]  # a write killed mid-way (ours, safetensors')
+    for name in stale:
+        (tmp_path / "b" / name).write_bytes(b"half a checkpoint")
+    messages = []
+    resumed, resumed_meta = train_detector(_detector_config(), tmp_path / "b", data, progress=False, log=messages.append)
+    assert messages[0] == "resuming from epoch 1 of 2"
+    assert sorted(os.listdir(tmp_path / "b")) == ["checkpoint.safetensors"]  # the temporaries are gone
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+    (_, _, optim_a), (_, _, optim_b) = (read_checkpoint(tmp_path / run / "checkpoint.safetensors") for run in "ab")
+    assert optim_a.keys() == optim_b.keys() and any(k.endswith(".exp_avg_sq") for k in optim_a)  # AdamW's whole state
+    assert all(torch.equal(optim_a[k], optim_b[k]) for k in optim_a)
+    assert resumed_meta["history"] == meta["history"] and [h["epoch"] for h in meta["history"]] == [1, 2]
+
+
+def test_detector_divergence_and_foreign_checkpoints_are_caught_by_the_shared_loop(tmp_path, monkeypatch, digits_source):
+    import shutil
+
+    import snnconv.detection.train as detection_train
+    from snnconv.detection.train import train_detector
+
+    data = _fake_mnist(tmp_path / "MNIST")
+    classifier = tmp_path / "classifier"
+    classifier.mkdir()
+    shutil.copy(digits_source[4], classifier / "checkpoint.safetensors")
+    with pytest.raises(SnnconvError, match=r"^'.*classifier/checkpoint.safetensors' is not a detection checkpoint: use another --out$"):
+        train_detector(_detector_config(), classifier, data, progress=False, log=lambda m: None)
+
+    real, calls = detection_train.detection_loss, []
+
+    def nan_at_step_5(*args, **kwargs):  # epoch 2, step 2 (3 steps per epoch)
+        calls.append(1)
+        loss, parts = real(*args, **kwargs)
+        return (loss * float("nan") if len(calls) == 5 else loss), parts
+
+    monkeypatch.setattr(detection_train, "detection_loss", nan_at_step_5)
+    out = tmp_path / "run"
+    with pytest.raises(SnnconvError) as caught:
+        train_detector(_detector_config(), out, data, progress=False, log=lambda m: None)
+    message = str(caught.value)
+    assert message.startswith("training diverged: the loss became nan at epoch 2, step 2 of 3; "), message
+    assert f"the checkpoint of epoch 1 in {str(out / 'checkpoint.safetensors')!r} is kept" in message
+
+
+DDP_DETECTOR = """
+import hashlib, json, sys
+import torch
+from snnconv import distributed
+from snnconv.detection.train import DetectTrainConfig, train_detector
+
+data, out, dataset_args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+config = DetectTrainConfig(dataset_args=dataset_args, width=4, epochs=1, batch_size=16, lr=5e-3, flip=True)
+model, meta = train_detector(config, out, data, progress=False)
+digest = hashlib.sha256()
+for name, tensor in model.state_dict().items():
+    digest.update(name.encode() + tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+with open(f"{out}/rank{distributed.rank()}.json", "w") as f:
+    json.dump({"sha": digest.hexdigest(), "world": distributed.world_size()}, f)
+distributed.shutdown()
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo")
+def test_torchrun_trains_the_detector_with_ddp(tmp_path):
+    from pathlib import Path
+
+    from snnconv.checkpoint import read_checkpoint
+
+    data = _fake_mnist(tmp_path / "MNIST")
+    script = tmp_path / "ddp_detector.py"
+    script.write_text(DDP_DETECTOR)
+    repo, out = Path(__file__).resolve().parents[1], tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+                          str(data), str(out), json.dumps(DETECTION_TINY)], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=repo)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("epoch 1/1: test mAP@0.5") == 1  # rank 0 alone speaks
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # Each rank trained on its own half of every batch (8 of 16 images, flipped by its own
+    # stream); DDP's averaged gradients keep the two replicas bit-identical.
+    assert ranks[0]["world"] == ranks[1]["world"] == 2 and ranks[0]["sha"] == ranks[1]["sha"]
+    meta, state, _ = read_checkpoint(out / "checkpoint.safetensors")
+    assert meta["epochs_done"] == 1 and meta["task"] == "detection" and len(state) > 0

@@ -86,5 +86,5 @@ def calibrate_snn(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.
         report["seconds"][step] = time.perf_counter() - start
     after = layer_errors(ann, snn, batches, steps, seed)
     report["preactivation_mse_after"], report["output_mse_after"] = after["preactivation"], after["output"]
-    snn.__dict__.pop("_checked_versions", None)  # parameters changed: scan them again
+    snn.forget_checks()  # parameters changed: scan them again
     return report

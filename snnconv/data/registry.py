@@ -49,16 +49,25 @@ _DATASETS: Registry[Loader] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Decorator: register ``loader(data_dir, split) -> Dataset`` under ``name``."""
+    """Decorator: register ``loader(data_dir, split) -> Dataset`` under ``name``.
+
+    Raises:
+        SnnconvError: a dataset of that name is already registered (the message names where).
+    """
     return _DATASETS.register(name)
 
 
-def list_datasets() -> list[str]:
-    return _DATASETS.names()
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Names of the registered datasets matching the ``fnmatch`` wildcard ``pattern``, sorted."""
+    return _DATASETS.names(pattern)
 
 
 def split_and_folder(split: str, data_dir: str | Path | None) -> Path | None:
-    """Check a split name and a data folder given by the user; the folder as a Path (or None)."""
+    """Check a split name and a data folder given by the user; the folder as a Path (or None).
+
+    Raises:
+        SnnconvError: ``split`` is not "train" or "test", or ``data_dir`` is not a folder.
+    """
     if split not in ("train", "test"):
         raise SnnconvError(f"split must be 'train' or 'test', got {split!r}")
     path = None if data_dir is None else Path(data_dir)
@@ -67,7 +76,12 @@ def split_and_folder(split: str, data_dir: str | Path | None) -> Path | None:
     return path
 
 
-def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> Dataset:
-    """Load split ``"train"`` or ``"test"`` of dataset ``name`` from ``data_dir``."""
+def load_dataset(name: str | Loader, split: str, data_dir: str | Path | None = None) -> Dataset:
+    """Load split ``"train"`` or ``"test"`` of dataset ``name`` (a name or the registered loader) from ``data_dir``.
+
+    Raises:
+        SnnconvError: the dataset is not registered, the split or folder is wrong, or
+            the loader cannot read the files.
+    """
     loader = _DATASETS.get(name)
     return loader(split_and_folder(split, data_dir), split)

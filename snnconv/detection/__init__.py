@@ -7,11 +7,12 @@
     voc.py, coco.py   PASCAL VOC (XML) and COCO (instances JSON) loaders
     loss.py           centre-cell assignment and the detection loss
     metrics.py        mAP@0.5 and mAP@[.5:.95] by pycocotools' COCOeval
-    train.py          the resumable detection training loop
+    train.py          the detection task of the shared training loop (snnconv.training)
     evaluate.py       convert, simulate, mAP at every step, results JSON
 
 Importing this package registers the model and the datasets only; training and
-evaluation are imported on first use (so registering the model stays cheap).
+evaluation are imported on first use. ``import snnconv`` does not import this package:
+the model registry imports :mod:`.model` on the first lookup of ``yolo_detector``.
 """
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ _LAZY = {
 
 
 def __getattr__(name: str):
+    """The training and evaluation names, imported on first use.
+
+    Raises:
+        AttributeError: ``name`` is not one of them.
+    """
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

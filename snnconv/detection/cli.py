@@ -1,16 +1,14 @@
-"""The ``detect-train`` and ``detect-evaluate`` subcommands (argument parsing only)."""
+"""The ``detect-train`` and ``detect-evaluate`` subcommands (argument parsing only).
+
+The main CLI (:mod:`snnconv.cli`) adds these subcommands and calls the two ``cmd_*``
+functions with what it parsed; this module imports nothing from it.
+"""
 from __future__ import annotations
 
 import argparse
 
 
-def _json_pairs(pairs: list[str] | None, flag: str) -> dict:
-    from ..cli import _key_values  # the main CLI loads this module lazily: no import cycle
-
-    return _key_values(pairs, flag)
-
-
-def add_detection_commands(sub, add_method_arguments) -> None:
+def add_detection_commands(sub: argparse._SubParsersAction, add_method_arguments) -> None:
     """Register the two subcommands on the CLI's subparsers ``sub``.
 
     ``add_method_arguments`` is the CLI's shared helper for -T, --sleep-steps, --seeds, ...
@@ -40,19 +38,32 @@ def add_detection_commands(sub, add_method_arguments) -> None:
     add_method_arguments(ev)
 
 
-def cmd_detect_train(args: argparse.Namespace) -> None:
+def cmd_detect_train(args: argparse.Namespace, dataset_args: dict) -> None:
+    """``detect-train``: train (or resume) a detector from the parsed ``args``; ``dataset_args``
+    are the ``--dataset-arg`` pairs, parsed by the main CLI.
+
+    Raises:
+        SnnconvError: a bad option, dataset, or a checkpoint in ``--out`` from another run.
+    """
+    from ..distributed import print_main
     from .train import DetectTrainConfig, train_detector
 
     config = DetectTrainConfig(
-        model=args.model, dataset=args.dataset, dataset_args=_json_pairs(args.dataset_arg, "--dataset-arg"),
+        model=args.model, dataset=args.dataset, dataset_args=dataset_args,
         activation=args.activation, levels=args.levels, backbone=args.backbone, width=args.width, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, flip=args.flip, seed=args.seed, device=args.device,
     )
     _, meta = train_detector(config, args.out, args.data_dir, progress=not args.no_progress)
-    print(f"checkpoint: {args.out}/checkpoint.safetensors (test mAP@0.5 {meta['ann_map50']:.4f}, mAP@[.5:.95] {meta['ann_map']:.4f})")
+    print_main(f"checkpoint: {args.out}/checkpoint.safetensors (test mAP@0.5 {meta['ann_map50']:.4f}, mAP@[.5:.95] {meta['ann_map']:.4f})")
 
 
 def cmd_detect_evaluate(args: argparse.Namespace, spec) -> None:
+    """``detect-evaluate``: convert a detector checkpoint and report ANN and SNN mAP per step
+    for the method ``spec`` (a :class:`snnconv.experiments.RunSpec`).
+
+    Raises:
+        SnnconvError: the checkpoint is not a detector's, or the dataset cannot be loaded.
+    """
     from ..distributed import print_main
     from .evaluate import evaluate_detector, format_detection_table
 

@@ -80,6 +80,9 @@ def letterbox(path: Path, size: int, channels: int = 3) -> tuple[np.ndarray, flo
 
     Returns (uint8 ``[channels, size, size]``, scale, (pad_x, pad_y)): a point (x, y) of
     the original image lands at (x * scale + pad_x, y * scale + pad_y).
+
+    Raises:
+        SnnconvError: the image file is missing or cannot be decoded.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -103,15 +106,26 @@ _LOADERS: Registry[Loader] = Registry("detection dataset")
 
 
 def register_detection_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Decorator: register ``loader(data_dir, split, **options) -> DetectionDataset``."""
+    """Decorator: register ``loader(data_dir, split, **options) -> DetectionDataset``.
+
+    Raises:
+        SnnconvError: a detection dataset of that name is already registered (the message names where).
+    """
     return _LOADERS.register(name)
 
 
-def list_detection_datasets() -> list[str]:
-    return _LOADERS.names()
+def list_detection_datasets(pattern: str = "*") -> list[str]:
+    """Names of the registered detection datasets matching the ``fnmatch`` wildcard ``pattern``, sorted."""
+    return _LOADERS.names(pattern)
 
 
-def load_detection_dataset(name: str, split: str, data_dir: str | Path | None = None, **options) -> DetectionDataset:
-    """Load split ``"train"`` or ``"test"`` of detection dataset ``name`` (options: e.g. ``size``)."""
+def load_detection_dataset(name: str | Loader, split: str, data_dir: str | Path | None = None, **options) -> DetectionDataset:
+    """Load split ``"train"`` or ``"test"`` of detection dataset ``name`` (a name or the
+    registered loader; options: e.g. ``size``).
+
+    Raises:
+        SnnconvError: the dataset is not registered, the split or folder is wrong, or
+            the loader cannot read the files.
+    """
     loader = _LOADERS.get(name)
     return loader(split_and_folder(split, data_dir), split, **options)

@@ -1,8 +1,9 @@
 """Train a source detector: AdamW, warm-up + cosine schedule, resumable atomic checkpoints.
 
-Every epoch ends with an atomic checkpoint (weights, AdamW state, JSON metadata). All
-randomness of epoch e comes from a generator seeded with (seed, e), so a run resumed
-from the checkpoint of epoch e continues exactly as an uninterrupted one would.
+:class:`DetectionTask` supplies the detection data, model, optimizer, schedule, loss and
+mAP evaluation to the shared loop :func:`snnconv.training.run_training`, which owns
+resume, atomic checkpoints (weights, AdamW state, JSON metadata), the clean-up of stale
+temporaries, seeds and DDP, exactly as for the classifier.
 """
 from __future__ import annotations
 
@@ -14,16 +15,15 @@ import torch
 from torch import nn
 
 from ..activations import QuantizedClip
-from ..checkpoint import read_checkpoint, save_checkpoint
 from ..errors import SnnconvError, check
 from ..models import create_model
-from ..train import check_schedule, resolve_device
+from ..train import check_schedule
+from ..training.loop import CHECKPOINT_NAME, TrainingTask, run_training  # noqa: F401  (CHECKPOINT_NAME: the old name)
 from .boxes import postprocess
 from .dataset import DetectionDataset, load_detection_dataset
 from .loss import detection_loss
 from .metrics import detection_map
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
 TASK = "detection"
 
 
@@ -47,7 +47,14 @@ class DetectTrainConfig:
     seed: int = 0
     device: str = "cpu"
 
+    # Options that change speed, not the run: a checkpoint may be resumed with others.
+    PERFORMANCE_OPTIONS = ("device",)
+
     def validate(self) -> None:
+        """Raises:
+            SnnconvError: a value out of range (see :func:`snnconv.train.check_schedule`)
+                or a warm-up fraction outside [0, 1).
+        """
         check_schedule(self)
         check(0 <= self.warmup_fraction < 1, f"warm-up fraction must be in [0, 1), got {self.warmup_fraction}")
 
@@ -58,25 +65,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1 and id(p) not in thresholds]
     rest = [p for p in model.parameters() if p.requires_grad and not (p.dim() > 1 and id(p) not in thresholds)]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """AdamW state as flat tensors ``"{param index}.{key}"`` (step, exp_avg, exp_avg_sq)."""
-    out = {}
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            out[f"{index}.{key}"] = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-    return out
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    state = optimizer.state_dict()
-    restored: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        index, _, key = name.partition(".")
-        restored.setdefault(int(index), {})[key] = value
-    state["state"] = restored
-    optimizer.load_state_dict(state)
 
 
 def flip_batch(x: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,8 +88,104 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256, **postproc
 
 
 def ann_map(model: nn.Module, dataset: DetectionDataset, x: torch.Tensor) -> dict[str, float]:
-    """mAP@0.5 and mAP@[.5:.95] of the ANN on normalised images ``x`` of ``dataset``."""
+    """mAP@0.5 and mAP@[.5:.95] of the ANN on normalised images ``x`` of ``dataset``.
+
+    Raises:
+        SnnconvError: pycocotools is not installed (see :func:`detection_map`).
+    """
     return detection_map(predict(model, x), dataset.targets(slice(0, x.shape[0])), dataset.num_classes)
+
+
+class DetectionTask(TrainingTask):
+    """Object detection for :func:`snnconv.training.run_training`: a registered detection
+    dataset and detector, AdamW with linear warm-up then cosine decay, optional flips,
+    :func:`detection_loss`; scored by mAP@0.5 and mAP@[.5:.95] on the test split."""
+
+    def __init__(self, config: DetectTrainConfig) -> None:
+        super().__init__(config)
+        self.model: nn.Module | None = None
+        self.model_args: dict = {}
+
+    def load_data(self, data_dir: str | Path | None) -> None:
+        config = self.config
+        self.train_set = load_detection_dataset(config.dataset, "train", data_dir, **config.dataset_args)
+        self.test_set = load_detection_dataset(config.dataset, "test", data_dir, **config.dataset_args)
+
+    def build_model(self, device: torch.device) -> nn.Module:
+        """Raises:
+            SnnconvError: the model is not a detector (it has no grid ``stride``).
+        """
+        config, train_set = self.config, self.train_set
+        self.model_args = {"num_classes": train_set.num_classes, "in_channels": train_set.images.shape[1],
+                           "activation": config.activation, "levels": config.levels, "backbone": config.backbone,
+                           "width": config.width}
+        model = create_model(config.model, **self.model_args).to(device)
+        check(hasattr(model, "stride"), f"model {config.model!r} is not a detector (it has no grid 'stride')")
+        self.model = model
+        return model
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(_param_groups(model, self.config.weight_decay), lr=self.config.lr)
+
+    def check_checkpoint(self, meta: dict, path: Path) -> None:
+        """Raises:
+            SnnconvError: the checkpoint at ``path`` is not a detection checkpoint.
+        """
+        if meta.get("task") != TASK:
+            raise SnnconvError(f"{str(path)!r} is not a detection checkpoint: use another --out")
+
+    def move_data(self, device: torch.device) -> int:
+        train_set = self.train_set
+        self.x_train = train_set.normalized(device=device)
+        self.boxes, self.labels, self.ignore = (t.to(device) for t in (train_set.boxes, train_set.labels, train_set.ignore))
+        self.x_test = self.test_set.normalized(device=device)
+        return len(train_set)
+
+    def learning_rate(self, step: int, total_steps: int) -> float:
+        """lr0 * (step + 1) / warmup during the warm-up (``warmup_fraction`` of the steps),
+        then lr0 * (1 + cos(pi * (step - warmup) / (total - warmup))) / 2."""
+        warmup = max(1, int(self.config.warmup_fraction * total_steps))
+        scale = ((step + 1) / warmup if step < warmup
+                 else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))))
+        return self.config.lr * scale
+
+    def train_step(self, net: nn.Module, optimizer: torch.optim.Optimizer, index: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+        x, batch_boxes = self.x_train[index], self.boxes[index]
+        if self.config.flip:
+            x, batch_boxes = flip_batch(x, batch_boxes, self.labels[index], generator)
+        loss, _ = detection_loss(net(x), batch_boxes, self.labels[index], self.ignore[index], self.model.stride)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    def evaluate(self, model: nn.Module) -> dict:
+        return ann_map(model, self.test_set, self.x_test)
+
+    def history_record(self, epoch: int, scores: dict, seconds: float, mean_loss: float) -> dict:
+        return {"epoch": epoch, "test_map50": scores["map50"], "test_map": scores["map"]}
+
+    def epoch_message(self, epoch: int, scores: dict, seconds: float) -> str:
+        return f"epoch {epoch}/{self.config.epochs}: test mAP@0.5 {scores['map50']:.4f}, mAP@[.5:.95] {scores['map']:.4f}"
+
+    def metadata(self, epoch: int, history: list[dict], scores: dict, seconds: float, resumed: dict | None) -> dict:
+        config = self.config
+        return {
+            "task": TASK,
+            "model": config.model,
+            "model_args": self.model_args,
+            "dataset": config.dataset,
+            "dataset_args": dict(config.dataset_args),
+            "class_names": self.train_set.class_names,
+            "activation": {"kind": config.activation, "levels": config.levels},
+            "train_config": asdict(config),
+            "epochs_done": epoch,
+            "history": history,
+            "ann_map50": scores["map50"],
+            "ann_map": scores["map"],
+            "ann_accuracy": scores["map50"],  # the classifiers' key: mAP@0.5 for detectors
+        }
 
 
 def train_detector(config: DetectTrainConfig, out_dir: str | Path, data_dir: str | Path | None = None, progress: bool = True,
@@ -110,83 +194,10 @@ def train_detector(config: DetectTrainConfig, out_dir: str | Path, data_dir: str
 
     Returns the trained model (eval mode) and the checkpoint metadata, which holds the
     test-split ``ann_map50`` and ``ann_map`` after the last epoch.
-    """
-    config.validate()
-    device = resolve_device(config.device)
-    out_dir = Path(out_dir)
-    train_set = load_detection_dataset(config.dataset, "train", data_dir, **config.dataset_args)
-    test_set = load_detection_dataset(config.dataset, "test", data_dir, **config.dataset_args)
-    torch.manual_seed(config.seed)
-    model_args = {"num_classes": train_set.num_classes, "in_channels": train_set.images.shape[1], "activation": config.activation,
-                  "levels": config.levels, "backbone": config.backbone, "width": config.width}
-    model = create_model(config.model, **model_args).to(device)
-    check(hasattr(model, "stride"), f"model {config.model!r} is not a detector (it has no grid 'stride')")
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
-    start_epoch, history = 0, []
-    checkpoint = out_dir / CHECKPOINT_NAME
-    if checkpoint.exists():
-        meta, state, optim_state = read_checkpoint(checkpoint)
-        saved, wanted = dict(meta.get("train_config", {})), asdict(config)
-        saved.pop("device", None), wanted.pop("device")  # a run may resume on another device
-        if meta.get("task") != TASK:
-            raise SnnconvError(f"{str(checkpoint)!r} is not a detection checkpoint: use another --out")
-        differing = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
-        if differing:
-            fields = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {wanted.get(k)!r} now" for k in differing)
-            raise SnnconvError(f"{str(checkpoint)!r} was written by a different training configuration ({fields}): "
-                               "pass the checkpoint's values to resume it, or use another --out")
-        model.load_state_dict(state)
-        _restore_optimizer(optimizer, optim_state)
-        start_epoch, history = meta["epochs_done"], meta.get("history", [])
-        log(f"resuming from epoch {start_epoch} of {config.epochs}")
-    x_train = train_set.normalized(device=device)
-    boxes, labels, ignore = (t.to(device) for t in (train_set.boxes, train_set.labels, train_set.ignore))
-    x_test = test_set.normalized(device=device)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    warmup = max(1, int(config.warmup_fraction * total_steps))
-    meta: dict = {}
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        order = torch.randperm(len(train_set), generator=generator).to(device)
-        batches = range(steps_per_epoch)
-        if progress:
-            from tqdm import tqdm
 
-            batches = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
-        for b in batches:
-            step = epoch * steps_per_epoch + b
-            scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * scale
-            index = order[b * config.batch_size : (b + 1) * config.batch_size]
-            x, batch_boxes = x_train[index], boxes[index]
-            if config.flip:
-                x, batch_boxes = flip_batch(x, batch_boxes, labels[index], generator)
-            loss, _ = detection_loss(model(x), batch_boxes, labels[index], ignore[index], model.stride)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        scores = ann_map(model, test_set, x_test)
-        history.append({"epoch": epoch + 1, "test_map50": scores["map50"], "test_map": scores["map"]})
-        log(f"epoch {epoch + 1}/{config.epochs}: test mAP@0.5 {scores['map50']:.4f}, mAP@[.5:.95] {scores['map']:.4f}")
-        meta = {
-            "task": TASK,
-            "model": config.model,
-            "model_args": model_args,
-            "dataset": config.dataset,
-            "dataset_args": dict(config.dataset_args),
-            "class_names": train_set.class_names,
-            "activation": {"kind": config.activation, "levels": config.levels},
-            "train_config": asdict(config),
-            "epochs_done": epoch + 1,
-            "history": history,
-            "ann_map50": scores["map50"],
-            "ann_map": scores["map"],
-            "ann_accuracy": scores["map50"],  # the classifiers' key: mAP@0.5 for detectors
-        }
-        save_checkpoint(checkpoint, model, meta, _optimizer_tensors(optimizer))
-    if not meta:  # already complete: nothing trained in this call
-        meta, _, _ = read_checkpoint(checkpoint)
-    return model.eval(), meta
+    Raises:
+        SnnconvError: a bad configuration, device or ``out_dir`` (before any work), an
+            unknown detection dataset or a model that is not a detector, a checkpoint in
+            ``out_dir`` from another task or configuration, or a diverging run.
+    """
+    return run_training(DetectionTask(config), out_dir, data_dir, progress, log)

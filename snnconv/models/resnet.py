@@ -45,17 +45,29 @@ def _resnet(blocks, widths, num_classes, in_channels, activation, levels, imagen
 
 @register_model
 def resnet20(num_classes: int = 10, in_channels: int = 3, activation: str = "qcfs", levels: int = 4) -> nn.Module:
-    """ResNet-20 for 32x32 inputs (3 stages of 3 blocks, widths 16-32-64)."""
+    """ResNet-20 for 32x32 inputs (3 stages of 3 blocks, widths 16-32-64).
+
+    Raises:
+        SnnconvError: an unknown ``activation``, or ``levels`` < 1 for qcfs and clipfloor.
+    """
     return _resnet([3, 3, 3], [16, 32, 64], num_classes, in_channels, activation, levels, False)
 
 
 @register_model
 def resnet18(num_classes: int = 10, in_channels: int = 3, activation: str = "qcfs", levels: int = 4, imagenet: bool = False) -> nn.Module:
-    """ResNet-18 (4 stages of 2 blocks, widths 64-512)."""
+    """ResNet-18 (4 stages of 2 blocks, widths 64-512).
+
+    Raises:
+        SnnconvError: an unknown ``activation``, or ``levels`` < 1 for qcfs and clipfloor.
+    """
     return _resnet([2, 2, 2, 2], [64, 128, 256, 512], num_classes, in_channels, activation, levels, imagenet)
 
 
 @register_model
 def resnet34(num_classes: int = 10, in_channels: int = 3, activation: str = "qcfs", levels: int = 4, imagenet: bool = False) -> nn.Module:
-    """ResNet-34 (stages of 3, 4, 6, 3 blocks, widths 64-512)."""
+    """ResNet-34 (stages of 3, 4, 6, 3 blocks, widths 64-512).
+
+    Raises:
+        SnnconvError: an unknown ``activation``, or ``levels`` < 1 for qcfs and clipfloor.
+    """
     return _resnet([3, 4, 6, 3], [64, 128, 256, 512], num_classes, in_channels, activation, levels, imagenet)

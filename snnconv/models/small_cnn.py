@@ -13,6 +13,9 @@ def small_cnn(num_classes: int = 10, in_channels: int = 1, activation: str = "qc
     """conv(w)-conv(w)-avgpool-conv(2w)-avgpool-adaptive-avgpool(2)-fc(4w)-fc(classes).
 
     Input ``[batch, in_channels, H, W]`` with H, W >= 4; output ``[batch, num_classes]``.
+
+    Raises:
+        SnnconvError: an unknown ``activation``, or ``levels`` < 1 for qcfs and clipfloor.
     """
     return nn.Sequential(
         conv_bn_act(in_channels, width, activation, levels),

@@ -35,17 +35,29 @@ def _vgg(depth, num_classes, in_channels, activation, levels, imagenet, width_di
 
 @register_model
 def vgg6(num_classes: int = 10, in_channels: int = 3, activation: str = "qcfs", levels: int = 4) -> nn.Module:
-    """Small VGG (6 convs, widths 32-128) for 32x32 inputs."""
+    """Small VGG (6 convs, widths 32-128) for 32x32 inputs.
+
+    Raises:
+        SnnconvError: an unknown ``activation``, or ``levels`` < 1 for qcfs and clipfloor.
+    """
     return _vgg(6, num_classes, in_channels, activation, levels, False)
 
 
 @register_model
 def vgg11(num_classes: int = 10, in_channels: int = 3, activation: str = "qcfs", levels: int = 4, imagenet: bool = False) -> nn.Module:
-    """VGG-11 (BN, average pooling)."""
+    """VGG-11 (BN, average pooling).
+
+    Raises:
+        SnnconvError: an unknown ``activation``, or ``levels`` < 1 for qcfs and clipfloor.
+    """
     return _vgg(11, num_classes, in_channels, activation, levels, imagenet)
 
 
 @register_model
 def vgg16(num_classes: int = 10, in_channels: int = 3, activation: str = "qcfs", levels: int = 4, imagenet: bool = False) -> nn.Module:
-    """VGG-16 (BN, average pooling)."""
+    """VGG-16 (BN, average pooling).
+
+    Raises:
+        SnnconvError: an unknown ``activation``, or ``levels`` < 1 for qcfs and clipfloor.
+    """
     return _vgg(16, num_classes, in_channels, activation, levels, imagenet)
