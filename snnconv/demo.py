@@ -10,7 +10,8 @@ from .data import load_dataset
 from .evaluate import RunSpec, evaluate_classification
 from .experiments import format_table
 from .files import write_json
-from .train import TrainConfig, accuracy, train
+from .metrics import accuracy
+from .train import TrainConfig, train
 
 DEMO_STEPS = [1, 2, 4, 8, 16, 32]
 

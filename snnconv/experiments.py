@@ -38,7 +38,7 @@ from .evaluate.runner import merge_counters, run_simulation
 from .files import check_output_file, write_json
 from .metrics import SpikeCounter
 from .network import SpikingNetwork
-from .train import accuracy
+from .metrics import accuracy
 
 __all__ = ["RunSpec", "evaluate_checkpoint", "evaluate_snn", "format_table", "load_evaluation", "parse_steps",
            "report_schedule", "results_record", "run_label", "run_method", "run_table", "source_note"]
@@ -139,7 +139,7 @@ def evaluate_checkpoint(checkpoint: str | Path, specs: list[RunSpec], data_dir: 
         SnnconvError: an unwritable ``json_path`` or an invalid spec (both before any
             work), or what loading, conversion and simulation raise.
     """
-    from .train import resolve_device
+    from .device import resolve_device
 
     dev = distributed.setup(resolve_device(device))
     distributed.run_on_main(lambda: check_output_file(json_path))  # before any work: an unwritable --json fails now

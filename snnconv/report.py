@@ -145,7 +145,8 @@ def compare(checkpoint: str | Path, specs: list[RunSpec], out_dir: str | Path, *
             unwritable ``out_dir`` (all before any work), or what loading, conversion,
             simulation and plotting raise.
     """
-    from .train import accuracy, resolve_device
+    from .device import resolve_device
+    from .metrics import accuracy
 
     check(len(specs) >= 1, "give at least one method")
     check(error_samples >= 0, f"error samples must be >= 0, got {error_samples}")

@@ -85,7 +85,7 @@ def evaluate_detector(checkpoint: str | Path, specs: list[RunSpec], data_dir: st
             a checkpoint that is not a detector's, an empty evaluation set, or what
             loading, conversion and simulation raise.
     """
-    from ..train import resolve_device
+    from ..device import resolve_device
 
     dev = distributed.setup(resolve_device(device))
     distributed.run_on_main(lambda: check_output_file(json_path))  # before any work: an unwritable --json fails now
