@@ -12,7 +12,11 @@ from ..functional import WindowContext, check_scale, check_threshold, check_wind
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """What a neuron may want to know about the ANN activation it replaces."""
+    """What a neuron may want to know about the ANN activation it replaces.
+
+    Raises:
+        Nothing: the converter fills it from the activation it has already checked.
+    """
 
     levels: int | None = None  # quantisation levels L (None for ReLU / plain clip)
     shift: float = 0.0  # phi of the source activation (1/2 for QCFS, 0 for clip-floor)
