@@ -32,14 +32,15 @@ def _phi(initial_potential: float | None, source: SourceInfo) -> float:
     return DEFAULT_INITIAL_POTENTIAL if initial_potential is None else initial_potential
 
 
-def _v0(phi: float, unit: str = "θ") -> str:
-    """v(0) = phi * unit, short: ``0``, ``θ/2``, ``θ``, ``0.3·θ``."""
+def _v0(phi: float, group_size: int = 1) -> str:
+    """v(0) = phi * theta / tau, short: ``0``, ``θ/2``, ``θ/(2τ)``, ``0.3·θ``, ``0.3·θ/τ``."""
+    unit = "θ" if group_size == 1 else "θ/τ"
     if phi == 0:
         return "0"
     if phi == 1:
         return unit
     if phi == 0.5:
-        return f"{unit}/2" if unit == "θ" else f"{unit[:-2]}/(2τ)"  # θ/τ -> θ/(2τ)
+        return "θ/2" if group_size == 1 else "θ/(2τ)"
     return f"{phi:g}·{unit}"
 
 

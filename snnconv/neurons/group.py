@@ -48,7 +48,7 @@ class GroupNeuron(SpikingNeuron):
         return (0, self.params.group_size)
 
     def extra_repr(self) -> str:
-        return f"{self._theta_repr()}, τ={self.params.group_size}, v0={_v0(self.params.initial_potential, 'θ/τ')}{self._offset_repr()}"
+        return f"{self._theta_repr()}, τ={self.params.group_size}, v0={_v0(self.params.initial_potential, self.params.group_size)}{self._offset_repr()}"
 
 
 @register_neuron("gn")
