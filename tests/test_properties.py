@@ -23,6 +23,8 @@ from snnconv import QCFS, SnnconvError, convert, create_neuron, list_neurons, si
 from snnconv.engine import bytes_per_sample
 from snnconv.functional import compute_dtype
 
+from neuron_reference import cif_reference, group_reference, tpp_total_bounds
+
 
 # Fixed seeds: the same examples on every run (no flaky CI); generous deadlines for busy CI machines.
 SETTINGS = dict(deadline=timedelta(seconds=10), suppress_health_check=[HealthCheck.too_slow], database=None)
@@ -136,6 +138,12 @@ def _clear(err: SnnconvError) -> str:
 @example(("tpp", {}, 1e-6, torch.float16, (2, 3), 1.0, 0, None))  # theta underflows float16: NaN out
 @example(("gn", {}, 0.5, torch.float32, (4, 2), 1e30, 0, None))  # inf - inf in the potential
 @example(("if", {"initial_potential": 0.5}, 1.0, torch.bfloat16, (3, 2), 1e-3, 0, None))
+# The largest windows the strategy draws, with many spikes: the reference comparison has
+# something to compare (CIF's ternary rule and TPP's totals need many elements to show a fault)
+@example(("cif", {}, 0.7, torch.float64, (6, 3, 3, 3), 1.0, 1, None))
+@example(("cif", {}, 0.7, torch.float32, (6, 3, 3, 3), 1.0, 2, 3))
+@example(("tpp", {}, 0.7, torch.float64, (6, 3, 3, 3), 3.0, 1, None))
+@example(("tpp", {"initial_potential": 0.5}, 0.4, torch.float32, (6, 3, 3, 3), 1.0, 2, None))
 @seed(20250108)
 @settings(max_examples=120, **SETTINGS)
 @given(neuron_calls())
@@ -167,7 +175,8 @@ def test_every_neuron_returns_a_correct_result_or_refuses(call):
     # a correct result
     assert out.shape == x.shape and out.dtype == x.dtype
     assert bool(torch.isfinite(out).all()), "non-finite output from finite input"
-    low, high = EXPECTED_RANGE[name](options) if name in EXPECTED_RANGE else neuron.spike_range
+    assert name in EXPECTED_RANGE, f"neuron {name!r} has no range from the spec in EXPECTED_RANGE: add it"
+    low, high = EXPECTED_RANGE[name](options)
     assert neuron.spike_range == (low, high)
     step = neuron.threshold.double() / neuron.units  # one spike unit, as stored (float64 or cast)
     units = out.double() / step
@@ -176,6 +185,7 @@ def test_every_neuron_returns_a_correct_result_or_refuses(call):
     assert bool(((units - whole).abs() <= 4 * eps * whole.abs().clamp(min=1)).all()), "output off the spike lattice"
     assert bool((whole >= low).all() and (whole <= high).all()), (whole.min(), whole.max(), low, high)
     assert torch.equal(neuron.spike_units(out), whole.abs().to(neuron.spike_units(out).dtype))
+    _check_against_reference(name, options, neuron, x, whole, wake)
     # the same call again gives the same spikes (stochastic neurons: same generator seed)
     again = neuron(x, wake_steps=wake, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(out, again)
@@ -187,6 +197,33 @@ def test_every_neuron_returns_a_correct_result_or_refuses(call):
         assert bool((running >= 0).all()), "more negative than positive spikes"
         if options.get("spike_cap", True):
             assert bool((running <= cap).all()), "more spikes than wake steps"
+
+
+def _check_against_reference(name, options, neuron, x, whole, wake) -> None:
+    """The spike units ``whole`` are the ones the spec's rule gives (tests/neuron_reference.py,
+    step by step in float64, option defaults from the spec): IF/GN/CIF spike for spike
+    wherever no potential came within float error of a boundary, TPP's totals within
+    floor/ceil of the integrated input."""
+    work = compute_dtype(x.dtype)
+    theta = neuron.threshold.to(work).double()  # the theta the dynamics run with
+    xs = x.to(work).double()
+    largest = float(xs.abs().max())
+    # the float error of the library's potential, in units of theta, with room to spare
+    tol = 64 * torch.finfo(work).eps * x.shape[0] * (1 + largest / float(theta.min()) + options.get("group_size", 4))
+    if name == "tpp":
+        low, high = tpp_total_bounds(xs, theta, options.get("initial_potential", 0.0), tol)
+        total = whole.sum(0)
+        assert bool(((total >= low) & (total <= high)).all()), "TPP total outside floor/ceil of its input"
+        return
+    if name in ("if", "gn"):
+        tau = options.get("group_size", 4) if name == "gn" else 1
+        expected, margin = group_reference(xs, theta, tau, options.get("initial_potential", 0.5))
+    else:
+        assert name == "cif", f"neuron {name!r} has no reference rule in this test: add one"
+        expected, margin = cif_reference(xs, theta, wake, options.get("negative_spikes", True), options.get("spike_cap", True))
+    clear = margin > tol
+    event("reference: every element compared" if bool(clear.all()) else "reference: boundary elements skipped")
+    assert torch.equal(whole[:, clear], expected[:, clear]), "spikes differ from the spec's step-by-step rule"
 
 
 # ---- simulate() ------------------------------------------------------------------------

@@ -4,15 +4,56 @@ Lv, Fang, Yuan, Tian, "Optimal ANN-SNN Conversion with Group Neurons", ICASSP 20
 """
 from __future__ import annotations
 
+from functools import partial
+from typing import NamedTuple
+
 import torch
 
+from .loop import is_constant_window, run_steps
 from .params import GroupParams
 
+__all__ = ["GroupState", "group_step", "group_window", "if_window", "is_constant_window"]
 
-def is_constant_window(x: torch.Tensor) -> bool:
-    """True for a window that is one ``[batch, ...]`` value repeated T times without copies
-    (``value.expand(T, ...)``, stride 0 along time): the engine's view of a static input."""
-    return x.shape[0] > 1 and x.stride(0) == 0
+
+class GroupState(NamedTuple):
+    """State of a group neuron between steps.
+
+    ``potential``: v in units of theta / tau, ``[batch, ...]`` (updated in place).
+    """
+
+    potential: torch.Tensor
+
+
+def group_step(drive: torch.Tensor, state: GroupState, out: torch.Tensor, *, group_size: int) -> GroupState:
+    """One step of tau = ``group_size`` IF members sharing one membrane, in units of theta / tau::
+
+        p = v + drive;  n = clip(floor(p), 0, tau);  v = p - n;  out = n
+
+    Args:
+        drive: x(t) * tau / theta, ``[batch, ...]``.
+        state: v(t-1); its tensor is updated in place to v(t).
+        out: ``[batch, ...]`` buffer for the member count n(t) in 0..tau; it may be
+            ``drive`` itself (drive is read first).
+        group_size: tau >= 1 (1 is the IF neuron: n = [p >= 1]).
+
+    Returns:
+        ``state``, now holding v(t).
+
+    Raises:
+        Nothing of its own (the neuron module checks its input); torch raises
+        ``RuntimeError`` if ``drive``, ``out`` and the potential do not broadcast.
+    """
+    potential = state.potential
+    potential.add_(drive)
+    if group_size == 1:
+        # Writes 1.0 / 0.0 straight into the float buffer: the values of
+        # clamp(floor(u), 0, 1) without a floor, a clamp or a bool temporary.
+        torch.ge(potential, 1.0, out=out)
+    else:
+        torch.floor(potential, out=out)
+        out.clamp_(0, group_size)
+    potential.sub_(out)
+    return state
 
 
 def group_window(
@@ -33,7 +74,8 @@ def group_window(
         v(t)   = p(t) - (theta / tau) * n(t)
         out(t) = (theta / tau) * n(t)
 
-    tau = 1 is the IF neuron with reset by subtraction (s(t) = [v >= theta]).
+    tau = 1 is the IF neuron with reset by subtraction (s(t) = [v >= theta]). The steps
+    are :func:`group_step` run by :func:`snnconv.functional.loop.run_steps`.
 
     Args:
         x: input window ``[T, batch, ...]``, floating point.
@@ -48,6 +90,12 @@ def group_window(
     Returns:
         ``[T, batch, ...]``: theta/tau times the member count n(t) in 0..tau
         (``x`` itself when ``inplace`` and ``x`` is writable).
+
+    Raises:
+        Nothing of its own: the window and theta are not checked here (the neuron
+        module, :class:`snnconv.neurons.GroupNeuron`, checks them and raises
+        :class:`snnconv.errors.SnnconvError`); torch raises ``RuntimeError`` for a
+        threshold or offset that does not broadcast to ``x.shape[1:]``.
     """
     tau = params.group_size
     # The potential is kept in units of theta/tau so that at T = 1 the arithmetic is
@@ -67,17 +115,7 @@ def group_window(
     potential = torch.full_like(drive[0], params.initial_potential)
     if offset is not None:
         potential.add_(offset.to(potential.dtype) * scale)
-    for t in range(x.shape[0]):
-        potential.add_(drive[t])
-        n = counts[t]
-        if tau == 1:
-            # Writes 1.0 / 0.0 straight into the float buffer: the values of
-            # clamp(floor(u), 0, 1) without a floor, a clamp or a bool temporary.
-            torch.ge(potential, 1.0, out=n)
-        else:
-            torch.floor(potential, out=n)
-            n.clamp_(0, tau)
-        potential.sub_(n)
+    run_steps(partial(group_step, group_size=tau), drive, GroupState(potential), counts)
     return counts.mul_(threshold / tau)
 
 
@@ -88,5 +126,9 @@ def if_window(x: torch.Tensor, threshold: torch.Tensor, initial_potential: float
         v(t) = v(t-1) + x(t);  s(t) = [v(t) >= theta];  v(t) -= theta * s(t);  out(t) = theta * s(t)
 
     Exactly :func:`group_window` with one member.
+
+    Raises:
+        snnconv.errors.SnnconvError: ``initial_potential`` is not a number in [0, 1].
+        Otherwise as :func:`group_window` (the window is not checked here).
     """
     return group_window(x, threshold, GroupParams(1, initial_potential), inplace=inplace)

@@ -17,6 +17,10 @@ def check_threshold(threshold: torch.Tensor | float) -> torch.Tensor:
     neuron (every input would fire, or none could), so it is refused rather than
     silently producing NaN or inf outputs. Python numbers become float64 tensors, so
     no precision is lost before the neuron casts to the input's dtype.
+
+    Raises:
+        SnnconvError: ``threshold`` is not a real number or tensor of them, is empty,
+            or has a value that is not finite and > 0.
     """
     if isinstance(threshold, torch.Tensor):
         t = threshold
@@ -44,6 +48,10 @@ def check_window(x: torch.Tensor, name: str = "input window") -> float:
     """Check a neuron input window ``[T, batch, ...]``: floating point, finite, T >= 1.
 
     Returns max |x| (one pass over the window, which also catches NaN and inf).
+
+    Raises:
+        SnnconvError: ``x`` is not a tensor, has fewer than 2 dimensions or T = 0 steps,
+            is not floating point, or contains NaN or inf.
     """
     if not isinstance(x, torch.Tensor):
         raise SnnconvError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -64,6 +72,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
     A half-precision membrane silently drops small inputs (in bfloat16, 0.5 + 0.001 is
     0.5), so the potential is kept in float32 and only the outputs are cast back.
+
+    Raises:
+        Nothing: any dtype is accepted (non-float dtypes map to float32).
     """
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
@@ -75,6 +86,10 @@ def check_scale(largest: float, steps: int, threshold: torch.Tensor, units: int,
     theta must not overflow it (else outputs would round to 0 or inf), and the
     potential, at most ``steps * max|x| / (theta/units)`` in units, must stay finite in
     the dtype the dynamics run in (else inf - inf would turn into NaN).
+
+    Raises:
+        SnnconvError: theta / units underflows or theta overflows ``out_dtype``, or the
+            potential bound overflows the dtype the dynamics run in.
     """
     info = torch.finfo(out_dtype)
     low, high = float(threshold.min()), float(threshold.max())
@@ -130,6 +145,10 @@ class GroupParams:
 
     ``initial_potential`` is phi: v(0) = phi * theta / group_size.
     ``group_size = 1`` is the plain IF neuron with reset by subtraction.
+
+    Raises:
+        SnnconvError: ``group_size`` is not an integer in [1, 2^24], or
+            ``initial_potential`` is not a number in [0, 1].
     """
 
     group_size: int = 1
@@ -147,6 +166,9 @@ class TPPParams:
     Default 0: phase 2 emits clip(u / theta, 0, T) spikes in expectation (no floor), so
     v(0) = theta/2 would add half a spike to every neuron; measured in the README
     ("Benchmarks": v(0) = 0 wins at every T on digits, MNIST and CIFAR-10).
+
+    Raises:
+        SnnconvError: ``initial_potential`` is not a number in [0, 1].
     """
 
     initial_potential: float = 0.0
@@ -161,6 +183,9 @@ class CIFParams:
 
     ``negative_spikes``: allow s = -1 when v < 0 and N > 0 (the lower bound).
     ``spike_cap``: forbid s = +1 once N reaches the wake-step count c (the upper bound).
+
+    Raises:
+        SnnconvError: a switch is not ``True`` or ``False``.
     """
 
     negative_spikes: bool = True
@@ -169,3 +194,31 @@ class CIFParams:
     def __post_init__(self) -> None:
         _flag(self.negative_spikes, "negative_spikes")
         _flag(self.spike_cap, "spike_cap")
+
+
+def _wake_steps(value) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise SnnconvError(f"wake_steps must be None or an integer >= 1, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class WindowContext:
+    """What one call of a neuron's dynamics is told besides its window and theta.
+
+    One record instead of loose keyword arguments: each neuron reads the fields it uses.
+
+    ``wake_steps``: wake steps before sleep (neurons that sleep, e.g. CIF); ``None``:
+    every step is a wake step.  ``generator``: the random source of stochastic neurons
+    (TPP).  ``inplace``: the input window may be overwritten (no other layer reads it).
+
+    Raises:
+        SnnconvError: ``wake_steps`` is neither ``None`` nor an integer >= 1.
+    """
+
+    wake_steps: int | None = None
+    generator: torch.Generator | None = None
+    inplace: bool = False
+
+    def __post_init__(self) -> None:
+        _wake_steps(self.wake_steps)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import NamedTuple
 
 import torch
 
-from .group import is_constant_window
+from .loop import is_constant_window, run_steps
 from .params import TPPParams
 
 # Phase 2 draws 16-bit uniform integers, four from every 64-bit random word: the draws
@@ -57,12 +59,60 @@ def uniform_levels(shape: torch.Size | tuple[int, ...], generator: torch.Generat
                    device: torch.device | str | None = None) -> torch.Tensor:
     """Independent uniform integers in [-2^15, 2^15), as an int16 tensor of ``shape``.
 
-    Full-range 64-bit draws (``random_(-2**63, None)``), viewed as four int16 each.
+    Full-range 64-bit draws (``random_(-2**63, None)``), viewed as four int16 each. On
+    CPU, windows of more than 2^18 draws are filled in fixed blocks, each from its own
+    generator seeded from ``generator``, so the numbers do not depend on the thread count.
+
+    Raises:
+        Nothing of its own; torch raises ``RuntimeError`` for a negative size or a
+        ``generator`` on another device than ``device``.
     """
     count = math.prod(shape)
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
     _fill_random_words(words, generator)
     return words.view(torch.int16)[:count].view(shape)
+
+
+class TPPFireState(NamedTuple):
+    """State of TPP's phase 2 between slots (tensors ``[batch, ...]``, updated in place).
+
+    ``owed``: v / theta, the spikes still owed.  ``slots_left``: n = T - k + 1 before slot k.
+    ``level``: a work buffer for the firing level, with no meaning between slots.
+    """
+
+    owed: torch.Tensor
+    slots_left: int
+    level: torch.Tensor
+
+
+def tpp_fire_step(draw: torch.Tensor, state: TPPFireState, out: torch.Tensor, *, low: torch.Tensor) -> TPPFireState:
+    """One slot of TPP's phase 2: fire with probability owed / slots left (16-bit resolution)::
+
+        s = [draw + 2^15 + 1/2 < (owed / n) * 2^16];  owed = owed - s;  out = s
+
+    ``draw`` + 2^15 is uniform on {0, ..., 2^16 - 1}, so p = owed / n <= 0 never fires
+    and p >= 1 always does (the clip for free); p is rounded to the nearest 2^-16, so that
+    a rounding residue of the sum (owed = m +- 1e-6) neither adds nor drops a spike.
+
+    Args:
+        draw: ``[batch, ...]`` uniform integers in [-2^15, 2^15), stored as floats.
+        state: spikes owed and slots left before this slot (``owed`` is updated in place).
+        out: ``[batch, ...]`` buffer for s in {0, 1}; it may be ``draw`` itself (read first).
+        low: the scalar tensor -2^15 - 1/2 in ``owed``'s dtype and device.
+
+    Returns:
+        The state after this slot.
+
+    Raises:
+        Nothing of its own; torch raises ``RuntimeError`` if the buffers do not broadcast.
+    """
+    owed, slots_left, level = state
+    # Rounding in owed * (2^16 / n) moves the level by far less than the margin of 1/2,
+    # so p = 0 and p = 1 stay exact. One fused pass: low + (2^16 / n) * owed.
+    torch.add(low, owed, alpha=_LEVELS / slots_left, out=level)
+    # The draw is read once, then overwritten by its spike (1.0 / 0.0).
+    owed.sub_(torch.lt(draw, level, out=out))
+    return TPPFireState(owed, slots_left - 1, level)
 
 
 def tpp_window(
@@ -88,7 +138,9 @@ def tpp_window(
     2^-16: exactly 0 for p < 2^-17 and exactly 1 for p > 1 - 2^-17. Hence if u = m * theta
     (integer 0 <= m <= T, up to float rounding of the sum) exactly m spikes are emitted,
     in a uniformly random set of slots (up to that 2^-17); the output depends only on the
-    sum of the inputs.
+    sum of the inputs. Phase 2's slots are :func:`tpp_fire_step` run by
+    :func:`snnconv.functional.loop.run_steps`; TPP as a whole is a window function
+    (not causal: slot 1 depends on the last input step).
 
     Args:
         x: input window ``[T, batch, ...]``.
@@ -102,6 +154,12 @@ def tpp_window(
 
     Returns:
         ``[T, batch, ...]`` with values in {0, theta}.
+
+    Raises:
+        Nothing of its own: the window and theta are not checked here (the neuron
+        module, :class:`snnconv.neurons.TPPNeuron`, checks them and raises
+        :class:`snnconv.errors.SnnconvError`); torch raises ``RuntimeError`` for a
+        threshold or offset that does not broadcast to ``x.shape[1:]``.
     """
     steps = x.shape[0]
     # Half-precision windows are summed in float32: the level below spans +-2^15.
@@ -121,17 +179,8 @@ def tpp_window(
         noise = x.copy_(draws)  # x is dead after phase 1
     else:
         noise = draws.to(owed.dtype)
-    # draw + 2^15 + 1/2 < p * 2^16: p rounded to the nearest 2^-16, so that a rounding
-    # residue of the sum (owed = m +- 1e-6) neither adds nor drops a spike.
+    # Phase 2: draw + 2^15 + 1/2 < p * 2^16, slot by slot (see tpp_fire_step).
     low = torch.tensor(-_LEVELS / 2 - 0.5, dtype=owed.dtype, device=owed.device)
-    level = torch.empty_like(owed)
-    for k in range(steps):
-        # p = owed / slots left, unclamped: draw + 2^15 lies in [0, 2^16), so p <= 0 never
-        # fires and p >= 1 always does (the clip for free). Rounding in owed * (2^16 / n)
-        # moves the level by far less than the margin of 1/2, so p = 0 and p = 1 stay
-        # exact. One fused pass: low + (2^16 / n) * owed.
-        torch.add(low, owed, alpha=_LEVELS / (steps - k), out=level)
-        # Step k's draw is read once, then overwritten by its spike (1.0 / 0.0).
-        owed.sub_(torch.lt(noise[k], level, out=noise[k]))
+    run_steps(partial(tpp_fire_step, low=low), noise, TPPFireState(owed, steps, torch.empty_like(owed)), noise)
     out = noise.mul_(threshold)
     return out if out.dtype == x.dtype else out.to(x.dtype)
