@@ -328,27 +328,44 @@ TRAIN_ARGS = ["--model", "small_cnn", "--dataset", "digits", "--model-arg", "wid
               "--batch-size", "256", "--no-progress"]
 
 
+# The CLI with each atomic rename delayed by half a second: a checkpoint write then lasts
+# long enough for the test to see its temporary and kill the process in the middle of it.
+SLOW_WRITES = """
+import os, runpy, sys, time
+_replace = os.replace
+def _slow_replace(src, dst, *args, **kwargs):
+    if str(src).endswith(".tmp"):
+        time.sleep(0.5)
+    return _replace(src, dst, *args, **kwargs)
+os.replace = _slow_replace
+sys.argv = ["snnconv", *sys.argv[1:]]
+runpy.run_module("snnconv", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(tmp_path):
-    """Kill the CLI training with SIGKILL at random moments (one aimed at a checkpoint write),
-    restart the same command until it finishes: bit-for-bit the uninterrupted weights."""
+    """Kill the CLI training with SIGKILL, first in the middle of a checkpoint write (epoch 1
+    saved, epoch 2's temporary being written), then at a random moment; restart the same
+    command until it finishes: bit-for-bit the uninterrupted weights."""
     config = TrainConfig(model="small_cnn", dataset="digits", epochs=4, seed=7, batch_size=256, model_args={"width": 8})
     reference, _ = train(config, tmp_path / "reference", progress=False, log=lambda m: None)
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "snnconv", "train", *TRAIN_ARGS, "--out", str(out)]
+    slow_command = [sys.executable, "-c", SLOW_WRITES, "train", *TRAIN_ARGS, "--out", str(out)]
     rng = random.Random(8)
     checkpoint = out / CHECKPOINT_NAME
-    resumed_from, kills, caught_mid_write = [], 0, False
+    resumed_from, kills, caught_mid_write = [], 0, None
     for attempt in range(6):
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+        proc = subprocess.Popen(slow_command if attempt == 0 else command, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
         before = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
         delay = rng.uniform(0.0, 0.3)  # an epoch takes about 0.3 s on one thread
         deadline, fire_at = time.monotonic() + 120, None
         while proc.poll() is None and time.monotonic() < deadline and attempt < 2:
             current = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
             if attempt == 0 and current is not None and any(p.suffix == ".tmp" for p in out.iterdir()):
-                caught_mid_write = True  # epoch 1 is saved and a later checkpoint is being written
-                break
-            if fire_at is None and current is not None and current != before:
+                break  # epoch 1 is saved and a later checkpoint is being written
+            if attempt == 1 and fire_at is None and current is not None and current != before:
                 fire_at = time.monotonic() + delay  # a random moment after this run's first checkpoint
             if fire_at is not None and time.monotonic() >= fire_at:
                 break
@@ -357,18 +374,23 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(tmp_path):
             proc.send_signal(signal.SIGKILL)
             kills += 1
         stdout, stderr = proc.communicate(timeout=180)
+        if attempt == 0:
+            # killed mid-write: the temporary is left behind, the checkpoint beside it is the
+            # complete epoch-1 file, and the next run resumes from it
+            temporaries = [p.name for p in out.iterdir() if p.suffix == ".tmp"]
+            caught_mid_write = (proc.returncode, len(temporaries), read_checkpoint(checkpoint)[0]["epochs_done"])
         resumed_from += [line for line in stdout.splitlines() if line.startswith("resuming from epoch")]
         if proc.returncode == 0:
             break
         assert proc.returncode == -signal.SIGKILL, stderr
     assert proc.returncode == 0, stderr
-    assert kills >= 1 and resumed_from, (kills, resumed_from)
+    assert caught_mid_write == (-signal.SIGKILL, 1, 1), caught_mid_write
+    assert kills >= 1 and resumed_from[0] == "resuming from epoch 1 of 4", (kills, resumed_from)
     meta, state, _ = read_checkpoint(checkpoint)
     assert meta["epochs_done"] == 4 and [h["epoch"] for h in meta["history"]] == [1, 2, 3, 4]
     assert not [p for p in out.iterdir() if p.name != CHECKPOINT_NAME]  # no temporaries left behind
     for key, value in reference.state_dict().items():
         assert torch.equal(value, state[key]), key
-    print(f"kills={kills} caught_mid_write={caught_mid_write} {resumed_from}")
 
 
 # ---- determinism ---------------------------------------------------------------------
