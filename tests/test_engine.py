@@ -95,10 +95,19 @@ def test_cpu_chunks_are_cache_sized_by_default_and_keep_results():
     assert torch.equal(per_three, whole) and torch.equal(auto, whole)
 
 
-@pytest.mark.parametrize("bad", [0, -5, 2.5, "big", True])
-def test_bad_window_bytes_is_refused(bad):
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (0, "window_bytes must be a positive byte count, 'auto' or None, got 0"),
+        (-5, "window_bytes must be a positive byte count, 'auto' or None, got -5"),
+        (2.5, "window_bytes must be an integer, got 2.5"),
+        ("big", "window_bytes must be an integer, got 'big'"),
+        (True, "window_bytes must be an integer, got True"),
+    ],
+)
+def test_bad_window_bytes_is_refused(bad, match):
     model, x = make_source("small_cnn", "qcfs", batch=2, dtype=torch.float32)
-    with pytest.raises(SnnconvError, match="window_bytes"):
+    with pytest.raises(SnnconvError, match=match):
         simulate(convert(model, "if"), x, 2, window_bytes=bad)
 
 
@@ -195,10 +204,10 @@ def test_sleep_turns_biases_off():
 @pytest.mark.parametrize(
     "bad,match",
     [
-        (lambda x: x.long(), "floating"),
-        (lambda x: x.fill_(float("nan")), "NaN"),
-        (lambda x: x[0, 0, 0], "shape"),
-        (lambda x: x[:, :, :3], "layer"),
+        (lambda x: x.long(), "input is torch.int64, not floating point: scale it to floats first"),
+        (lambda x: x.fill_(float("nan")), "input contains NaN or inf: clean the data first"),
+        (lambda x: x[0, 0, 0], r"input must have shape \[batch, \.\.\.\] with batch >= 1, got \(8,\): add the batch dimension"),
+        (lambda x: x[:, :, :3], r"layer '[^']+' failed on its input \(.*\); check the input shape"),
     ],
 )
 def test_bad_inputs(bad, match):
@@ -208,18 +217,20 @@ def test_bad_inputs(bad, match):
         simulate(snn, bad(x.clone()), 4)
 
 
-@pytest.mark.parametrize("steps", [0, -1, 2.5])
-def test_bad_steps(steps):
+@pytest.mark.parametrize(
+    "steps,match", [(0, "T must be >= 1, got 0"), (-1, "T must be >= 1, got -1"), (2.5, r"T \(steps\) must be an integer, got 2.5")]
+)
+def test_bad_steps(steps, match):
     model, x = make_source("small_cnn", "qcfs", batch=2, dtype=torch.float32)
-    with pytest.raises(SnnconvError, match="T"):
+    with pytest.raises(SnnconvError, match=match):
         simulate(convert(model, "if"), x, steps)
 
 
 def test_sleep_needs_cif_and_excludes_permutation():
     model, x = make_source("small_cnn", "qcfs", batch=2, dtype=torch.float32)
-    with pytest.raises(SnnconvError, match="sleep"):
+    with pytest.raises(SnnconvError, match=r"sleep steps need neurons that sleep \(cif\); 'if' does not"):
         simulate(convert(model, "if"), x, 4, sleep_steps=2)
-    with pytest.raises(SnnconvError, match="permutation and sleep"):
+    with pytest.raises(SnnconvError, match="permutation and sleep steps do not combine: use one or the other"):
         simulate(convert(model, "cif"), x, 4, sleep_steps=2, permute="per-layer")
 
 
@@ -277,5 +288,5 @@ def test_nan_weights_are_refused_once_per_simulation():
     model, x = make_source("small_cnn", "qcfs", batch=2, dtype=torch.float32)
     snn = convert(model, "if")
     next(snn.graph.parameters()).data[0] = float("nan")
-    with pytest.raises(SnnconvError, match="NaN or inf"):
+    with pytest.raises(SnnconvError, match="the network's '[^']+' contains NaN or inf: check the source model's weights"):
         simulate(snn, x, 2)

@@ -86,7 +86,7 @@ def test_hostile_checkpoint_is_refused_without_running_code(tmp_path, kind, name
     out = tmp_path / "run"
     out.mkdir()
     (out / CHECKPOINT_NAME).write_bytes(path.read_bytes())
-    with pytest.raises(SnnconvError, match="safetensors"):
+    with pytest.raises(SnnconvError, match="checkpoint.safetensors' is not a readable safetensors checkpoint"):
         train(TrainConfig(epochs=1, model_args={"width": 4}), out, progress=False, log=lambda m: None)
     assert not marker.exists()
 
@@ -117,9 +117,9 @@ def test_results_json_reader_refuses_pickles_and_non_json(tmp_path):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(SnnconvError, match=re.escape(str(tmp_path / name))):
             read_json(tmp_path / name)
-    with pytest.raises(SnnconvError, match="does not exist"):
+    with pytest.raises(SnnconvError, match="results JSON '.*missing.json' does not exist: pass a file written with --json"):
         read_json(tmp_path / "missing.json")
-    with pytest.raises(SnnconvError, match="NaN or inf"):
+    with pytest.raises(SnnconvError, match="cannot write '.*bad.json': the results hold NaN or inf"):
         write_json(tmp_path / "bad.json", {"accuracy": float("nan")})
     assert not marker.exists()
 
@@ -128,11 +128,11 @@ def test_idx_loader_refuses_pickles(tmp_path):
     marker = tmp_path / "pwned"
     payload = hostile_pickle(marker)
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(payload)  # a pickle named like the idx file
-    with pytest.raises(SnnconvError, match="corrupt or truncated"):
+    with pytest.raises(SnnconvError, match=r"idx3-ubyte\.gz' \(Not a gzipped file .*\): the file is corrupt or truncated"):
         load_dataset("mnist", "test", tmp_path)
     with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:  # a gzipped pickle
         f.write(payload)
-    with pytest.raises(SnnconvError, match="magic"):
+    with pytest.raises(SnnconvError, match="has magic 0x80049570, expected 0x00000803: not the right idx file"):
         load_dataset("mnist", "test", tmp_path)
     assert not marker.exists()
 
@@ -237,7 +237,7 @@ def test_cli_unwritable_outputs(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_cli_debug_shows_the_error(tmp_path):
-    with pytest.raises(SnnconvError, match="does not exist"):
+    with pytest.raises(SnnconvError, match="checkpoint '.*none.safetensors' does not exist: pass the .safetensors file"):
         main(["--debug", "evaluate", str(tmp_path / "none.safetensors")])
 
 
@@ -501,10 +501,11 @@ def test_small_budget_chunks_bound_peak_memory_and_keep_results(neuron, options,
 def test_a_sample_larger_than_the_budget_is_refused_not_run():
     model, x = make_source("small_cnn", "qcfs", batch=2, dtype=torch.float32)
     snn = convert(model, "if")
-    with pytest.raises(SnnconvError, match="raise memory_budget"):
-        simulate(snn, x, 4, memory_budget=bytes_per_sample(snn, x, 4) - 1)
+    need = bytes_per_sample(snn, x, 4)
+    with pytest.raises(SnnconvError, match=f"one sample needs about {need} bytes of activations over 4 steps, more than memory_budget = {need - 1}: lower T"):
+        simulate(snn, x, 4, memory_budget=need - 1)
     start = time.monotonic()
-    with pytest.raises(SnnconvError, match="lower T or raise memory_budget"):
+    with pytest.raises(SnnconvError, match=r"bytes of activations over 1000000000 steps, more than memory_budget = \d+: lower T or raise memory_budget"):
         simulate(snn, x, 10**9)  # would need terabytes: refused at once, no allocation
     assert time.monotonic() - start < 10
 
