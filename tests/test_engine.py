@@ -20,14 +20,13 @@ def test_chunked_equals_unchunked(neuron):
     assert torch.equal(full, chunked)
 
 
-def _tpp_run(snn, x, steps, **kw):
+def _tpp_run(snn, x, steps, phi, **kw):
     """Simulate, and per spiking layer return (owed, count) per neuron, batch-concatenated
     over chunks: owed = sum_t x(t) / theta + phi (read before the window may be overwritten),
     count = spikes emitted. Also returns the number of chunks the first layer saw."""
     owed, count = {}, {}
     handles = []
     for name, m in snn.spiking_layers():
-        phi = m.params.initial_potential
         handles.append(m.register_forward_pre_hook(
             lambda m, args, name=name, phi=phi: owed.setdefault(name, []).append(args[0].sum(0) / m.threshold + phi)))
 
@@ -52,11 +51,11 @@ def test_chunked_tpp_keeps_samples_and_the_two_phase_bound():
     every layer; and chunking keeps each sample's input: the first layer (static input) is
     owed the same amounts neuron by neuron."""
     model, x = make_source("small_cnn", "qcfs", batch=12)
-    snn = convert(model, "tpp", initial_potential=0.5)
-    steps = 6
+    phi, steps = 0.5, 6
+    snn = convert(model, "tpp", initial_potential=phi)
     one_sample = bytes_per_sample(snn, x, steps)  # probes the graph once, before the hooks
-    full, owed_full, count_full, chunks_full = _tpp_run(snn, x, steps, seed=0, window_bytes=None, memory_budget=1 << 40)
-    chunked, owed_chunked, count_chunked, chunks = _tpp_run(snn, x, steps, seed=0, memory_budget=one_sample)
+    full, owed_full, count_full, chunks_full = _tpp_run(snn, x, steps, phi, seed=0, window_bytes=None, memory_budget=1 << 40)
+    chunked, owed_chunked, count_chunked, chunks = _tpp_run(snn, x, steps, phi, seed=0, memory_budget=one_sample)
     assert (chunks_full, chunks) == (1, 12)
     assert chunked.shape == full.shape == (steps, 12, 10)
     first = snn.spiking_layers()[0][0]
