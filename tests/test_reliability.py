@@ -328,14 +328,14 @@ TRAIN_ARGS = ["--model", "small_cnn", "--dataset", "digits", "--model-arg", "wid
               "--batch-size", "256", "--no-progress"]
 
 
-# The CLI with each atomic rename delayed by half a second: a checkpoint write then lasts
+# The CLI with each atomic rename delayed by two seconds: a checkpoint write then lasts
 # long enough for the test to see its temporary and kill the process in the middle of it.
 SLOW_WRITES = """
 import os, runpy, sys, time
 _replace = os.replace
 def _slow_replace(src, dst, *args, **kwargs):
     if str(src).endswith(".tmp"):
-        time.sleep(0.5)
+        time.sleep(2.0)
     return _replace(src, dst, *args, **kwargs)
 os.replace = _slow_replace
 sys.argv = ["snnconv", *sys.argv[1:]]
