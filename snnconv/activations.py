@@ -18,7 +18,11 @@ ACTIVATION_KINDS = ("qcfs", "clipfloor", "relu")
 
 
 def floor_ste(x: torch.Tensor) -> torch.Tensor:
-    """floor(x) in the forward pass, identity gradient in the backward pass."""
+    """floor(x) in the forward pass, identity gradient in the backward pass.
+
+    Raises:
+        Nothing.
+    """
     return x + (torch.floor(x) - x).detach()
 
 
@@ -35,6 +39,10 @@ class QuantizedClip(nn.Module):
         trainable: learn lambda (a straight-through gradient passes floor).
 
     Shapes: any input, output of the same shape.
+
+    Raises:
+        SnnconvError: (at construction) ``levels`` is not an integer >= 1, or the
+            initial lambda is not > 0. :class:`QCFS` and :class:`ClipFloor` raise the same.
     """
 
     def __init__(self, levels: int, threshold: float = 8.0, shift: float = 0.5, trainable: bool = True) -> None:
@@ -84,6 +92,9 @@ def keep_thresholds_positive(model: nn.Module, minimum: float = MIN_THRESHOLD, r
         The names of the activations whose lambda was raised (empty when none was).
         With ``report=False`` every lambda is clamped on its device without being read
         (no host sync: the form a training step uses) and the list is empty.
+
+    Raises:
+        Nothing: a NaN or too-small lambda is repaired, not refused.
     """
     if not report:
         for module in model.modules():
@@ -99,7 +110,12 @@ def keep_thresholds_positive(model: nn.Module, minimum: float = MIN_THRESHOLD, r
 
 
 def make_activation(kind: str, levels: int = 4, threshold: float | None = None) -> nn.Module:
-    """Build an activation by name: ``"qcfs"``, ``"clipfloor"`` or ``"relu"``."""
+    """Build an activation by name: ``"qcfs"``, ``"clipfloor"`` or ``"relu"``.
+
+    Raises:
+        SnnconvError: ``kind`` is not one of ``qcfs``, ``clipfloor``, ``relu``, or
+            ``levels`` / ``threshold`` are invalid (see :class:`QuantizedClip`).
+    """
     if kind == "qcfs":
         return QCFS(levels) if threshold is None else QCFS(levels, threshold)
     if kind == "clipfloor":
@@ -113,7 +129,11 @@ _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
 
 
 def is_relu_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """A graph node that computes ReLU: a module, a function or the ``x.relu()`` method."""
+    """A graph node that computes ReLU: a module, a function or the ``x.relu()`` method.
+
+    Raises:
+        Nothing.
+    """
     if node.op == "call_module":
         return isinstance(modules.get(node.target), nn.ReLU)
     if node.op == "call_function":
@@ -132,6 +152,10 @@ def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | N
     ``F.dropout(x, p, self.training)`` would keep the flag it was traced with). A model
     torch.fx cannot trace has its ReLU modules swapped in place (its call sites cannot
     be seen; such a model cannot be converted either).
+
+    Raises:
+        SnnconvError: ``kind`` is unknown or ``levels`` / ``threshold`` are invalid (from
+            :func:`make_activation`). A model torch.fx cannot trace is not an error here.
     """
     from .convert.remove_dropout import dropout_as_modules  # convert imports this module
 
@@ -192,6 +216,9 @@ def clip_limit(model: nn.Module) -> nn.Module | None:
     conversion approaches at large T. A QCFS source is only useful when its clip limit
     scores about as well as the ANN itself. Returns None for a model with no quantiser
     (a ReLU source has no clip limit). The input model is not modified.
+
+    Raises:
+        Nothing.
     """
     if not any(isinstance(m, QuantizedClip) for m in model.modules()):
         return None
@@ -224,8 +251,11 @@ def init_thresholds(model: nn.Module, x: torch.Tensor, percentile: float = 99.9)
     converges to) falls far below the ANN (measured: MNIST small_cnn, 93.5% ANN, 21.3% clip
     limit); a lambda fitted to the data keeps the two within a point.
 
-    Returns the lambdas set, in module order. Raises SnnconvError on a non-finite batch
-    or a percentile outside (0, 100].
+    Returns the lambdas set, in module order.
+
+    Raises:
+        SnnconvError: ``percentile`` is outside (0, 100], or ``x`` holds NaN or inf
+            (checked before the forward pass, so nothing is changed).
     """
     if not 0 < percentile <= 100:
         raise SnnconvError(f"the lambda percentile must be in (0, 100], got {percentile!r}")

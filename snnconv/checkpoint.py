@@ -28,6 +28,9 @@ def checkpoint_checksum(tensors: dict[str, torch.Tensor], meta_text: str) -> str
 
     Stored in the header by :func:`save_checkpoint` and checked by :func:`read_checkpoint`,
     so flipped bits anywhere in the tensor data or the metadata are caught on load.
+
+    Raises:
+        Nothing.
     """
     digest = hashlib.sha256()
     for name in sorted(tensors):
@@ -44,6 +47,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, optimizer_st
     The file is serialised in memory (``safetensors.torch.save``) and written by
     :func:`snnconv.files.write_bytes` (own temporary, fsync, rename; usual permissions),
     with a SHA-256 of the tensors and metadata in the header.
+
+    Raises:
+        SnnconvError: ``path`` cannot be written (empty name, a folder, socket or block
+            device in its place, no permission, a file where a folder should be, a full disk or
+            a broken pipe), naming ``path`` and the fix.
+        TypeError: ``meta`` is not JSON-serialisable (a programming error, not user input).
     """
     from safetensors.torch import save
 
@@ -58,7 +67,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, optimizer_st
 def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Return (meta, model tensors, optimizer tensors), refusing anything that is not our format.
 
-    ``path`` is a checkpoint file or the name of a zoo entry (:mod:`snnconv.zoo`)."""
+    ``path`` is a checkpoint file or the name of a zoo entry (:mod:`snnconv.zoo`).
+
+    Raises:
+        SnnconvError: ``path`` is a folder, does not exist, is not a readable safetensors
+            file (truncated, a pickle), is a safetensors file without the snnconv header, fails
+            its SHA-256 check, or has malformed metadata.
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -98,7 +113,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], di
 
 def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, meta: dict) -> None:
     """Raise :class:`SnnconvError` naming the first missing, unexpected or mis-shaped tensor
-    (with both shapes) unless ``state`` loads into ``model`` exactly."""
+    (with both shapes) unless ``state`` loads into ``model`` exactly.
+
+    Raises:
+        SnnconvError: a tensor of ``model`` is missing from ``state``, has another shape
+            (both shapes named), or ``state`` holds a tensor ``model`` lacks.
+    """
     expected = model.state_dict()
     where = f"{str(path)!r}: model {meta.get('model')!r} built from its metadata (model_args {meta.get('model_args')})"
     for key, value in expected.items():
@@ -118,6 +138,11 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     Raises :class:`SnnconvError` for a missing, corrupted or foreign file, and for weights
     whose keys or shapes differ from the model the metadata describes (naming the key and
     both shapes).
+
+    Raises:
+        SnnconvError: as :func:`read_checkpoint` and :func:`check_state_fits`; also an
+            unknown model name in the metadata (from :func:`snnconv.create_model`) and weights
+            that ``load_state_dict`` still refuses.
     """
     meta, state, _ = read_checkpoint(path)
     model = create_model(meta["model"], **meta["model_args"])

@@ -13,6 +13,9 @@ def check(condition: bool, message: str) -> None:
     """Raise :class:`SnnconvError` with ``message`` unless ``condition`` holds.
 
     Used instead of ``assert`` for user input, which ``python -O`` would strip.
+
+    Raises:
+        SnnconvError: ``condition`` is false, with ``message``.
     """
     if not condition:
         raise SnnconvError(message)

@@ -40,7 +40,11 @@ def _name(path: str | Path) -> str:
 
 def resolve_output(path: str | Path, what: str = "output") -> Path:
     """The file a write to ``path`` changes: symbolic links followed to their final target
-    (which need not exist yet). An empty name raises :class:`SnnconvError`."""
+    (which need not exist yet). An empty name raises :class:`SnnconvError`.
+
+    Raises:
+        SnnconvError: ``path`` is empty.
+    """
     if str(path).strip() == "":
         raise SnnconvError(f"the {what} path is empty: give a file name")
     return Path(os.path.realpath(path))
@@ -84,6 +88,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     File-system failures (missing permission, a file where a folder should be, a full
     disk) and a folder, socket or block device as the target raise :class:`SnnconvError`
     naming ``path``.
+
+    Raises:
+        SnnconvError: ``path`` cannot be written (empty name, a folder, socket or block
+            device in its place, no permission, a file where a folder should be, a full disk or
+            a broken pipe), naming ``path`` and the fix.
+        OSError from ``write`` itself is reported as SnnconvError; other exceptions from
+        ``write`` propagate (the temporary is removed).
     """
     target = resolve_output(path)
     if _target_kind(path, target) == "stream":
@@ -138,7 +149,13 @@ def _copy_into_stream(path: str | Path, target: Path, source: Path) -> None:
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` as :func:`atomic_write` does (FIFOs and devices directly)."""
+    """Write ``data`` to ``path`` as :func:`atomic_write` does (FIFOs and devices directly).
+
+    Raises:
+        SnnconvError: ``path`` cannot be written (empty name, a folder, socket or block
+            device in its place, no permission, a file where a folder should be, a full disk or
+            a broken pipe), naming ``path`` and the fix.
+    """
     target = resolve_output(path)
     if _target_kind(path, target) == "stream":
         try:
@@ -171,6 +188,9 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     ``save_file``, used by earlier versions) beside ``path``'s target. Only call this
     from the single process that owns the folder (e.g. a training run at start-up): a
     concurrent writer's temporary would be deleted too.
+
+    Raises:
+        Nothing: a temporary that cannot be deleted is skipped.
     """
     target = Path(os.path.realpath(path))
     removed = []
@@ -215,6 +235,11 @@ def check_output_file(path: str | Path | None, flag: str = "--json") -> None:
     Checks: the name is not empty, is not a folder (or socket, block device), the folders
     above it can be created, and a file can be created beside the (symlink-resolved)
     target. FIFOs and character devices must be openable for writing. ``None`` passes.
+
+    Raises:
+        SnnconvError: ``path`` is empty, a folder, socket or block device, sits under a
+            file where a folder should be, is in a folder where no file can be created, or is a
+            FIFO / device without write permission.
     """
     if path is None:
         return
@@ -230,7 +255,12 @@ def check_output_file(path: str | Path | None, flag: str = "--json") -> None:
 
 def check_output_folder(path: str | Path, flag: str = "--out") -> None:
     """Raise :class:`SnnconvError` now, before any work, unless files can be created in folder ``path``
-    (it exists as a writable folder, or can be created under a writable one)."""
+    (it exists as a writable folder, or can be created under a writable one).
+
+    Raises:
+        SnnconvError: ``path`` is empty, is a file, sits under a file, or no file can be
+            created in it (or in its nearest existing parent).
+    """
     if str(path).strip() == "":
         raise SnnconvError(f"{flag} is empty: give a folder name")
     folder = Path(os.path.realpath(path))
@@ -240,7 +270,13 @@ def check_output_folder(path: str | Path, flag: str = "--out") -> None:
 
 
 def write_json(path: str | Path, data) -> Path:
-    """Write ``data`` as indented JSON, atomically."""
+    """Write ``data`` as indented JSON, atomically.
+
+    Raises:
+        SnnconvError: ``data`` holds NaN or inf, or ``path`` cannot be written (as
+            :func:`write_bytes`).
+        TypeError: ``data`` holds a value JSON cannot represent (a programming error).
+    """
     try:
         text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     except ValueError as err:
@@ -253,6 +289,10 @@ def read_json(path: str | Path, what: str = "results JSON") -> dict:
 
     Missing, unreadable or malformed files, NaN/Infinity literals and non-object tops
     raise :class:`SnnconvError` naming the file.
+
+    Raises:
+        SnnconvError: ``path`` is a folder, does not exist, is not UTF-8, is not valid JSON
+            (NaN / Infinity literals included), or its top level is not an object.
     """
     path = Path(path)
     if path.is_dir():
@@ -273,5 +313,11 @@ def read_json(path: str | Path, what: str = "results JSON") -> dict:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) as :func:`write_bytes` does."""
+    """Write ``text`` (UTF-8) as :func:`write_bytes` does.
+
+    Raises:
+        SnnconvError: ``path`` cannot be written (empty name, a folder, socket or block
+            device in its place, no permission, a file where a folder should be, a full disk or
+            a broken pipe), naming ``path`` and the fix.
+    """
     return write_bytes(path, text.encode("utf-8"))

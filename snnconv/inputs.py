@@ -27,6 +27,9 @@ def first_layer(graph_module: fx.GraphModule) -> tuple[str, str, int, int] | Non
     through layout-preserving ops only (normalisation, scaling), or None.
 
     rank counts the batch dimension; channels is dim 1 for a conv, the last dim for a linear.
+
+    Raises:
+        Nothing: a graph whose input reaches no conv/linear layer gives None.
     """
     from .convert.fold_bn import ChannelAffine  # convert imports this module
 

@@ -17,6 +17,9 @@ def running_average(outputs, wake_steps: int | None = None):
     several outputs) gives the same structure of readouts, one per head.
 
     Raises :class:`SnnconvError` unless ``wake_steps`` is None or an integer >= 1.
+
+    Raises:
+        SnnconvError: ``wake_steps`` is not None or an integer >= 1.
     """
     check(wake_steps is None or (isinstance(wake_steps, int) and not isinstance(wake_steps, bool) and wake_steps >= 1),
           f"wake_steps must be None or an integer >= 1 (the steps the output is averaged over), got {wake_steps!r}")
@@ -35,6 +38,9 @@ def correct_per_step(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
     The prediction at step t is the arg-max of the accumulated output (any positive
     scaling of the running sum gives the same arg-max).
+
+    Raises:
+        SnnconvError: ``outputs`` is not ``[T, batch, classes]`` or ``labels`` is not ``[batch]``.
     """
     check(outputs.dim() == 3, f"outputs must be [T, batch, classes], got {tuple(outputs.shape)}")
     check(labels.shape == outputs.shape[1:2], f"labels must be [batch], got {tuple(labels.shape)}")
@@ -56,6 +62,12 @@ class SpikeCounter:
         self.samples = 0
 
     def record(self, name: str, neuron, out: torch.Tensor) -> None:
+        """Add the events of layer ``name``'s output window ``out`` ``[T, batch, ...]``
+        (``neuron.spike_units(out)`` per element) to ``events[name]``, summed over the batch.
+
+        Raises:
+            Nothing.
+        """
         per_step = neuron.spike_units(out).flatten(2).sum((1, 2)).double().cpu()
         if name in self.events and self.events[name].shape == per_step.shape:
             self.events[name] += per_step
@@ -66,10 +78,19 @@ class SpikeCounter:
             self.samples += out.shape[1]
 
     def total_events(self) -> float:
+        """All events counted so far, every layer and step.
+
+        Raises:
+            Nothing.
+        """
         return float(sum(e.sum() for e in self.events.values()))
 
     def firing_rates(self) -> dict[str, float]:
-        """Mean spike events per neuron per step, per layer."""
+        """Mean spike events per neuron per step, per layer.
+
+        Raises:
+            Nothing.
+        """
         return {
             name: float(e.sum() / (self.neurons[name] * max(1, self.samples) * e.numel())) for name, e in self.events.items()
         }

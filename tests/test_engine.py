@@ -11,16 +11,65 @@ from snnconv.engine import bytes_per_sample, permute_window
 from helpers import make_source
 
 
-@pytest.mark.parametrize("neuron", ["if", "gn", "tpp", "cif"])
+@pytest.mark.parametrize("neuron", ["if", "gn", "cif"])
 def test_chunked_equals_unchunked(neuron):
     model, x = make_source("small_cnn", "qcfs", batch=12, dtype=torch.float32)
     snn = convert(model, neuron)
     full = simulate(snn, x, 6)
     chunked = simulate(snn, x, 6, memory_budget=bytes_per_sample(snn, x, 6))  # one sample per chunk
-    if neuron == "tpp":  # random draws are per chunk: compare structure, not spikes
-        assert chunked.shape == full.shape
-    else:
-        assert torch.equal(full, chunked)
+    assert torch.equal(full, chunked)
+
+
+def _tpp_run(snn, x, steps, phi, **kw):
+    """Simulate, and per spiking layer return (owed, count) per neuron, batch-concatenated
+    over chunks: owed = sum_t x(t) / theta + phi (read before the window may be overwritten),
+    count = spikes emitted. Also returns the number of chunks the first layer saw."""
+    owed, count = {}, {}
+    handles = []
+    for name, m in snn.spiking_layers():
+        handles.append(m.register_forward_pre_hook(
+            lambda m, args, name=name, phi=phi: owed.setdefault(name, []).append(args[0].sum(0) / m.threshold + phi)))
+
+        def spikes(m, args, out, name=name):
+            assert bool(((out == 0) | (out == m.threshold)).all()), name  # values in {0, theta}
+            count.setdefault(name, []).append((out != 0).sum(0).to(out.dtype))
+
+        handles.append(m.register_forward_hook(spikes))
+    try:
+        out = simulate(snn, x, steps, **kw)
+    finally:
+        for h in handles:
+            h.remove()
+    chunks = len(next(iter(owed.values())))
+    return out, {n: torch.cat(v, 0) for n, v in owed.items()}, {n: torch.cat(v, 0) for n, v in count.items()}, chunks
+
+
+def test_chunked_tpp_keeps_samples_and_the_two_phase_bound():
+    """TPP draws per chunk, so chunked and whole runs differ spike by spike; what must hold
+    in both (docs/methods.md section 4): a neuron owed u / theta = m + f spikes emits
+    floor or ceil of it (exactly m when f = 0, none when u <= 0, T when u >= T theta), in
+    every layer; and chunking keeps each sample's input: the first layer (static input) is
+    owed the same amounts neuron by neuron."""
+    model, x = make_source("small_cnn", "qcfs", batch=12)
+    phi, steps = 0.5, 6
+    snn = convert(model, "tpp", initial_potential=phi)
+    one_sample = bytes_per_sample(snn, x, steps)  # probes the graph once, before the hooks
+    full, owed_full, count_full, chunks_full = _tpp_run(snn, x, steps, phi, seed=0, window_bytes=None, memory_budget=1 << 40)
+    chunked, owed_chunked, count_chunked, chunks = _tpp_run(snn, x, steps, phi, seed=0, memory_budget=one_sample)
+    assert (chunks_full, chunks) == (1, 12)
+    assert chunked.shape == full.shape == (steps, 12, 10)
+    first = snn.spiking_layers()[0][0]
+    assert torch.allclose(owed_chunked[first], owed_full[first], rtol=0, atol=1e-9)
+    for owed, count in ((owed_full, count_full), (owed_chunked, count_chunked)):
+        assert list(count) == [n for n, _ in snn.spiking_layers()]
+        for name in count:
+            u = owed[name].clamp(0, steps)
+            assert bool((count[name] >= (u - 1e-9).floor()).all()), name
+            assert bool((count[name] <= (u + 1e-9).ceil()).all()), name
+    # the bound leaves room: both outcomes occur, so the check above is not vacuous
+    u, c = owed_full[first].clamp(0, steps), count_full[first]
+    fractional = (u - u.round()).abs() > 1e-3
+    assert bool((c[fractional] == u[fractional].floor()).any()) and bool((c[fractional] == u[fractional].ceil()).any())
 
 
 def test_cpu_chunks_are_cache_sized_by_default_and_keep_results():
@@ -45,10 +94,19 @@ def test_cpu_chunks_are_cache_sized_by_default_and_keep_results():
     assert torch.equal(per_three, whole) and torch.equal(auto, whole)
 
 
-@pytest.mark.parametrize("bad", [0, -5, 2.5, "big", True])
-def test_bad_window_bytes_is_refused(bad):
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (0, "window_bytes must be a positive byte count, 'auto' or None, got 0"),
+        (-5, "window_bytes must be a positive byte count, 'auto' or None, got -5"),
+        (2.5, "window_bytes must be an integer, got 2.5"),
+        ("big", "window_bytes must be an integer, got 'big'"),
+        (True, "window_bytes must be an integer, got True"),
+    ],
+)
+def test_bad_window_bytes_is_refused(bad, match):
     model, x = make_source("small_cnn", "qcfs", batch=2, dtype=torch.float32)
-    with pytest.raises(SnnconvError, match="window_bytes"):
+    with pytest.raises(SnnconvError, match=match):
         simulate(convert(model, "if"), x, 2, window_bytes=bad)
 
 
@@ -75,14 +133,49 @@ def test_permutation_preserves_every_spike_count():
     assert all(tuple(per_layer[t, 0].flatten().tolist()) in sample_slices for t in range(8))
 
 
-def test_permuted_network_keeps_spike_counts_per_layer():
+class _Windows:
+    """Recorder keeping every layer's window as the next layer reads it."""
+
+    def __init__(self):
+        self.windows = {}
+
+    def record(self, name, neuron, out):
+        self.windows[name] = out.clone()
+
+
+@pytest.mark.parametrize("mode", ["per-neuron", "per-layer"])
+def test_permutation_reorders_every_layer_and_keeps_its_counts(mode):
+    """In every spiking layer the permuted window (what the next layer reads) holds each
+    neuron's own spikes, same count, in a new order; compared with the unpermuted run the
+    first layer (same static input) fires identically and every later layer differently,
+    since it reads shuffled trains."""
     model, x = make_source("small_cnn", "qcfs", batch=4, dtype=torch.float32)
-    plain, shuffled = SpikeCounter(), SpikeCounter()
+    plain = _Windows()
     simulate(convert(model, "if"), x, 8, recorder=plain)
-    simulate(convert(model, "if"), x, 8, permute="per-neuron", recorder=shuffled)
-    first = next(iter(plain.events))
-    # the first spiking layer sees the same (constant) input: identical counts
-    assert plain.events[first].sum() == shuffled.events[first].sum()
+    snn = convert(model, "if")
+    names = [n for n, _ in snn.spiking_layers()]
+    own = {}  # each neuron's output before the engine permutes it
+    handles = [m.register_forward_hook(lambda m, a, o, name=n: own.__setitem__(name, o.clone())) for n, m in snn.spiking_layers()]
+    shuffled = _Windows()
+    try:
+        simulate(snn, x, 8, permute=mode, recorder=shuffled, seed=0)
+    finally:
+        for h in handles:
+            h.remove()
+    assert list(shuffled.windows) == list(plain.windows) == names and len(names) == 4
+    for i, name in enumerate(names):
+        before, after = own[name], shuffled.windows[name]
+        assert torch.equal(after.sum(0), before.sum(0)), name  # every neuron keeps its count
+        # every neuron that fires at some steps but not all has its train reordered (almost always)
+        partial = ((before != 0).any(0) & (before == 0).any(0)).flatten()
+        assert int(partial.sum()) > 100, name
+        moved = (after != before).any(0).flatten()[partial].double().mean()
+        assert moved > 0.5, (name, float(moved))
+        if i == 0:
+            assert torch.equal(before, plain.windows[name])  # same input, same spikes
+            assert torch.equal(after.sum(0), plain.windows[name].sum(0))
+        else:
+            assert not torch.equal(before, plain.windows[name]), name  # it read permuted trains
 
 
 def test_same_seed_same_output_for_stochastic_runs():
@@ -110,10 +203,10 @@ def test_sleep_turns_biases_off():
 @pytest.mark.parametrize(
     "bad,match",
     [
-        (lambda x: x.long(), "floating"),
-        (lambda x: x.fill_(float("nan")), "NaN"),
-        (lambda x: x[0, 0, 0], "shape"),
-        (lambda x: x[:, :, :3], "layer"),
+        (lambda x: x.long(), "input is torch.int64, not floating point: scale it to floats first"),
+        (lambda x: x.fill_(float("nan")), "input contains NaN or inf: clean the data first"),
+        (lambda x: x[0, 0, 0], r"input must have shape \[batch, \.\.\.\] with batch >= 1, got \(8,\): add the batch dimension"),
+        (lambda x: x[:, :, :3], r"layer '[^']+' failed on its input \(.*\); check the input shape"),
     ],
 )
 def test_bad_inputs(bad, match):
@@ -123,18 +216,20 @@ def test_bad_inputs(bad, match):
         simulate(snn, bad(x.clone()), 4)
 
 
-@pytest.mark.parametrize("steps", [0, -1, 2.5])
-def test_bad_steps(steps):
+@pytest.mark.parametrize(
+    "steps,match", [(0, "T must be >= 1, got 0"), (-1, "T must be >= 1, got -1"), (2.5, r"T \(steps\) must be an integer, got 2.5")]
+)
+def test_bad_steps(steps, match):
     model, x = make_source("small_cnn", "qcfs", batch=2, dtype=torch.float32)
-    with pytest.raises(SnnconvError, match="T"):
+    with pytest.raises(SnnconvError, match=match):
         simulate(convert(model, "if"), x, steps)
 
 
 def test_sleep_needs_cif_and_excludes_permutation():
     model, x = make_source("small_cnn", "qcfs", batch=2, dtype=torch.float32)
-    with pytest.raises(SnnconvError, match="sleep"):
+    with pytest.raises(SnnconvError, match=r"sleep steps need neurons that sleep \(cif\); 'if' does not"):
         simulate(convert(model, "if"), x, 4, sleep_steps=2)
-    with pytest.raises(SnnconvError, match="permutation and sleep"):
+    with pytest.raises(SnnconvError, match="permutation and sleep steps do not combine: use one or the other"):
         simulate(convert(model, "cif"), x, 4, sleep_steps=2, permute="per-layer")
 
 
@@ -192,5 +287,5 @@ def test_nan_weights_are_refused_once_per_simulation():
     model, x = make_source("small_cnn", "qcfs", batch=2, dtype=torch.float32)
     snn = convert(model, "if")
     next(snn.graph.parameters()).data[0] = float("nan")
-    with pytest.raises(SnnconvError, match="NaN or inf"):
+    with pytest.raises(SnnconvError, match="the network's '[^']+' contains NaN or inf: check the source model's weights"):
         simulate(snn, x, 2)

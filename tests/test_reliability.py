@@ -86,7 +86,7 @@ def test_hostile_checkpoint_is_refused_without_running_code(tmp_path, kind, name
     out = tmp_path / "run"
     out.mkdir()
     (out / CHECKPOINT_NAME).write_bytes(path.read_bytes())
-    with pytest.raises(SnnconvError, match="safetensors"):
+    with pytest.raises(SnnconvError, match="checkpoint.safetensors' is not a readable safetensors checkpoint"):
         train(TrainConfig(epochs=1, model_args={"width": 4}), out, progress=False, log=lambda m: None)
     assert not marker.exists()
 
@@ -117,9 +117,9 @@ def test_results_json_reader_refuses_pickles_and_non_json(tmp_path):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(SnnconvError, match=re.escape(str(tmp_path / name))):
             read_json(tmp_path / name)
-    with pytest.raises(SnnconvError, match="does not exist"):
+    with pytest.raises(SnnconvError, match="results JSON '.*missing.json' does not exist: pass a file written with --json"):
         read_json(tmp_path / "missing.json")
-    with pytest.raises(SnnconvError, match="NaN or inf"):
+    with pytest.raises(SnnconvError, match="cannot write '.*bad.json': the results hold NaN or inf"):
         write_json(tmp_path / "bad.json", {"accuracy": float("nan")})
     assert not marker.exists()
 
@@ -128,11 +128,11 @@ def test_idx_loader_refuses_pickles(tmp_path):
     marker = tmp_path / "pwned"
     payload = hostile_pickle(marker)
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(payload)  # a pickle named like the idx file
-    with pytest.raises(SnnconvError, match="corrupt or truncated"):
+    with pytest.raises(SnnconvError, match=r"idx3-ubyte\.gz' \(Not a gzipped file .*\): the file is corrupt or truncated"):
         load_dataset("mnist", "test", tmp_path)
     with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:  # a gzipped pickle
         f.write(payload)
-    with pytest.raises(SnnconvError, match="magic"):
+    with pytest.raises(SnnconvError, match="has magic 0x80049570, expected 0x00000803: not the right idx file"):
         load_dataset("mnist", "test", tmp_path)
     assert not marker.exists()
 
@@ -237,7 +237,7 @@ def test_cli_unwritable_outputs(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_cli_debug_shows_the_error(tmp_path):
-    with pytest.raises(SnnconvError, match="does not exist"):
+    with pytest.raises(SnnconvError, match="checkpoint '.*none.safetensors' does not exist: pass the .safetensors file"):
         main(["--debug", "evaluate", str(tmp_path / "none.safetensors")])
 
 
@@ -328,27 +328,44 @@ TRAIN_ARGS = ["--model", "small_cnn", "--dataset", "digits", "--model-arg", "wid
               "--batch-size", "256", "--no-progress"]
 
 
+# The CLI with each atomic rename delayed by two seconds: a checkpoint write then lasts
+# long enough for the test to see its temporary and kill the process in the middle of it.
+SLOW_WRITES = """
+import os, runpy, sys, time
+_replace = os.replace
+def _slow_replace(src, dst, *args, **kwargs):
+    if str(src).endswith(".tmp"):
+        time.sleep(2.0)
+    return _replace(src, dst, *args, **kwargs)
+os.replace = _slow_replace
+sys.argv = ["snnconv", *sys.argv[1:]]
+runpy.run_module("snnconv", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(tmp_path):
-    """Kill the CLI training with SIGKILL at random moments (one aimed at a checkpoint write),
-    restart the same command until it finishes: bit-for-bit the uninterrupted weights."""
+    """Kill the CLI training with SIGKILL, first in the middle of a checkpoint write (epoch 1
+    saved, epoch 2's temporary being written), then at a random moment; restart the same
+    command until it finishes: bit-for-bit the uninterrupted weights."""
     config = TrainConfig(model="small_cnn", dataset="digits", epochs=4, seed=7, batch_size=256, model_args={"width": 8})
     reference, _ = train(config, tmp_path / "reference", progress=False, log=lambda m: None)
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "snnconv", "train", *TRAIN_ARGS, "--out", str(out)]
+    slow_command = [sys.executable, "-c", SLOW_WRITES, "train", *TRAIN_ARGS, "--out", str(out)]
     rng = random.Random(8)
     checkpoint = out / CHECKPOINT_NAME
-    resumed_from, kills, caught_mid_write = [], 0, False
+    resumed_from, kills, caught_mid_write = [], 0, None
     for attempt in range(6):
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+        proc = subprocess.Popen(slow_command if attempt == 0 else command, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
         before = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
         delay = rng.uniform(0.0, 0.3)  # an epoch takes about 0.3 s on one thread
         deadline, fire_at = time.monotonic() + 120, None
         while proc.poll() is None and time.monotonic() < deadline and attempt < 2:
             current = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
             if attempt == 0 and current is not None and any(p.suffix == ".tmp" for p in out.iterdir()):
-                caught_mid_write = True  # epoch 1 is saved and a later checkpoint is being written
-                break
-            if fire_at is None and current is not None and current != before:
+                break  # epoch 1 is saved and a later checkpoint is being written
+            if attempt == 1 and fire_at is None and current is not None and current != before:
                 fire_at = time.monotonic() + delay  # a random moment after this run's first checkpoint
             if fire_at is not None and time.monotonic() >= fire_at:
                 break
@@ -357,18 +374,23 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(tmp_path):
             proc.send_signal(signal.SIGKILL)
             kills += 1
         stdout, stderr = proc.communicate(timeout=180)
+        if attempt == 0:
+            # killed mid-write: the temporary is left behind, the checkpoint beside it is the
+            # complete epoch-1 file, and the next run resumes from it
+            temporaries = [p.name for p in out.iterdir() if p.suffix == ".tmp"]
+            caught_mid_write = (proc.returncode, len(temporaries), read_checkpoint(checkpoint)[0]["epochs_done"])
         resumed_from += [line for line in stdout.splitlines() if line.startswith("resuming from epoch")]
         if proc.returncode == 0:
             break
         assert proc.returncode == -signal.SIGKILL, stderr
     assert proc.returncode == 0, stderr
-    assert kills >= 1 and resumed_from, (kills, resumed_from)
+    assert caught_mid_write == (-signal.SIGKILL, 1, 1), caught_mid_write
+    assert kills >= 1 and resumed_from[0] == "resuming from epoch 1 of 4", (kills, resumed_from)
     meta, state, _ = read_checkpoint(checkpoint)
     assert meta["epochs_done"] == 4 and [h["epoch"] for h in meta["history"]] == [1, 2, 3, 4]
     assert not [p for p in out.iterdir() if p.name != CHECKPOINT_NAME]  # no temporaries left behind
     for key, value in reference.state_dict().items():
         assert torch.equal(value, state[key]), key
-    print(f"kills={kills} caught_mid_write={caught_mid_write} {resumed_from}")
 
 
 # ---- determinism ---------------------------------------------------------------------
@@ -479,10 +501,11 @@ def test_small_budget_chunks_bound_peak_memory_and_keep_results(neuron, options,
 def test_a_sample_larger_than_the_budget_is_refused_not_run():
     model, x = make_source("small_cnn", "qcfs", batch=2, dtype=torch.float32)
     snn = convert(model, "if")
-    with pytest.raises(SnnconvError, match="raise memory_budget"):
-        simulate(snn, x, 4, memory_budget=bytes_per_sample(snn, x, 4) - 1)
+    need = bytes_per_sample(snn, x, 4)
+    with pytest.raises(SnnconvError, match=f"one sample needs about {need} bytes of activations over 4 steps, more than memory_budget = {need - 1}: lower T"):
+        simulate(snn, x, 4, memory_budget=need - 1)
     start = time.monotonic()
-    with pytest.raises(SnnconvError, match="lower T or raise memory_budget"):
+    with pytest.raises(SnnconvError, match=r"bytes of activations over 1000000000 steps, more than memory_budget = \d+: lower T or raise memory_budget"):
         simulate(snn, x, 10**9)  # would need terabytes: refused at once, no allocation
     assert time.monotonic() - start < 10
 

@@ -234,9 +234,9 @@ def test_snn_calibration_needs_data_and_a_neuron_it_can_calibrate():
     model, x = relu_source()
     with pytest.raises(SnnconvError, match="needs calibration images"):
         convert(model, "if", snn_calibration="light", calibration_steps=4)
-    with pytest.raises(SnnconvError, match="works with the if, gn, tpp"):
+    with pytest.raises(SnnconvError, match="snn_calibration works with the if, gn, tpp neurons, not 'cif'"):
         convert(model, "cif", calibration=x, snn_calibration="light", calibration_steps=4)
-    with pytest.raises(SnnconvError, match="iterations must be"):
+    with pytest.raises(SnnconvError, match="weight calibration iterations must be an integer >= 1, got 0"):
         convert(model, "if", calibration=x, snn_calibration="advanced", calibration_steps=4, weight_calibration={"iterations": 0})
 
 

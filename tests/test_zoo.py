@@ -22,7 +22,7 @@ ENTRIES = list_pretrained()
 def test_unknown_zoo_name_is_one_clear_line():
     with pytest.raises(SnnconvError, match="no pretrained source named 'resnet99'.*checkpoint file"):
         pretrained_path("resnet99")
-    with pytest.raises(SnnconvError, match="no pretrained source"):
+    with pytest.raises(SnnconvError, match="no pretrained source named 'resnet99': choose one of"):
         read_checkpoint("resnet99")
 
 

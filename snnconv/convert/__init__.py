@@ -38,6 +38,12 @@ def prepare(model: nn.Module, activations: Mapping[type, ActivationFactory] | No
     dropout gone) with every activation marked as an :class:`ActivationSite`;
     ``activations`` maps user activation classes first (:func:`map_activations`);
     ``max_pool="gate"`` gates max pooling after spiking layers (:class:`MaxPoolGate`).
+
+    Raises:
+        SnnconvError: ``model`` is not an ``nn.Module`` or cannot be traced by torch.fx;
+            an ``activations`` mapping is malformed or computes another function
+            (:func:`map_activations`); a BatchNorm without running statistics; an unknown
+            ``max_pool``; or a layer with no faithful spiking form (named, with the fix).
     """
     if activations:
         if not isinstance(model, nn.Module):

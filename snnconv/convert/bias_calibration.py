@@ -21,12 +21,20 @@ from .layer_probe import bias_layer, mean_difference
 
 
 def per_channel(mean: torch.Tensor) -> torch.Tensor:
-    """One sample's per-element mean ``[C, ...]`` -> its channel means ``[C]``."""
+    """One sample's per-element mean ``[C, ...]`` -> its channel means ``[C]``.
+
+    Raises:
+        Nothing.
+    """
     return mean.reshape(mean.shape[0], -1).mean(1) if mean.dim() > 1 else mean
 
 
 def shift_bias(layer: nn.Module, shift: torch.Tensor) -> None:
-    """Add ``shift`` ``[C_out]`` to a conv/linear layer's bias (creating a zero bias if it has none)."""
+    """Add ``shift`` ``[C_out]`` to a conv/linear layer's bias (creating a zero bias if it has none).
+
+    Raises:
+        Nothing.
+    """
     weight = layer.weight
     if layer.bias is None:
         layer.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
@@ -49,6 +57,9 @@ def bias_calibration(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[tor
     Returns:
         For each spiking layer, what was shifted: ``"bias of <layer>"``, or ``"none"``
         when no conv/linear layer feeds it through additions only.
+
+    Raises:
+        Nothing of its own: its inputs come checked from :func:`snnconv.convert`.
     """
     from tqdm import tqdm
 

@@ -30,7 +30,12 @@ _STARTS = 3
 
 
 def parse_threshold(method: str | float) -> str | float:
-    """``"max"`` or ``"mse"`` as given; ``99.9`` / ``"99.9"`` -> 99.9 (a percentile in (0, 100])."""
+    """``"max"`` or ``"mse"`` as given; ``99.9`` / ``"99.9"`` -> 99.9 (a percentile in (0, 100]).
+
+    Raises:
+        SnnconvError: ``method`` is neither ``max``, ``mse`` nor a number, or the
+            percentile is outside (0, 100].
+    """
     if method in ("max", "mse"):
         return method
     try:
@@ -44,13 +49,21 @@ def parse_threshold(method: str | float) -> str | float:
 
 def quantize(a: torch.Tensor, theta: torch.Tensor | float, levels: int) -> torch.Tensor:
     """(theta / L) * clip(floor(a * L / theta + 1/2), 0, L): what an IF neuron with v(0) = theta/2
-    outputs on average over L steps for the constant input a."""
+    outputs on average over L steps for the constant input a.
+
+    Raises:
+        Nothing.
+    """
     return torch.clamp(torch.floor(a * (levels / theta) + 0.5), 0, levels) * (theta / levels)
 
 
 def mse_curve(values: torch.Tensor, thetas: torch.Tensor, levels: int) -> torch.Tensor:
     """Mean squared quantisation error per candidate: ``values`` ``[C, M]``, ``thetas``
-    ``[K, C]`` -> ``[K, C]``."""
+    ``[K, C]`` -> ``[K, C]``.
+
+    Raises:
+        Nothing.
+    """
     return torch.stack([((values - quantize(values, th[:, None], levels)) ** 2).mean(1) for th in thetas])
 
 
@@ -61,6 +74,9 @@ def mse_threshold(values: torch.Tensor, levels: int, top: torch.Tensor | None = 
     on a 21-point grid between the neighbours of each of the three best candidates (the
     error is piecewise quadratic in theta with many local minima). ``top``: the rows' maxima
     ``[C]`` when ``values`` is a subsample (default: the maxima of ``values``). Returns ``[C]``.
+
+    Raises:
+        Nothing.
     """
     values = values.double()
     top = (values.amax(1) if top is None else top.double()).clamp_min(torch.finfo(torch.float64).tiny)

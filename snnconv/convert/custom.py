@@ -69,6 +69,11 @@ def map_activations(model: nn.Module, activations: Mapping[type, ActivationFacto
         ``model``. Raises :class:`SnnconvError` for a malformed mapping, a factory that
         fails or returns something else than a module, or a replacement that computes
         a different function.
+
+    Raises:
+        SnnconvError: ``activations`` is not a mapping of classes to factories, ``model``
+            is itself a mapped class, a factory fails or returns no module, or the replacement
+            computes a different function (the first differing probe point is named).
     """
     from ..activations import QuantizedClip  # the activations module imports convert
 

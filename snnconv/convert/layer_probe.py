@@ -37,6 +37,11 @@ def _warm(snn: SpikingNetwork, x: torch.Tensor) -> None:
 
 
 def neuron_at(snn: SpikingNetwork, name: str) -> SpikingNeuron:
+    """The spiking neuron module at graph path ``name``.
+
+    Raises:
+        AttributeError: ``snn`` has no submodule ``name`` (an internal name, never user input).
+    """
     return snn.graph.get_submodule(name)
 
 
@@ -45,6 +50,9 @@ def bias_layer(snn: SpikingNetwork, name: str) -> tuple[str, nn.Module] | None:
 
     Its output must reach the neuron directly or through additions only (a residual
     sum); the first such layer in the argument order. None if there is none.
+
+    Raises:
+        Nothing.
     """
     modules = dict(snn.graph.named_modules())
     node = next(n for n in snn.graph.graph.nodes if n.op == "call_module" and n.target == name)
@@ -59,7 +67,11 @@ def bias_layer(snn: SpikingNetwork, name: str) -> tuple[str, nn.Module] | None:
 
 
 def ann_site(ann: fx.GraphModule, x: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ANN's pre-activation z and activation ReLU(z) at site ``name`` for input ``x``."""
+    """The ANN's pre-activation z and activation ReLU(z) at site ``name`` for input ``x``.
+
+    Raises:
+        Nothing of its own: its inputs come checked from :func:`snnconv.convert`.
+    """
     site = ann.get_submodule(name)
     box: list[torch.Tensor] = []
 
@@ -92,7 +104,11 @@ class SnnProbe:
 def snn_site(snn: SpikingNetwork, x: torch.Tensor, name: str, steps: int, seed: int, layer: nn.Module | None = None,
              output: bool = False) -> SnnProbe:
     """Simulate ``x`` for ``steps`` and record neuron ``name``'s average input (and
-    ``layer``'s input, and the neuron's average output when ``output``)."""
+    ``layer``'s input, and the neuron's average output when ``output``).
+
+    Raises:
+        Nothing of its own: its inputs come checked from :func:`snnconv.convert`.
+    """
     neuron = neuron_at(snn, name)
     batch = x.shape[0]
     found: dict[str, torch.Tensor] = {}
@@ -140,6 +156,9 @@ def layer_errors(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.T
     ``{"preactivation": {layer: E[(z_ANN - z_SNN)^2]}, "output": {layer: E[(ReLU(z_ANN) - mean_t s(t))^2]}}``.
 
     One simulation per batch records every layer at once (no calibration in between).
+
+    Raises:
+        Nothing of its own: its inputs come checked from :func:`snnconv.convert`.
     """
     names = [n for n, _ in snn.spiking_layers()]
     sums = {kind: {n: 0.0 for n in names} for kind in ("preactivation", "output")}
@@ -197,7 +216,11 @@ def mean_difference(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torc
     """Per-element mean over the calibration set of the ANN's minus the SNN's value at
     layer ``name``: its output ReLU(z_ANN) - mean_t s(t) (``target="output"``, the
     authors' code) or its pre-activation z_ANN - z_SNN (``"preactivation"``). ``[...]``:
-    one sample's shape."""
+    one sample's shape.
+
+    Raises:
+        Nothing of its own: its inputs come checked from :func:`snnconv.convert`.
+    """
     total = None
     count = 0
     for index, x in enumerate(batches):

@@ -38,6 +38,11 @@ class MaxPoolGate(nn.Module):
 
     @classmethod
     def from_module(cls, module: nn.Module) -> "MaxPoolGate":
+        """The gate with ``module``'s (an ``nn.MaxPool1d/2d/3d``) pooling arguments.
+
+        Raises:
+            KeyError: ``module`` is not a max-pool module (callers pass only those).
+        """
         dims = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(module)]
         return cls(dims, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
 
@@ -49,7 +54,11 @@ class MaxPoolGate(nn.Module):
         return self._pool(x)
 
     def window(self, window: torch.Tensor) -> torch.Tensor:
-        """Gate a window ``[T, batch, C, *spatial]`` (see the class docstring)."""
+        """Gate a window ``[T, batch, C, *spatial]`` (see the class docstring).
+
+        Raises:
+            Nothing.
+        """
         steps, batch = window.shape[:2]
         folded = window.reshape(steps * batch, *window.shape[2:])
         lead = folded.reshape(steps, -1).to(torch.float64).cumsum(0).reshape(folded.shape)

@@ -32,6 +32,9 @@ def potential_calibration(ann: fx.GraphModule, snn: SpikingNetwork, batches: lis
 
     Returns:
         For each spiking layer, ``"initial potential"``.
+
+    Raises:
+        Nothing of its own: its inputs come checked from :func:`snnconv.convert`.
     """
     from tqdm import tqdm
 

@@ -23,7 +23,11 @@ _DROPOUT_METHODS = {"dropout", "dropout_"}
 
 
 def is_dropout_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """A node that applies dropout: a dropout module, function (``F.*``, ``torch.*``) or method."""
+    """A node that applies dropout: a dropout module, function (``F.*``, ``torch.*``) or method.
+
+    Raises:
+        Nothing.
+    """
     if node.op == "call_module":
         return isinstance(modules.get(node.target), DROPOUT_MODULES)
     if node.op == "call_function":
@@ -32,14 +36,22 @@ def is_dropout_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 
 def dropout_probability(node: fx.Node) -> float:
-    """p of a functional dropout node (its second argument or ``p=``; 0.5 by default)."""
+    """p of a functional dropout node (its second argument or ``p=``; 0.5 by default).
+
+    Raises:
+        Nothing.
+    """
     if len(node.args) > 1:
         return float(node.args[1])
     return float(node.kwargs.get("p", 0.5))
 
 
 def remove_dropout(graph_module: fx.GraphModule) -> fx.GraphModule:
-    """Rewire every dropout node (any spelling, any ``training`` flag) to its input, in place."""
+    """Rewire every dropout node (any spelling, any ``training`` flag) to its input, in place.
+
+    Raises:
+        Nothing.
+    """
     modules = dict(graph_module.named_modules())
     for node in list(graph_module.graph.nodes):
         if is_dropout_node(node, modules):
@@ -56,6 +68,9 @@ def dropout_as_modules(graph_module: fx.GraphModule) -> fx.GraphModule:
 
     A graph traced in train mode holds ``training=True`` as a constant, so its dropout
     would stay on after ``.eval()``; a module follows ``.train()`` / ``.eval()``.
+
+    Raises:
+        Nothing.
     """
     for index, node in enumerate(list(graph_module.graph.nodes)):
         if node.op != "call_function" or node.target not in DROPOUT_FUNCTIONS:

@@ -35,7 +35,12 @@ DEFAULT_IMAGES = 1024
 
 
 def check_mode(mode: str | None, neuron: str, steps) -> None:
-    """Refuse an unknown pipeline, a neuron it cannot calibrate, or a missing T (before any work)."""
+    """Refuse an unknown pipeline, a neuron it cannot calibrate, or a missing T (before any work).
+
+    Raises:
+        SnnconvError: ``mode`` is not a known pipeline, ``neuron`` cannot be calibrated
+            (CIF), or ``steps`` is not an integer >= 1.
+    """
     if mode is None:
         return
     if mode not in PIPELINES:
@@ -67,6 +72,10 @@ def calibrate_snn(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.
         and of the output (ANN minus SNN over the calibration set) before and after:
         ``"preactivation_mse_before"``, ``"preactivation_mse_after"``,
         ``"output_mse_before"``, ``"output_mse_after"``.
+
+    Raises:
+        SnnconvError: as :func:`check_mode`, or ``target`` is not ``output`` /
+            ``preactivation``.
     """
     check_mode(mode, snn.neuron, steps)
     if target not in TARGETS:

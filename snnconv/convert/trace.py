@@ -17,7 +17,12 @@ class _Tracer(fx.Tracer):
 
 
 def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
-    """Return ``model`` as an eval-mode ``GraphModule`` (a deep copy unless ``copy_model=False``)."""
+    """Return ``model`` as an eval-mode ``GraphModule`` (a deep copy unless ``copy_model=False``).
+
+    Raises:
+        SnnconvError: ``model`` is not an ``nn.Module``, or torch.fx cannot trace it
+            (data-dependent control flow; the tracer's message and the fix are given).
+    """
     if not isinstance(model, nn.Module):
         raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model) if copy_model else model

@@ -61,7 +61,11 @@ class WeightCalibration:
 
 def rate_model(neuron: SpikingNeuron, z: torch.Tensor, steps: int) -> torch.Tensor:
     """The neuron's average output over ``steps`` for the constant input ``z`` (differentiable
-    through a straight-through floor). IF/GN and TPP only."""
+    through a straight-through floor). IF/GN and TPP only.
+
+    Raises:
+        SnnconvError: ``neuron`` is neither a group (IF/GN) nor a TPP neuron.
+    """
     theta = neuron.threshold.to(z.dtype)
     offset = neuron.offset.to(z.dtype) if neuron.offset is not None else 0.0
     if isinstance(neuron, TPPNeuron):
@@ -76,7 +80,11 @@ def rate_model(neuron: SpikingNeuron, z: torch.Tensor, steps: int) -> torch.Tens
 
 
 def surrogate(neuron: SpikingNeuron, z: torch.Tensor, steps: int, objective: str) -> torch.Tensor:
-    """What weight calibration fits to the ANN's activation (module docstring)."""
+    """What weight calibration fits to the ANN's activation (module docstring).
+
+    Raises:
+        SnnconvError: as :func:`rate_model`.
+    """
     if objective == "ste":
         return rate_model(neuron, z, steps)
     theta = neuron.threshold.to(z.dtype)
@@ -116,6 +124,10 @@ def weight_calibration(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[t
         objective E||s(F(x) + r) - a||^2 (after: of the fitted weights), per element over
         the whole calibration set, before and after (``{"layer": None}`` if no
         conv/linear feeds the layer).
+
+    Raises:
+        SnnconvError: a layer's neuron is not IF, GN or TPP (from :func:`rate_model`);
+            otherwise nothing of its own: its inputs come checked from :func:`snnconv.convert`.
     """
     from tqdm import tqdm
 

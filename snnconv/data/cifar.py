@@ -70,11 +70,25 @@ def _load(data_dir: Path | None, split: str, name: str, folder: str, files: dict
 
 @register_dataset("cifar10")
 def load_cifar10(data_dir: Path | None, split: str) -> Dataset:
-    """CIFAR-10: 50k train / 10k test, 32x32 RGB, exact pixels from ``cifar-10-batches-py``."""
+    """CIFAR-10: 50k train / 10k test, 32x32 RGB, exact pixels from ``cifar-10-batches-py``.
+
+    Raises:
+        SnnconvError: no ``data_dir``; the batch files are missing; a file is truncated,
+            corrupt or a pickle that would run code (refused, nothing executed); or a batch
+            does not hold ``data`` uint8 ``[N, 3072]`` and valid labels. Each names the file
+            and the fix (extract the official archive, or ``--download``).
+    """
     return _load(data_dir, split, "cifar10", CIFAR10_FOLDER, CIFAR10_FILES, "labels", 10, CIFAR10_MEAN, CIFAR10_STD)
 
 
 @register_dataset("cifar100")
 def load_cifar100(data_dir: Path | None, split: str) -> Dataset:
-    """CIFAR-100: 50k train / 10k test, 32x32 RGB, the 100 fine labels, from ``cifar-100-python``."""
+    """CIFAR-100: 50k train / 10k test, 32x32 RGB, the 100 fine labels, from ``cifar-100-python``.
+
+    Raises:
+        SnnconvError: no ``data_dir``; the batch files are missing; a file is truncated,
+            corrupt or a pickle that would run code (refused, nothing executed); or a batch
+            does not hold ``data`` uint8 ``[N, 3072]`` and valid labels. Each names the file
+            and the fix (extract the official archive, or ``--download``).
+    """
     return _load(data_dir, split, "cifar100", CIFAR100_FOLDER, CIFAR100_FILES, "fine_labels", 100, CIFAR100_MEAN, CIFAR100_STD)

@@ -18,7 +18,13 @@ FILE_NAME = "cifar10_jpeg_q75_fullorder.npz"
 
 @register_dataset("cifar10_jpeg")
 def load_cifar10_jpeg(data_dir, split: str) -> Dataset:
-    """Decode ``cifar10_jpeg_q75_fullorder.npz`` (50k train / 10k test, 32x32 RGB) with Pillow."""
+    """Decode ``cifar10_jpeg_q75_fullorder.npz`` (50k train / 10k test, 32x32 RGB) with Pillow.
+
+    Raises:
+        SnnconvError: no ``data_dir``, the npz file is missing or unreadable (corrupt,
+            or holding pickled objects, which are never loaded), or its offsets do not match
+            the JPEG data.
+    """
     from PIL import Image
 
     if data_dir is None:

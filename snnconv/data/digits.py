@@ -12,7 +12,11 @@ _SPLIT_SEED = 0
 
 @register_dataset("digits")
 def load_digits(data_dir, split: str) -> Dataset:
-    """1,797 images (values 0..16 scaled to 0..255), a fixed stratified 75/25 split."""
+    """1,797 images (values 0..16 scaled to 0..255), a fixed stratified 75/25 split.
+
+    Raises:
+        Nothing (the data ship with scikit-learn).
+    """
     from sklearn.datasets import load_digits as sk_load
     from sklearn.model_selection import train_test_split
 

@@ -58,7 +58,11 @@ _CHUNK = 1 << 20
 
 
 def md5sum(path: Path) -> str:
-    """Hex md5 of a file, read in 1 MiB chunks."""
+    """Hex md5 of a file, read in 1 MiB chunks.
+
+    Raises:
+        OSError: ``path`` cannot be read (callers check it exists first).
+    """
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
@@ -67,7 +71,12 @@ def md5sum(path: Path) -> str:
 
 
 def fetch(url: str, dest: Path, timeout: float = 60.0) -> None:
-    """Copy ``url`` (http, https or file) to ``dest``. Tests replace this to stay offline."""
+    """Copy ``url`` (http, https or file) to ``dest``. Tests replace this to stay offline.
+
+    Raises:
+        urllib.error.URLError, OSError: the download fails; :func:`download` turns these
+            into SnnconvError.
+    """
     with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
         shutil.copyfileobj(response, out, _CHUNK)
 
@@ -131,6 +140,11 @@ def download(name: str, data_dir: str | Path | None, log=print) -> Path:
     """Fetch dataset ``name`` into ``data_dir`` (md5-checked), skipping files already there and intact.
 
     Returns ``data_dir``, from which :func:`snnconv.data.load_dataset` then reads it.
+
+    Raises:
+        SnnconvError: ``name`` has no download source, ``data_dir`` is None, a file cannot
+            be downloaded, its md5 does not match (the bad file is removed), or an archive holds
+            unexpected members, links or devices, or cannot be extracted.
     """
     if name not in DOWNLOADS:
         raise SnnconvError(f"--download supports {', '.join(sorted(DOWNLOADS))}, not {name!r}: place the {name} files in --data-dir yourself")

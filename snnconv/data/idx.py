@@ -18,7 +18,13 @@ _FILES = {
 
 
 def read_idx(path: Path, expected_magic: int) -> np.ndarray:
-    """Read one idx file (gzipped or not): big-endian magic, dims, then uint8 data."""
+    """Read one idx file (gzipped or not): big-endian magic, dims, then uint8 data.
+
+    Raises:
+        SnnconvError: ``path`` is missing, not a readable gzip file, shorter than an idx
+            header, has a magic number other than ``expected_magic``, or holds fewer or more
+            bytes than its header says.
+    """
     if not path.is_file():
         raise SnnconvError(f"missing file {str(path)!r}: put the official idx .gz files in --data-dir (or its raw/ folder)")
     try:
@@ -100,11 +106,23 @@ def _load(data_dir, split, name, mean, std) -> Dataset:
 
 @register_dataset("mnist")
 def load_mnist(data_dir, split: str) -> Dataset:
-    """MNIST: 60k train / 10k test, 28x28 grey."""
+    """MNIST: 60k train / 10k test, 28x28 grey.
+
+    Raises:
+        SnnconvError: no ``data_dir``; an idx file is missing, not gzip, truncated, or has
+            the wrong magic number; images and labels disagree in count; or the files hold the
+            other dataset (MNIST for Fashion-MNIST or the reverse, see :func:`check_content`).
+    """
     return _load(data_dir, split, "MNIST", 0.1307, 0.3081)
 
 
 @register_dataset("fashion_mnist")
 def load_fashion_mnist(data_dir, split: str) -> Dataset:
-    """Fashion-MNIST: 60k train / 10k test, 28x28 grey."""
+    """Fashion-MNIST: 60k train / 10k test, 28x28 grey.
+
+    Raises:
+        SnnconvError: no ``data_dir``; an idx file is missing, not gzip, truncated, or has
+            the wrong magic number; images and labels disagree in count; or the files hold the
+            other dataset (MNIST for Fashion-MNIST or the reverse, see :func:`check_content`).
+    """
     return _load(data_dir, split, "FashionMNIST", 0.2860, 0.3530)

@@ -32,7 +32,11 @@ def _classes(folder: Path) -> list[str]:
 
 
 def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image as uint8 ``[size, size, 3]``: shorter side to ``round(size / 0.875)``, center crop."""
+    """One image as uint8 ``[size, size, 3]``: shorter side to ``round(size / 0.875)``, center crop.
+
+    Raises:
+        SnnconvError: ``path`` cannot be opened or decoded as an image (corrupt or truncated).
+    """
     from PIL import Image, UnidentifiedImageError
 
     short = max(size, round(size / RESIZE_RATIO))
@@ -51,7 +55,13 @@ def decode_image(path: Path, size: int) -> np.ndarray:
 
 
 def load_image_folder(data_dir: Path | None, split: str, size: int = IMAGE_SIZE, name: str = "imagenet_folder") -> Dataset:
-    """Load ``data_dir/train`` (split "train") or ``data_dir/val`` (split "test") at ``size x size``."""
+    """Load ``data_dir/train`` (split "train") or ``data_dir/val`` (split "test") at ``size x size``.
+
+    Raises:
+        SnnconvError: no ``data_dir``; ``size`` < 1; the split folder is missing, has no
+            class folders, or classes the training folder lacks; it holds no images; or an
+            image cannot be decoded.
+    """
     if data_dir is None:
         raise SnnconvError(f"dataset {name!r} needs --data-dir: the folder holding train/ and val/ (one sub-folder per class)")
     if size < 1:
@@ -91,5 +101,9 @@ def load_image_folder(data_dir: Path | None, split: str, size: int = IMAGE_SIZE,
 
 @register_dataset("imagenet_folder")
 def load_imagenet_folder(data_dir: Path | None, split: str) -> Dataset:
-    """An ImageNet-style class-per-folder tree at :data:`IMAGE_SIZE` pixels (read when called)."""
+    """An ImageNet-style class-per-folder tree at :data:`IMAGE_SIZE` pixels (read when called).
+
+    Raises:
+        SnnconvError: as :func:`load_image_folder`.
+    """
     return load_image_folder(data_dir, split, IMAGE_SIZE)

@@ -44,7 +44,12 @@ ORIGINAL_FOLDERS = {"train": "Train", "test": "Test"}
 
 
 def decode_events(raw: bytes, source: str = "recording") -> dict[str, np.ndarray]:
-    """Decode N-MNIST 40-bit events: arrays ``x``, ``y``, ``p`` (0 OFF, 1 ON), ``t`` (int64 us)."""
+    """Decode N-MNIST 40-bit events: arrays ``x``, ``y``, ``p`` (0 OFF, 1 ON), ``t`` (int64 us).
+
+    Raises:
+        SnnconvError: ``raw`` is not a whole number of 5-byte events (truncated), or an
+            event lies outside the 34x34 sensor.
+    """
     if len(raw) % 5:
         raise SnnconvError(f"{source}: {len(raw)} bytes is not a whole number of 5-byte events: the file is truncated; extract it again")
     events = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 5).astype(np.int64)
@@ -62,7 +67,11 @@ def decode_events(raw: bytes, source: str = "recording") -> dict[str, np.ndarray
 
 
 def events_to_frames(events: dict[str, np.ndarray], frames: int = FRAMES) -> np.ndarray:
-    """Event counts ``[frames, 2, 34, 34]`` (uint8, clipped at 255) over equal bins of the recording's span."""
+    """Event counts ``[frames, 2, 34, 34]`` (uint8, clipped at 255) over equal bins of the recording's span.
+
+    Raises:
+        SnnconvError: ``frames`` < 1.
+    """
     if frames < 1:
         raise SnnconvError(f"frames must be >= 1, got {frames}")
     out = np.zeros(frames * 2 * SENSOR * SENSOR, dtype=np.int64)
@@ -155,7 +164,14 @@ def _original_recordings(folder: Path) -> tuple[list[bytes], list[int], list[str
 
 
 def load_nmnist_frames(data_dir: Path | None, split: str, frames: int = FRAMES) -> Dataset:
-    """Load an N-MNIST split as event-count frames flattened into channels ``[N, 2 * frames, 34, 34]``."""
+    """Load an N-MNIST split as event-count frames flattened into channels ``[N, 2 * frames, 34, 34]``.
+
+    Raises:
+        SnnconvError: no ``data_dir``; no N-MNIST archive, extracted tree or original
+            folders under it; an archive is corrupt or incomplete; a label list is missing,
+            empty or malformed; a recording is missing or damaged (see :func:`decode_events`);
+            or labels are not digits 0..9.
+    """
     if data_dir is None:
         raise SnnconvError("dataset 'nmnist' needs --data-dir: the folder with the N-MNIST archive or its extracted recordings")
     if (data_dir / ORIGINAL_FOLDERS[split]).is_dir():
@@ -189,5 +205,9 @@ def load_nmnist_frames(data_dir: Path | None, split: str, frames: int = FRAMES) 
 
 @register_dataset("nmnist")
 def load_nmnist(data_dir: Path | None, split: str) -> Dataset:
-    """N-MNIST as :data:`FRAMES` event-count frames per recording (read when called)."""
+    """N-MNIST as :data:`FRAMES` event-count frames per recording (read when called).
+
+    Raises:
+        SnnconvError: as :func:`load_nmnist_frames`.
+    """
     return load_nmnist_frames(data_dir, split, FRAMES)

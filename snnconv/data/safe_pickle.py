@@ -35,6 +35,12 @@ class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that resolves only :data:`ALLOWED_GLOBALS` and refuses every other global."""
 
     def find_class(self, module: str, name: str):
+        """Resolve ``module.name`` only if it is in :data:`ALLOWED_GLOBALS`.
+
+        Raises:
+            pickle.UnpicklingError: any other global (:func:`load_pickle` reports it as
+                :class:`SnnconvError`).
+        """
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -46,6 +52,11 @@ def load_pickle(path: Path, fix: str) -> object:
 
     The official files were written by Python 2, so byte strings are decoded as latin-1
     (numpy's own advice for its arrays inside Python 2 pickles).
+
+    Raises:
+        SnnconvError: ``path`` is missing, holds a global outside
+            :data:`ALLOWED_GLOBALS` (refused before anything runs), or is corrupt or truncated;
+            the message ends with ``fix``.
     """
     if not path.is_file():
         raise SnnconvError(f"missing file {str(path)!r}: {fix}")

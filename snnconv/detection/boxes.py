@@ -16,12 +16,20 @@ _MAX_LOG_SIZE = 8.0
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """Area of boxes ``[..., 4]`` (degenerate boxes have area 0): ``[...]``."""
+    """Area of boxes ``[..., 4]`` (degenerate boxes have area 0): ``[...]``.
+
+    Raises:
+        Nothing.
+    """
     return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU of ``a [..., N, 4]`` and ``b [..., M, 4]``: ``[..., N, M]``."""
+    """Pairwise IoU of ``a [..., N, 4]`` and ``b [..., M, 4]``: ``[..., N, M]``.
+
+    Raises:
+        Nothing.
+    """
     top_left = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
     bottom_right = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
     inter = (bottom_right - top_left).clamp(min=0).prod(-1)
@@ -30,7 +38,11 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Element-wise GIoU of matching boxes ``a, b [..., 4]``: ``[...]`` in [-1, 1]."""
+    """Element-wise GIoU of matching boxes ``a, b [..., 4]``: ``[...]`` in [-1, 1].
+
+    Raises:
+        Nothing.
+    """
     top_left = torch.maximum(a[..., :2], b[..., :2])
     bottom_right = torch.minimum(a[..., 2:], b[..., 2:])
     inter = (bottom_right - top_left).clamp(min=0).prod(-1)
@@ -42,7 +54,11 @@ def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def cell_grid(height: int, width: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column and row index of every cell: two ``[H, W]`` tensors."""
+    """Column and row index of every cell: two ``[H, W]`` tensors.
+
+    Raises:
+        Nothing.
+    """
     rows = torch.arange(height, device=device, dtype=dtype)
     cols = torch.arange(width, device=device, dtype=dtype)
     grid_y, grid_x = torch.meshgrid(rows, cols, indexing="ij")
@@ -53,6 +69,9 @@ def decode_boxes(box_raw: torch.Tensor, stride: int) -> torch.Tensor:
     """Raw box channels ``[B, 4, H, W]`` -> boxes ``[B, H, W, 4]`` (x1, y1, x2, y2) in pixels.
 
     centre = (cell + sigmoid(t_xy)) * stride, size = stride * exp(t_wh).
+
+    Raises:
+        Nothing.
     """
     grid_x, grid_y = cell_grid(box_raw.shape[2], box_raw.shape[3], box_raw.device, box_raw.dtype)
     cx = (grid_x + box_raw[:, 0].sigmoid()) * stride
@@ -67,6 +86,9 @@ def decode(raw: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor, 
     scores ``[B, H*W]``, labels ``[B, H*W]``).
 
     Each cell proposes its most likely class; score = sigmoid(objectness) * softmax(class).
+
+    Raises:
+        SnnconvError: ``raw`` is not ``[batch, 5 + C, H, W]``.
     """
     check(raw.dim() == 4 and raw.shape[1] > CLS_START, f"raw head output must be [batch, 5 + C, H, W], got {tuple(raw.shape)}")
     batch = raw.shape[0]
@@ -91,6 +113,9 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     Greedy NMS keeps box j iff no *kept* higher-scored box suppresses it. That rule
     fixes keep[j] from keep[<j], so iterating keep <- not any(keep[i] & S[i, j]) from
     all-true settles after at most N rounds (usually 2 to 4), each one batched matmul.
+
+    Raises:
+        Nothing.
     """
     order = scores.masked_fill(~valid, float("-inf")).argsort(dim=1, descending=True, stable=True)
     take = lambda t: t.gather(1, order if t.dim() == 2 else order[..., None].expand_as(t))  # noqa: E731
@@ -117,6 +142,9 @@ def postprocess(raw: torch.Tensor, stride: int, score_threshold: float = 0.01, i
 
     Returns a list of B dicts with ``boxes [n, 4]`` (x1, y1, x2, y2 pixels),
     ``scores [n]`` and ``labels [n]`` (int64), highest score first, n <= max_detections.
+
+    Raises:
+        SnnconvError: as :func:`decode`.
     """
     boxes, scores, labels = decode(raw, stride)
     valid = scores > score_threshold

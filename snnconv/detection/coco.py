@@ -31,6 +31,10 @@ def load_coco(annotation_file: Path, image_dir: Path, size: int = 320, limit: in
 
     Returns:
         A :class:`DetectionDataset` (``info["category_ids"]`` maps labels back to COCO ids).
+
+    Raises:
+        SnnconvError: the instances file is unreadable or not an instances JSON, lists no
+            images, or an annotation names a category missing from ``categories``.
     """
     annotation_file = Path(annotation_file)
     try:
@@ -68,7 +72,11 @@ def load_coco(annotation_file: Path, image_dir: Path, size: int = 320, limit: in
 @register_detection_dataset("coco2017")
 def load_coco2017(data_dir: Path | None, split: str, size: int = 320, limit: int | None = None) -> DetectionDataset:
     """COCO 2017: ``train2017`` for training, ``val2017`` for evaluation, from ``data_dir``
-    holding ``annotations/instances_{train2017,val2017}.json`` and the image folders."""
+    holding ``annotations/instances_{train2017,val2017}.json`` and the image folders.
+
+    Raises:
+        SnnconvError: no ``data_dir``, its instances file is missing, or as :func:`load_coco`.
+    """
     if data_dir is None:
         raise SnnconvError("dataset 'coco2017' needs --data-dir: the folder with annotations/ and the image folders")
     name = "train2017" if split == "train" else "val2017"

@@ -21,6 +21,9 @@ def assign_cells(boxes: torch.Tensor, labels: torch.Tensor, ignore: torch.Tensor
     Args:
         boxes: ``[B, M, 4]`` pixels; labels: ``[B, M]`` (-1 padding); ignore: ``[B, M]``.
         grid: (H, W) of the head output; stride: pixels per cell.
+
+    Raises:
+        Nothing.
     """
     batch, most = labels.shape
     height, width = grid
@@ -49,6 +52,9 @@ def detection_loss(raw: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
 
     Returns:
         (scalar loss, float parts for logging).
+
+    Raises:
+        Nothing.
     """
     batch, _, height, width = raw.shape
     owner = assign_cells(boxes, labels, ignore, (height, width), stride)

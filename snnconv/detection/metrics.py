@@ -49,6 +49,11 @@ def detection_map(predictions: list[dict[str, torch.Tensor]], targets: list[dict
         ``{"map50": AP@0.5, "map": AP@[.5:.95]}`` as fractions; 0.0 when there is no
         detection at all (COCOeval reports -1 when no class has ground truth, which is
         an error here).
+
+    Raises:
+        SnnconvError: pycocotools is not installed (the install command is given), the
+            number of prediction sets differs from the number of images, or there are no
+            ground-truth boxes.
     """
     COCO, COCOeval = _require_pycocotools()
     if len(predictions) != len(targets):

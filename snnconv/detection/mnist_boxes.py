@@ -53,6 +53,10 @@ def scatter_digits(digits: np.ndarray, digit_labels: np.ndarray, count: int, siz
         A :class:`DetectionDataset` with images ``[count, 1, size, size]``; digit boxes
         are the tight boxes of their ink. Two digits never share a stride-8 grid cell
         centre and overlap by IoU <= 0.1.
+
+    Raises:
+        ValueError: the scales do not satisfy 1 <= min_scale <= max_scale <= size
+            (:func:`load_mnist_detection` reports it as SnnconvError).
     """
     if not (1 <= min_scale <= max_scale <= size):
         raise ValueError(f"need 1 <= min_scale <= max_scale <= size, got {min_scale}, {max_scale}, {size}")
@@ -104,6 +108,11 @@ def load_mnist_detection(data_dir: Path | None, split: str, train_count: int = 6
     ``train_count`` / ``test_count`` canvases per split (both options are accepted for
     either split, so one option dict describes the whole dataset); the split's seed is
     ``2 * seed`` (train) or ``2 * seed + 1`` (test).
+
+    Raises:
+        SnnconvError: no ``data_dir``; the MNIST idx files are missing or damaged (as
+            :func:`snnconv.data.idx.read_idx`); the split's count is not an integer >= 1;
+            ``size`` is not a multiple of 16; or the digit scales do not fit the canvas.
     """
     from ..errors import SnnconvError
 

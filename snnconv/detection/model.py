@@ -139,6 +139,10 @@ def yolo_detector(
         width: channels of the stem (stages 2x, 4x and 8x; neck and head 4x).
 
     Shapes: ``[B, in_channels, H, W]`` (H, W multiples of 16) -> ``[B, 5 + C, H/8, W/8]``.
+
+    Raises:
+        SnnconvError: ``backbone`` is unknown, or ``num_classes`` / ``width`` is not an
+            integer >= 1.
     """
     if backbone not in BACKBONES:
         raise SnnconvError(f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")

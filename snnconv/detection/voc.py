@@ -37,7 +37,12 @@ def _text(node: ET.Element, tag: str, where: str) -> str:
 
 def parse_voc_xml(path: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
     """One VOC annotation: (boxes ``[n, 4]`` continuous x1, y1, x2, y2 in original pixels,
-    class names ``[n]``, difficult flags ``[n]``)."""
+    class names ``[n]``, difficult flags ``[n]``).
+
+    Raises:
+        SnnconvError: the file is missing or not well-formed XML, lacks a required tag or
+            a ``<bndbox>``, or a coordinate is not a number.
+    """
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as err:
@@ -80,6 +85,10 @@ def load_voc(root: Path, image_set: str, size: int = 320, limit: int | None = No
 
     Returns:
         A :class:`DetectionDataset` with images ``[n, 3, size, size]`` and 20 classes.
+
+    Raises:
+        SnnconvError: no VOC folder under ``data_dir``; the image-set listing is missing
+            or empty; an annotation fails :func:`parse_voc_xml` or names a class outside VOC.
     """
     folder = _voc_root(Path(root), year)
     listing = folder / "ImageSets" / "Main" / f"{image_set}.txt"
@@ -106,7 +115,11 @@ def load_voc(root: Path, image_set: str, size: int = 320, limit: int | None = No
 
 @register_detection_dataset("voc2007")
 def load_voc2007(data_dir: Path | None, split: str, size: int = 320, limit: int | None = None) -> DetectionDataset:
-    """PASCAL VOC 2007: ``trainval`` for training, ``test`` for evaluation."""
+    """PASCAL VOC 2007: ``trainval`` for training, ``test`` for evaluation.
+
+    Raises:
+        SnnconvError: no ``data_dir``, or as :func:`load_voc`.
+    """
     if data_dir is None:
         raise SnnconvError("dataset 'voc2007' needs --data-dir: the VOCdevkit folder")
     return load_voc(data_dir, "trainval" if split == "train" else "test", size, limit, "2007")

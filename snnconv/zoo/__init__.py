@@ -23,12 +23,20 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 def list_pretrained() -> list[str]:
-    """Names of the zoo entries present in this installation (sorted)."""
+    """Names of the zoo entries present in this installation (sorted).
+
+    Raises:
+        Nothing.
+    """
     return sorted(p.parent.name for p in ZOO_DIR.glob(f"*/{CHECKPOINT_NAME}"))
 
 
 def is_pretrained_name(text: str) -> bool:
-    """True when ``text`` is a bare zoo name (no folder, no suffix) rather than a path."""
+    """True when ``text`` is a bare zoo name (no folder, no suffix) rather than a path.
+
+    Raises:
+        Nothing.
+    """
     return bool(text) and "/" not in text and "\\" not in text and "." not in text
 
 
@@ -36,6 +44,10 @@ def pretrained_path(name: str) -> Path:
     """The checkpoint file of zoo entry ``name``.
 
     Raises SnnconvError naming the entries available when ``name`` is not one of them.
+
+    Raises:
+        SnnconvError: ``name`` is not an entry of this installation's zoo (the
+            available entries are listed).
     """
     path = ZOO_DIR / name / CHECKPOINT_NAME
     if not is_pretrained_name(name) or not path.is_file():
@@ -45,7 +57,12 @@ def pretrained_path(name: str) -> Path:
 
 
 def load_pretrained(name: str):
-    """``(model, meta)`` of zoo entry ``name`` (eval mode), as :func:`snnconv.checkpoint.load_checkpoint`."""
+    """``(model, meta)`` of zoo entry ``name`` (eval mode), as :func:`snnconv.checkpoint.load_checkpoint`.
+
+    Raises:
+        SnnconvError: as :func:`pretrained_path` and
+            :func:`snnconv.checkpoint.load_checkpoint`.
+    """
     from ..checkpoint import load_checkpoint
 
     return load_checkpoint(pretrained_path(name))
