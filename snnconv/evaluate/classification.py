@@ -7,7 +7,6 @@ ranks). The run record is the ``runs`` entry of the results JSON
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,7 +18,7 @@ from ..metrics import correct_per_step
 from ..network import SpikingNetwork
 from .names import layer_paths
 from .plan import RunSpec
-from .runner import MethodRun, RecorderFactory, run_method
+from .runner import MethodRun, RecorderFactory, run_method, summary_record
 
 
 class ClassificationReadout:
@@ -85,22 +84,7 @@ def classification_record(run: MethodRun, calibration_data: torch.Tensor | None 
     add wake/sleep/total steps, per-T conversions each T's calibration report."""
     spec, snn = run.spec, run.network
     report_steps, latency = run.schedule()
-    seeds, per_seed = run.values_per_seed()
-    columns = list(zip(*per_seed))
-    record = {
-        "neuron": spec.neuron,
-        "options": dict(spec.options),
-        "T": report_steps,
-        "accuracy": [statistics.fmean(c) for c in columns],
-        "latency_steps": latency,
-        "permute": spec.permute,
-        "seeds": spec.seeds[: len(seeds)],
-        "accuracy_std": [statistics.pstdev(c) if len(c) > 1 else 0.0 for c in columns],
-        "accuracy_per_seed": per_seed,
-        "spike_events_per_image": statistics.fmean(run.events_per_input()),
-        "spiking_layers": len(snn.spiking_layers()),
-        **resolved_options(snn),
-    }
+    record = {**summary_record(run, "accuracy", "spike_events_per_image"), **resolved_options(snn)}
     if spec.sleep_steps:
         record.update(wake_steps=spec.steps[0], sleep_steps=spec.sleep_steps, total_steps=latency,
                       steps_used=latency[-1], stopped_when_quiet=spec.stop_when_quiet)

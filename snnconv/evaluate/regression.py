@@ -8,7 +8,6 @@ the ANN's has the ANN's MSE.
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -21,7 +20,7 @@ from ..metrics import running_average
 from ..network import SpikingNetwork
 from .names import layer_paths
 from .plan import RunSpec
-from .runner import MethodRun, RecorderFactory, run_method
+from .runner import MethodRun, RecorderFactory, run_method, summary_record
 
 
 class RegressionReadout:
@@ -105,22 +104,8 @@ def evaluate_regression(model: nn.Module, x: torch.Tensor, targets: torch.Tensor
     readout = RegressionReadout(targets, spec.steps[0] if spec.sleep_steps else None)
     run = run_method(model, x, spec, readout, calibration_data, batch_size=batch_size, memory_budget=memory_budget,
                      progress=progress, recorder=recorder)
-    report_steps, latency = run.schedule()
-    seeds, per_seed = run.values_per_seed()
-    columns = list(zip(*per_seed))
-    record = {
-        "neuron": spec.neuron,
-        "options": dict(spec.options),
-        "T": report_steps,
-        "mse": [statistics.fmean(c) for c in columns],
-        "latency_steps": latency,
-        "permute": spec.permute,
-        "seeds": spec.seeds[: len(seeds)],
-        "mse_std": [statistics.pstdev(c) if len(c) > 1 else 0.0 for c in columns],
-        "mse_per_seed": per_seed,
-        "spike_events_per_input": statistics.fmean(run.events_per_input()),
-        "spiking_layers": len(run.network.spiking_layers()),
-    }
+    latency = run.schedule()[1]
+    record = summary_record(run, "mse", "spike_events_per_input")
     if spec.sleep_steps:
         record.update(wake_steps=spec.steps[0], sleep_steps=spec.sleep_steps, total_steps=latency)
     paths = layer_paths(run.network)

@@ -17,6 +17,7 @@ all batches into one value per reported step (:mod:`.classification`, :mod:`.det
 from __future__ import annotations
 
 import copy
+import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -129,6 +130,30 @@ class MethodRun:
         """Per seed (:meth:`by_seed`): spike events per input of its last simulation
         (window methods and per-T conversions: at the largest T)."""
         return [sims[-1].counter.total_events() / sims[-1].inputs for _, sims in self.by_seed()]
+
+
+def summary_record(run: MethodRun, metric: str, events_key: str) -> dict:
+    """The results-JSON fields every readout shares: neuron, options, the reported T, the
+    ``metric`` per T (mean over seeds, ``<metric>_std`` and ``<metric>_per_seed``),
+    latency, permutation, seeds, ``events_key`` (spike events per input, mean over seeds)
+    and the spiking-layer count, in this order."""
+    spec = run.spec
+    report_steps, latency = run.schedule()
+    seeds, per_seed = run.values_per_seed()
+    columns = list(zip(*per_seed))
+    return {
+        "neuron": spec.neuron,
+        "options": dict(spec.options),
+        "T": report_steps,
+        metric: [statistics.fmean(c) for c in columns],
+        "latency_steps": latency,
+        "permute": spec.permute,
+        "seeds": spec.seeds[: len(seeds)],
+        f"{metric}_std": [statistics.pstdev(c) if len(c) > 1 else 0.0 for c in columns],
+        f"{metric}_per_seed": per_seed,
+        events_key: statistics.fmean(run.events_per_input()),
+        "spiking_layers": len(run.network.spiking_layers()),
+    }
 
 
 def batch_slices(count: int, batch_size: int) -> list[slice]:
