@@ -2,6 +2,7 @@
 one context record, one file per neuron; checked against the spec's step-by-step rules."""
 from __future__ import annotations
 
+import copy
 import doctest
 
 import pytest
@@ -209,7 +210,7 @@ def test_each_neuron_prints_under_its_own_name():
 def test_each_neuron_lives_in_its_own_file_with_its_registration():
     from snnconv.neurons.registry import _NEURONS
 
-    where = {name: factory.__module__ for name, factory in _NEURONS.items()}
+    where = {name: _NEURONS.get(name).__module__ for name in _NEURONS.names()}
     assert where == {"if": "snnconv.neurons.if_", "gn": "snnconv.neurons.group", "tpp": "snnconv.neurons.tpp",
                      "cif": "snnconv.neurons.cif"}
     assert IFNeuron.__module__ == "snnconv.neurons.if_" and GroupNeuron.__module__ == "snnconv.neurons.group"
@@ -256,7 +257,7 @@ def test_docstring_examples_run(module, monkeypatch):
     on a copy of the registry, so other tests do not see it)."""
     from snnconv.neurons import registry
 
-    monkeypatch.setattr(registry, "_NEURONS", dict(registry._NEURONS))
+    monkeypatch.setattr(registry, "_NEURONS", copy.deepcopy(registry._NEURONS))
     result = doctest.testmod(module, raise_on_error=False, verbose=False)
     assert result.failed == 0
     assert module is snnconv.functional or result.attempted >= 6
