@@ -76,3 +76,28 @@ class SpikingNetwork(nn.Module):
             SnnconvError: as :func:`snnconv.simulate` (bad input, steps or options).
         """
         return simulate(self, x, steps, **options)
+
+    def __repr__(self) -> str:
+        """The network in execution order, one line per operation, each named where it sits
+        in the source model: modules by their path, neurons by the path of the activation
+        they replaced (their graph name, the key of counters and error tables, after it),
+        functions and tensor methods by name.
+
+        Raises:
+            Nothing.
+        """
+        modules = dict(self.graph.named_modules())
+        rows: list[tuple[str, str]] = []
+        for node in self.graph.graph.nodes:
+            if node.op == "call_module":
+                module = modules[node.target]
+                path = getattr(module, "path", None)
+                where = f"{path}  ({node.target})" if isinstance(module, SpikingNeuron) and path else str(node.target)
+                rows.append((where, repr(module).replace("\n", "\n    ")))
+            elif node.op in ("call_function", "call_method"):
+                rows.append((node.name, getattr(node.target, "__name__", str(node.target))))
+        width = max((len(where) for where, _ in rows), default=0)
+        body = "".join(f"\n  {where.ljust(width)}  {what}" for where, what in rows)
+        options = ", ".join(f"{k}={v!r}" for k, v in self.neuron_options.items())
+        head = f"SpikingNetwork(neuron={self.neuron!r}" + (f", {options}" if options else "") + (f", permute={self.permute!r}" if self.permute else "")
+        return f"{head}, {len(self.spiking_layers())} spiking layers:{body}\n)"

@@ -223,6 +223,13 @@ def test_layers_are_named_by_their_path_in_the_source():
     layers = counter.summary()["layers"]
     assert list(layers) == list(expected)  # the keys stay the graph names
     assert {name: layer["path"] for name, layer in layers.items()} == expected == counter.paths
+    # The printed network: execution order, each neuron at its source path under its own name.
+    lines = repr(snn).splitlines()
+    assert lines[0] == "SpikingNetwork(neuron='if', 5 spiking layers:"
+    neuron_rows = [line.split() for line in lines if "Neuron(" in line]
+    assert [(row[0], row[1], row[2].split("(")[0]) for row in neuron_rows] == [
+        (path, f"({name})", "IFNeuron") for name, path in expected.items()]
+    assert lines[1].split()[0] == "0" and lines[-2].split()[0] == "4"  # first conv, last linear
     errors = layerwise_error(model, snn, x, [1, 2])
     assert list(errors) == list(expected) and errors.paths == expected
     assert json.loads(json.dumps(errors)) == {k: v for k, v in errors.items()}  # still plain JSON
