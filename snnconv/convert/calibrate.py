@@ -183,7 +183,7 @@ def calibrate_thresholds(
     finally:
         for h in handles:
             h.remove()
-    thresholds = {name: _site_threshold(name, maxima[name], samples[name], method, levels) for name, _ in sites}
+    thresholds = {name: _site_threshold(site.path or name, maxima[name], samples[name], method, levels) for name, site in sites}
     for name, site in sites:  # all checks passed: only now is any site changed
         theta = thresholds[name]
         site.threshold = float(theta) if theta.numel() == 1 and not per_channel else theta.reshape(_theta_shape(shapes[name], per_channel))

@@ -23,7 +23,7 @@ def swap_to_neurons(graph_module: fx.GraphModule, neuron: str, **options) -> fx.
             continue
         if site.threshold is None:
             raise SnnconvError(
-                f"activation {name!r} is a plain ReLU with no threshold: pass calibration data "
+                f"activation {site.path or name!r} is a plain ReLU with no threshold: pass calibration data "
                 "(convert(model, neuron, calibration=x) / --calibrate 99.9) or train the source with QCFS"
             )
         source = SourceInfo(levels=site.levels, shift=site.shift)
