@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -80,6 +81,17 @@ def card(name: str, meta: dict, jpeg: dict, exact: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def training_commands(kind: str, name: str, log: Path) -> str:
+    """zoo/train_resnet20.sh's command, then one ``EPOCHS=E`` line per extension the
+    training log records ("extending the finished N-epoch run to E epochs")."""
+    base = f"bash zoo/train_resnet20.sh {kind} zoo/{name} ../shared/data/cifar10"
+    text = log.read_text() if log.exists() else ""
+    extensions = re.findall(r"extending the finished (\d+)-epoch run to (\d+) epochs", text)
+    lines = [base if not extensions or extensions[0][0] == "30" else f"EPOCHS={extensions[0][0]} {base}"]
+    lines += [f"EPOCHS={to} {base}   # extends the finished {done}-epoch run: the cosine restarts" for done, to in extensions]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name")
@@ -97,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     test = load_dataset(meta["dataset"], "test", args.data_dir)
     jpeg, exact = scores(model, test), scores(model, exact_test_set(args.data_dir, test))
     kind = meta["activation"]["kind"]
-    command = args.command or f"bash zoo/train_resnet20.sh {kind} zoo/{args.name} ../shared/data/cifar10"
+    command = args.command or training_commands(kind, args.name, (ZOO_DIR / args.name / "train.log"))
     folder = ZOO_DIR / args.name
     write_text(folder / "card.md", card(args.name, meta, jpeg, exact, command))
     write_json(folder / "card.json", {"name": args.name, "command": command, "cifar10_jpeg_test": jpeg, "cifar10_exact_test": exact,
