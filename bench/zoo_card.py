@@ -62,6 +62,10 @@ def card(name: str, meta: dict, jpeg: dict, exact: dict, command: str) -> str:
         "| measured on | images | ANN | clip limit (IF's large-T limit) |", "|---|---|---|---|",
         f"| CIFAR-10 (JPEG-q75) test set | {jpeg['images']} | {fmt(jpeg['ann_accuracy'])} | {fmt(jpeg['clip_limit_accuracy'])} |",
         f"| CIFAR-10 test images with exact pixels | {exact['images']} | {fmt(exact['ann_accuracy'])} | {fmt(exact['clip_limit_accuracy'])} |", "",
+        f"Measured again here (float32, contiguous tensors). The training run's own evaluation (the checkpoint's metadata; "
+        f"channels-last {meta['train_config']['channels_last']}) gave ANN {fmt(meta['ann_accuracy'])}, clip limit "
+        f"{fmt(meta.get('clip_limit_accuracy'))}: another memory format rounds differently, so an image within rounding of a "
+        "quantisation level may land on the other side.", "",
         "## How it was made", "", "```", command, "```", "",
         "The run's own folder (resumable: it also holds the optimizer state) was then copied here with weights and "
         "metadata only (`python bench/zoo_card.py --import-from RUN_FOLDER NAME`).", "",

@@ -32,9 +32,11 @@ def test_entry_loads_and_its_card_matches_its_metadata(name):
     assert meta["epochs_done"] == meta["train_config"]["epochs"]  # a finished run, not a snapshot
     card = json.loads((ZOO_DIR / name / "card.json").read_text())
     assert card["epochs_done"] == meta["epochs_done"]
-    assert card["cifar10_jpeg_test"]["ann_accuracy"] == pytest.approx(meta["ann_accuracy"], abs=1e-9)
+    # The card re-measures in float32 with contiguous tensors; training evaluated channels-last,
+    # whose kernels round differently: at most 2 of the 10,000 images may change class.
+    assert card["cifar10_jpeg_test"]["ann_accuracy"] == pytest.approx(meta["ann_accuracy"], abs=2e-4)
     if meta.get("clip_limit_accuracy") is not None:
-        assert card["cifar10_jpeg_test"]["clip_limit_accuracy"] == pytest.approx(meta["clip_limit_accuracy"], abs=1e-9)
+        assert card["cifar10_jpeg_test"]["clip_limit_accuracy"] == pytest.approx(meta["clip_limit_accuracy"], abs=2e-4)
     text = (ZOO_DIR / name / "card.md").read_text()
     assert f"{100 * meta['ann_accuracy']:.2f}%" in text and card["command"] in text
     if meta.get("clip_limit_accuracy") is not None:  # the recipe's promise (README "The QCFS recipe"):
