@@ -45,13 +45,20 @@ def exact_test_set(data_dir: Path, like: Dataset) -> Dataset:
     return Dataset("cifar10_exact_test", images, labels, 10, like.mean, like.std)
 
 
+def jpeg_twins(data_dir: Path, test: Dataset) -> Dataset:
+    """The JPEG-q75 copies of the 1,017 exact-pixel test images (same images, lossy pixels)."""
+    with np.load(data_dir / EXACT_FILE, allow_pickle=False) as archive:
+        index = torch.from_numpy(archive["exact_test_index"].astype(np.int64))
+    return Dataset("cifar10_jpeg_twins", test.images[index], test.labels[index], 10, test.mean, test.std)
+
+
 def scores(model, dataset: Dataset) -> dict:
     x, y = dataset.normalized(), dataset.labels
     limit = clip_limit(model)
     return {"images": len(y), "ann_accuracy": accuracy(model, x, y), "clip_limit_accuracy": None if limit is None else accuracy(limit, x, y)}
 
 
-def card(name: str, meta: dict, jpeg: dict, exact: dict, command: str) -> str:
+def card(name: str, meta: dict, jpeg: dict, exact: dict, twins: dict, command: str) -> str:
     config = meta["train_config"]
     fmt = lambda v: "n/a (ReLU source)" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     lines = [
@@ -61,7 +68,8 @@ def card(name: str, meta: dict, jpeg: dict, exact: dict, command: str) -> str:
         + ", trained by `snnconv train` on CIFAR-10 (JPEG-q75), the lossy JPEG copy of CIFAR-10's training set.", "",
         "| measured on | images | ANN | clip limit (IF's large-T limit) |", "|---|---|---|---|",
         f"| CIFAR-10 (JPEG-q75) test set | {jpeg['images']} | {fmt(jpeg['ann_accuracy'])} | {fmt(jpeg['clip_limit_accuracy'])} |",
-        f"| CIFAR-10 test images with exact pixels | {exact['images']} | {fmt(exact['ann_accuracy'])} | {fmt(exact['clip_limit_accuracy'])} |", "",
+        f"| CIFAR-10 test images with exact pixels | {exact['images']} | {fmt(exact['ann_accuracy'])} | {fmt(exact['clip_limit_accuracy'])} |",
+        f"| the same images from the JPEG-q75 copy | {twins['images']} | {fmt(twins['ann_accuracy'])} | {fmt(twins['clip_limit_accuracy'])} |", "",
         f"Measured again here (float32, contiguous tensors). The training run's own evaluation (the checkpoint's metadata; "
         f"channels-last {meta['train_config']['channels_last']}) gave ANN {fmt(meta['ann_accuracy'])}, clip limit "
         f"{fmt(meta.get('clip_limit_accuracy'))}: another memory format rounds differently, so an image within rounding of a "
@@ -112,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     model, meta = load_pretrained(args.name)
     test = load_dataset(meta["dataset"], "test", args.data_dir)
     jpeg, exact = scores(model, test), scores(model, exact_test_set(args.data_dir, test))
+    twins = scores(model, jpeg_twins(args.data_dir, test))
     kind = meta["activation"]["kind"]
     command = args.command or training_commands(kind, args.name, (ZOO_DIR / args.name / "train.log"))
     folder = ZOO_DIR / args.name
-    write_text(folder / "card.md", card(args.name, meta, jpeg, exact, command))
-    write_json(folder / "card.json", {"name": args.name, "command": command, "cifar10_jpeg_test": jpeg, "cifar10_exact_test": exact,
+    write_text(folder / "card.md", card(args.name, meta, jpeg, exact, twins, command))
+    write_json(folder / "card.json", {"name": args.name, "command": command, "cifar10_jpeg_test": jpeg, "cifar10_exact_test": exact, "cifar10_jpeg_same_images": twins,
                                       "epochs_done": meta["epochs_done"], "train_seconds": meta.get("train_seconds"),
                                       "machine": platform.processor() or platform.machine(), "torch": torch.__version__})
     print((folder / "card.md").read_text())
