@@ -17,7 +17,7 @@ network(s) and every simulation's values and counter, named by what was simulate
 """
 from .classification import ClassificationReadout, ClassificationResult, evaluate_classification
 from .detection import DetectionReadout, DetectionResult, evaluate_detection
-from .names import display_name, layer_path, layer_paths
+from .names import display_name, layer_paths
 from .plan import PlannedSimulation, RunSpec, plan_simulations, report_schedule
 from .regression import RegressionReadout, RegressionResult, evaluate_regression
 from .runner import MethodRun, SimulationResult, batch_slices, convert_method, merge_counters, run_method, run_simulation
@@ -39,7 +39,6 @@ __all__ = [
     "evaluate_classification",
     "evaluate_detection",
     "evaluate_regression",
-    "layer_path",
     "layer_paths",
     "merge_counters",
     "plan_simulations",

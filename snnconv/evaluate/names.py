@@ -2,22 +2,12 @@
 
 Counters, layer-error tables and plots key spiking layers by the converted graph's
 site name (``site_0``, ...). Where the conversion records the user's module path of a
-site (``layer3.1.relu``, ``3.body.0.2`` in a Sequential) on the spiking layer, as a
-``path`` or ``name`` attribute, reports print that path instead.
+site (``layer3.1.relu``, ``3.body.0.2`` in a Sequential) on the spiking layer (its
+``path``; :func:`snnconv.insight.layer_paths`), reports print that path instead.
 """
 from __future__ import annotations
 
 from ..network import SpikingNetwork
-
-
-def layer_path(name: str, module) -> str:
-    """The module path recorded on a spiking layer ``module`` (``path``, else ``name``
-    when it is a non-empty string), else its graph name ``name``."""
-    for attr in ("path", "name"):
-        value = getattr(module, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return name
 
 
 def layer_paths(snn: SpikingNetwork) -> dict[str, str]:
