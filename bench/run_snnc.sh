@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SNN Calibration on a ReLU source: none / light / advanced at T = 4, 8, 16, 32, each with
 # IF, TPP and IF + per-neuron permutation. Every line is a plain `snnconv evaluate`;
-# bench/snnc_table.py then writes bench/results/<name>.md from the JSON files.
+# bench/snnc_table.py then writes bench/results/<name>.md from the JSON files. Each run
+# writes TAG.command and TAG.json, so rows can be added to a folder later, one at a time.
 # Usage: bash bench/run_snnc.sh CHECKPOINT DATA_DIR NAME [TEST_IMAGES] [CALIBRATION_IMAGES] [VARIANTS] [ROWS]
 #   VARIANTS: any of "if tpp permute" (default all); ROWS: any of
 #   "none_999 none_max none_mse light advanced" (default all). Run variants in separate
@@ -20,12 +21,11 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 run() {  # run TAG ARGS...: one evaluate, its JSON at $out/TAG.json
   local tag=$1; shift
   [[ " $rows " == *" ${tag%_*} "* ]] || return 0
-  echo "snnconv evaluate CHECKPOINT --data-dir DATA -T 4,8,16,32 --limit $limit $*" >>"$out/commands_${tag##*_}.txt"
+  echo "snnconv evaluate CHECKPOINT --data-dir DATA -T 4,8,16,32 --limit $limit $*" >"$out/$tag.command"
   python3 -m snnconv evaluate "$ckpt" --data-dir "$data" -T 4,8,16,32 --limit "$limit" --no-progress \
     --json "$out/$tag.json" "$@" >/dev/null
 }
 for variant in $variants; do
-  : >"$out/commands_$variant.txt"
   case $variant in
     if) method=(--neuron if) ;;
     tpp) method=(--neuron tpp) ;;

@@ -14,14 +14,6 @@ ROWS = [("none_999", "none (theta = 99.9th percentile)"), ("none_max", "none (th
 VARIANTS = [("if", "IF"), ("tpp", "TPP"), ("permute", "IF + permute per-neuron")]
 
 
-def _tag(command: str) -> str:
-    """The row tag of one command line of bench/run_snnc.sh."""
-    words = command.split()
-    if "--snn-calibration" in words:
-        return words[words.index("--snn-calibration") + 1]
-    return {"99.9": "none_999", "max": "none_max", "mse": "none_mse"}[words[words.index("--calibrate") + 1]]
-
-
 def seconds(run: dict) -> str:
     """Total calibration seconds over all T (SNNC passes only), or '-'."""
     per_t = (run.get("calibration") or {}).get("per_T") or {}
@@ -50,9 +42,8 @@ def main(folder: str) -> None:
     head = [f"{first['dataset']} / {first['model']} / ReLU: ANN {100 * first['ann_accuracy']:.2f}% on {first['samples']} test images; "
             f"calibration on the first {first['runs'][0]['calibration']['images']} training images; "
             "± is the spread over seeds (TPP draws, permutations).", ""]
-    commands = [line for variant, _ in VARIANTS if (root / f"commands_{variant}.txt").exists()
-                for line in (root / f"commands_{variant}.txt").read_text().strip().splitlines()
-                if (root / f"{_tag(line)}_{variant}.json").exists()]  # only runs that finished
+    commands = [(root / f"{tag}_{variant}.command").read_text().strip() for variant, _ in VARIANTS for tag, _ in ROWS
+                if (root / f"{tag}_{variant}.json").exists() and (root / f"{tag}_{variant}.command").exists()]  # runs that finished
     print("\n".join(head + lines + ["", "Commands (CHECKPOINT and DATA as given to bench/run_snnc.sh):", "", "```"] + commands + ["```"]))
 
 
