@@ -112,7 +112,8 @@ def run_source(kind: str, args) -> dict | None:
     limit_model = clip_limit(model)
     record = {"source": kind, "checkpoint": str(checkpoint.relative_to(args.zoo.parent)), "samples": len(y),
               "ann_accuracy": accuracy(model, x, y),
-              "clip_limit_accuracy": None if limit_model is None else accuracy(limit_model, x, y), "runs": []}
+              "clip_limit_accuracy": None if limit_model is None else accuracy(limit_model, x, y), "runs": [],
+              "command": args.command, "torch": torch.__version__, "threads": torch.get_num_threads()}
     levels = meta["activation"]["levels"]
     for label, spec in method_specs(kind, args.steps, args.window_steps, args.seeds, levels, args.sleep_steps):
         n = min(len(y), args.permute_limit) if spec.permute is not None else len(y)
@@ -150,6 +151,8 @@ def markdown(results: dict) -> str:
                                                             run["wake_steps"] + 4, run["wake_steps"] + 8, run["wake_steps"] + 16, run["total_steps"][-1]}]
             lines += ["| method | images | " + " | ".join(f"step {s}" for s in shown) + " |", "|---" * (len(shown) + 2) + "|",
                       f"| {run['label']} | {run['samples']} | " + " | ".join(f"{100 * run['accuracy'][s - 1]:.2f}" for s in shown) + " |", ""]
+            if source.get("command"):
+                lines += [f"Made by (torch {source['torch']}, {source['threads']} threads): `{source['command']}`", ""]
             continue
         lines += ["| method | images | " + " | ".join(f"T={t}" for t in steps) + " |", "|---" * (len(steps) + 2) + "|"]
         for run in source["runs"]:
@@ -158,6 +161,8 @@ def markdown(results: dict) -> str:
             latency = "" if run["latency_steps"] == run["T"] else f" (latency {run['spiking_layers'] + 1}·T)"
             lines.append(f"| {run['label']}{latency} | {run['samples']} | " + " | ".join(cells) + " |")
         lines.append("")
+        if source.get("command"):
+            lines += [f"Made by (torch {source['torch']}, {source['threads']} threads): `{source['command']}`", ""]
     qcfs = next((s for s in results["sources"] if s["source"] == "qcfs"), None)
     if qcfs is not None:
         paper, ours = results["qcfs_paper"], qcfs["runs"][0]
@@ -231,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = [int(t) for t in args.steps.split(",")]
         args.window_steps = [int(t) for t in args.window_steps.split(",")] if args.window_steps else args.steps
         args.seeds = [int(s) for s in args.seeds.split(",")]
+        args.command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
         previous = json.loads(json_path.read_text()) if json_path.exists() else {"sources": []}
         started = time.perf_counter()
         fresh = [r for r in (run_source(kind, args) for kind in args.sources.split(",")) if r is not None]
         kept = [s for s in previous["sources"] if s["source"] not in {r["source"] for r in fresh}]  # other sources' earlier runs stay
         results = {"title": "ResNet-20, CIFAR-10 (JPEG-q75)", "sources": sorted(kept + fresh, key=lambda s: list(SOURCES).index(s["source"])),
                    "qcfs_paper": QCFS_PAPER, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+                   "command": args.command,
                    "wall_seconds": round(time.perf_counter() - started, 1)}
         write_json(json_path, results)
     write_text(args.out.with_suffix(".md"), markdown(results))
