@@ -70,6 +70,9 @@ def card(name: str, meta: dict, jpeg: dict, exact: dict, twins: dict, command: s
         f"| CIFAR-10 (JPEG-q75) test set | {jpeg['images']} | {fmt(jpeg['ann_accuracy'])} | {fmt(jpeg['clip_limit_accuracy'])} |",
         f"| CIFAR-10 test images with exact pixels | {exact['images']} | {fmt(exact['ann_accuracy'])} | {fmt(exact['clip_limit_accuracy'])} |",
         f"| the same images from the JPEG-q75 copy | {twins['images']} | {fmt(twins['ann_accuracy'])} | {fmt(twins['clip_limit_accuracy'])} |", "",
+    ] + ([
+        "For a clip-floor source the clip limit is only what plain IF would approach; the method made for it, CASC's CIF "
+        "neuron with wake-sleep conversion, reproduces the ANN itself after its sleep steps.", ""] if meta["activation"]["kind"] == "clipfloor" else []) + [
         f"Measured again here (float32, contiguous tensors). The training run's own evaluation (the checkpoint's metadata; "
         f"channels-last {meta['train_config']['channels_last']}) gave ANN {fmt(meta['ann_accuracy'])}, clip limit "
         f"{fmt(meta.get('clip_limit_accuracy'))}: another memory format rounds differently, so an image within rounding of a "
