@@ -83,7 +83,8 @@ def card(name: str, meta: dict, jpeg: dict, exact: dict, twins: dict, command: s
         f"- epochs {config['epochs']}, batch {config['batch_size']}, SGD (Nesterov, momentum {config['momentum']}), lr {config['lr']} "
         f"cosine, weight decay {config['weight_decay']} (on lambda too: {config['decay_thresholds']}), "
         f"lambda initialised at the {config.get('threshold_percentile')}th percentile of positive pre-activations, "
-        f"bf16 autocast {config['amp']}, channels-last {config['channels_last']}, seed {config['seed']}",
+        f"bf16 autocast {config['amp']}, channels-last {config['channels_last']}, seed {config['seed']}; augmentation: random crop "
+        f"(padding 4) and flip" + (f", Cutout {config['cutout']}" if config.get("cutout") else ", no Cutout, no AutoAugment"),
         f"- training time {meta.get('train_seconds', 0) / 60:.1f} min (wall, evaluations excluded; the machine was shared with "
         "other work, so this is an upper bound), on " + meta.get("machine", "a 2-core Sapphire Rapids VM (AVX-512, AVX512-BF16), CPU only")
         + f", torch {meta.get('torch', '?')}", "",

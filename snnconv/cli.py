@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="initialise each lambda to this percentile of its layer's positive pre-activations on a "
                          "training batch; 0 keeps the activation's fixed default (QCFS 8, clip-floor 1)")
     tr.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy loss")
+    tr.add_argument("--cutout", type=int, default=0, metavar="PIXELS",
+                    help="Cutout: zero a PIXELS x PIXELS square of each training image (0: off; the QCFS authors' CIFAR recipe: 16)")
     tr.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the batch order and the augmentation")
     tr.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     tr.add_argument("--model-arg", action="append", help="extra model argument KEY=VALUE (e.g. width=16); repeatable")
@@ -200,7 +202,7 @@ def _cmd_train(args) -> None:
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         decay_thresholds=args.decay_thresholds, label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
         model_args=model_args, train_limit=args.train_limit, amp=args.amp, channels_last=args.channels_last,
-        threshold_percentile=args.threshold_percentile or None,
+        threshold_percentile=args.threshold_percentile or None, cutout=args.cutout,
     )
     _download_if_asked(args, config.dataset)
     _, meta = train(config, args.out, args.data_dir, progress=not args.no_progress)

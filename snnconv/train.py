@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import ACTIVATION_KINDS, QuantizedClip, clip_limit, init_thresholds, keep_thresholds_positive
-from .augment import random_crop, random_flip
+from .augment import cutout, random_crop, random_flip
 from .data import Dataset, load_dataset
 from .device import resolve_device
 from .errors import SnnconvError, check
@@ -71,6 +71,7 @@ class TrainConfig:
     train_limit: int | None = None  # train on the first N training images only (quick sources)
     amp: bool = False  # bf16 autocast (CUDA, or a CPU with native bf16: AVX512-BF16 or AMX)
     channels_last: bool = False  # NHWC memory format for the model and its inputs
+    cutout: int = 0  # side of the square Cutout zeroes in each training image (0: off; QCFS authors' CIFAR recipe: 16)
 
     # Options that change speed, not the run: a checkpoint may be resumed with others.
     PERFORMANCE_OPTIONS = ("device", "amp", "channels_last")
@@ -85,6 +86,8 @@ class TrainConfig:
         check(self.train_limit is None or self.train_limit >= 1, f"train limit must be >= 1, got {self.train_limit}")
         check(self.threshold_percentile is None or 0 < self.threshold_percentile <= 100,
               f"the lambda initialisation percentile must be in (0, 100], got {self.threshold_percentile}")
+        check(not isinstance(self.cutout, bool) and isinstance(self.cutout, int) and self.cutout >= 0,
+              f"cutout must be a whole number of pixels >= 0 (0: off), got {self.cutout!r}")
 
 
 def cpu_has_bf16() -> bool:
@@ -131,12 +134,16 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     ]
 
 
-def augment_batch(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator, channels_last: bool) -> torch.Tensor:
-    """Random crop (zero padding ``padding``) and, when ``flip``, random horizontal flip of a
-    ``[B, C, H, W]`` batch, in batched tensor ops; channels-last memory format when asked."""
+def augment_batch(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator, channels_last: bool,
+                  cutout_size: int = 0) -> torch.Tensor:
+    """Random crop (zero padding ``padding``), when ``flip`` a random horizontal flip, and
+    when ``cutout_size`` > 0 Cutout, of a ``[B, C, H, W]`` batch in batched tensor ops;
+    channels-last memory format when asked. (Cutout draws come last, so runs without it
+    draw exactly what they drew before it existed.)"""
     x = random_crop(x, padding, generator)
     if flip:
         x = random_flip(x, generator)
+    x = cutout(x, cutout_size, generator)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -223,7 +230,8 @@ class ClassifierTask(TrainingTask):
 
     def train_step(self, net: nn.Module, optimizer: torch.optim.Optimizer, index: torch.Tensor,
                    generator: torch.Generator) -> torch.Tensor:
-        x = augment_batch(self.x_train[index], self.padding, self.train_set.flip, generator, self.config.channels_last)
+        x = augment_batch(self.x_train[index], self.padding, self.train_set.flip, generator, self.config.channels_last,
+                          self.config.cutout)
         return train_step(net, optimizer, x, self.y_train[index], self.config)
 
     def after_step(self, model: nn.Module) -> None:
