@@ -48,13 +48,26 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def _calibration(args, meta: dict) -> str:
-    """--calibrate for a ReLU source (default 99.9), validated before any work; refused on a
-    QCFS or clip-floor source, whose thresholds are its trained clip values lambda."""
+    """--calibrate for a ReLU source (default 99.9), validated before any work with the other
+    calibration flags: --calibrate and --per-channel are refused on a QCFS or clip-floor
+    source, whose thresholds are its trained clip values lambda, and so is
+    --calibration-images there without --snn-calibration (it would change nothing);
+    --calibration-images below 1 is refused everywhere."""
     from .convert.calibrate import parse_threshold
 
+    kind = meta.get("activation", {}).get("kind")
+    images = getattr(args, "calibration_images", None)
+    if images is not None and images < 1:
+        raise SnnconvError(f"--calibration-images must be an integer >= 1, got {images}")
+    if kind != "relu":
+        if getattr(args, "per_channel", False):
+            raise SnnconvError(f"--per-channel applies to ReLU sources only: {args.checkpoint!r} is a {kind} checkpoint whose "
+                               "thresholds are its trained clip values lambda; drop --per-channel")
+        if images is not None and not getattr(args, "snn_calibration", None):
+            raise SnnconvError(f"--calibration-images sets the training images that calibrate a ReLU source or SNN Calibration: "
+                               f"{args.checkpoint!r} is a {kind} checkpoint and no --snn-calibration is given; drop --calibration-images")
     if args.calibrate is None:
         return "99.9"
-    kind = meta.get("activation", {}).get("kind")
     if kind != "relu":
         raise SnnconvError(f"--calibrate applies to ReLU sources only: {args.checkpoint!r} is a {kind} checkpoint whose "
                            "thresholds are its trained clip values lambda; drop --calibrate")
@@ -248,7 +261,7 @@ def _cmd_compare(args) -> None:
     for spec in specs:
         spec.permute = spec.permute or args.permute
         spec.per_channel, spec.snn_calibration = args.per_channel, args.snn_calibration
-    images = args.calibration_images or (1024 if args.snn_calibration else 512)
+    images = args.calibration_images if args.calibration_images is not None else (1024 if args.snn_calibration else 512)
     compare(args.checkpoint, specs, args.out, data_dir=args.data_dir, limit=args.limit, batch_size=args.batch_size,
             calibration_samples=images,
             error_samples=args.error_samples, e_ac=args.e_ac, e_mac=args.e_mac, progress=not args.no_progress,

@@ -171,8 +171,10 @@ def run_label(run: dict) -> str:
         label += " (" + ", ".join(option_labels(run)) + ")"
     cal = run.get("calibration") or {}
     if cal.get("snn_calibration") or cal.get("per_channel") or cal.get("threshold") == "mse":
-        label += f" [theta {cal['threshold']}{' per channel' if cal.get('per_channel') else ''}" + (
-            f", SNNC {cal['snn_calibration']}" if cal.get("snn_calibration") else "") + "]"
+        parts = [] if cal.get("threshold") is None else [  # None: trained thresholds (QCFS, clip-floor)
+            f"theta {cal['threshold']}{' per channel' if cal.get('per_channel') else ''}"]
+        parts += [f"SNNC {cal['snn_calibration']}"] if cal.get("snn_calibration") else []
+        label += f" [{', '.join(parts)}]"
     return label
 
 

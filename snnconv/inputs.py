@@ -69,12 +69,14 @@ def check_input(graph_module: fx.GraphModule, x, what: str = "input") -> torch.T
 
     Raises:
         SnnconvError: ``x`` is not a tensor, has no batch dimension, is not floating
-            point, has the wrong rank or channel count for the first conv/linear layer,
-            or holds NaN or inf. The message names ``what`` (``"input"``,
+            point, on the meta device, has the wrong rank or channel count for the first
+            conv/linear layer, or holds NaN or inf. The message names ``what`` (``"input"``,
             ``"calibration data"``, ...), the layer and the fix.
     """
     if not isinstance(x, torch.Tensor):
         raise SnnconvError(f"{what} must be a torch.Tensor [batch, ...], got {type(x).__name__}")
+    if x.is_meta:
+        raise SnnconvError(f"{what} is on the meta device and holds no values: pass real data (a CPU or GPU tensor)")
     if x.dim() >= 2 and x.shape[0] == 0:
         raise SnnconvError(f"{what} is empty: shape {tuple(x.shape)} holds no samples; pass at least one")
     if x.dim() < 2 or x.shape[0] < 1:

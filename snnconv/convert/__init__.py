@@ -20,7 +20,7 @@ from ..network import SpikingNetwork
 from ..neurons import list_neurons
 from .activation_sites import ActivationSite, activation_sites, mark_activation_sites
 from .calibrate import calibrate_thresholds, parse_threshold
-from .calibration_data import check_calibration_data
+from .calibration_data import check_calibration_data, check_calibration_options
 from .custom import ActivationFactory, map_activations
 from .snn_calibration import calibrate_snn, check_mode
 from .weight_calibration import WeightCalibration
@@ -115,13 +115,19 @@ def convert(
 
     Returns:
         A :class:`SpikingNetwork`; ``snn(x, T)`` returns outputs ``[T, batch, ...]``.
-        ``snn.calibration`` records the calibration choices and, with ``snn_calibration``,
-        every layer's pre-activation error before and after and the seconds taken.
+        ``snn.calibration`` records the calibration choices (``threshold``: the method
+        that set plain-ReLU thresholds from data, None when none was set so, e.g. on a
+        QCFS source; ``per_channel``, ``snn_calibration``, ``calibration_steps``,
+        ``images``) and, with ``snn_calibration``, every layer's pre-activation error
+        before and after and the seconds taken (``"snnc"``).
 
     Raises:
         SnnconvError: unknown neuron or option, bad calibration data (dtype, shape,
         channels, NaN, too few values for the percentile), ``"mse"`` or
-        ``snn_calibration`` without ``calibration_steps`` or data; all before any work.
+        ``snn_calibration`` without ``calibration_steps`` or data, a calibration keyword
+        of the wrong type or value (:func:`check_calibration_options`), ``per_channel``
+        on a model with no plain-ReLU threshold to set; all before any work, and
+        ``model`` is never changed.
     """
     if neuron not in list_neurons():
         raise SnnconvError(f"unknown neuron {neuron!r}: choose one of {', '.join(list_neurons())}")
@@ -137,10 +143,12 @@ def convert(
             raise SnnconvError(f"threshold='mse' searches theta for one T: pass calibration_steps=T (an integer >= 1), got {calibration_steps!r}")
     if snn_calibration is not None and calibration is None:
         raise SnnconvError(f"snn_calibration={snn_calibration!r} needs calibration images: pass calibration=x")
-    if isinstance(weight_calibration, dict):
-        weight_calibration = WeightCalibration(**weight_calibration)
-    weights = weight_calibration or WeightCalibration()
+    weights = check_calibration_options(per_channel, calibration_steps, calibration_seed, calibration_target, weight_calibration)
     graph_module = prepare(model, activations, max_pool)
+    to_calibrate = [name for name, site in activation_sites(graph_module) if site.threshold is None]
+    if per_channel and not to_calibrate:
+        raise SnnconvError(f"per_channel=True (--per-channel) sets the thresholds of plain ReLU activations, and "
+                           f"{type(model).__name__} has none: its QCFS / clip-floor thresholds are trained; drop per_channel")
     batches = None
     if calibration is not None:
         if isinstance(calibration, torch.Tensor):  # simulate()'s own checks and messages first
@@ -158,9 +166,9 @@ def convert(
     graph_module.to(dtype)
     snn = SpikingNetwork(graph_module, neuron, dict(neuron_options), permute=permute)
     snn.max_pool = max_pool  # layerwise_error() prepares the source the same way
-    record: dict = {"threshold": method if calibration is not None else None, "per_channel": per_channel,
+    record: dict = {"threshold": method if calibration is not None and to_calibrate else None, "per_channel": per_channel,
                     "snn_calibration": snn_calibration, "calibration_steps": calibration_steps,
-                    "images": sum(b.shape[0] for b in batches) if batches else 0}
+                    "images": sum(b.shape[0] for b in batches) if batches and (to_calibrate or snn_calibration) else 0}
     if snn_calibration is not None:
         record["snnc"] = calibrate_snn(ann, snn, batches, snn_calibration, calibration_steps, calibration_seed, weights, progress,
                                        calibration_target)

@@ -142,9 +142,10 @@ def calibrate_thresholds(
         levels: L = T (times tau) for the MSE search.
 
     Raises:
-        SnnconvError: bad data (:func:`check_calibration_data`), a site that never fires,
-        too few values for the percentile (the tail 1 - p/100 of the values per theta,
-        zeros included, must hold at least one value), ``"mse"`` without ``levels``. Raised before any site is changed.
+        SnnconvError: bad data (:func:`check_calibration_data`), too few values for the
+        percentile (:func:`check_percentile_data`), ``"mse"`` without ``levels``: all
+        before any calibration pass runs; a site that never fires: after the pass, but
+        before any site is changed.
     """
     method = parse_threshold(method)
     if not isinstance(per_channel, bool):
@@ -154,7 +155,9 @@ def calibrate_thresholds(
     sites = [(n, s) for n, s in activation_sites(graph_module) if not (only_missing and s.threshold is not None)]
     if not sites:
         return graph_module
-    batches = data if isinstance(data, list) and all(isinstance(b, torch.Tensor) for b in data) else check_calibration_data(graph_module, data)
+    batches = check_calibration_data(graph_module, data)
+    if method not in ("max", "mse", 100.0):
+        check_percentile_data(graph_module, sites, batches, method, per_channel)
     generator = torch.Generator().manual_seed(seed)
     maxima: dict[str, torch.Tensor] = {}
     samples: dict[str, list[torch.Tensor]] = {n: [] for n, _ in sites}
@@ -190,6 +193,52 @@ def calibrate_thresholds(
     return graph_module
 
 
+def percentile_values_needed(percentile: float) -> int:
+    """The fewest values whose top 1 - p/100 holds at least one: ceil(100 / (100 - p)).
+
+    Raises:
+        Nothing (``percentile`` in (0, 100); 100 is the maximum and needs one value).
+    """
+    return 1 if percentile >= 100 else math.ceil(100.0 / (100.0 - percentile) - 1e-9)
+
+
+def check_percentile_data(graph_module: fx.GraphModule, sites: list[tuple[str, ActivationSite]], batches: list[torch.Tensor],
+                          percentile: float, per_channel: bool) -> None:
+    """Refuse calibration data too small for ``percentile`` before any calibration pass.
+
+    One image is run to read each site's output shape ``[1, C, ...]``; a threshold sees
+    ``N * prod(...)`` values (per channel) or ``N * C * prod(...)`` (per layer) on ``N``
+    images, zeros included, and the percentile needs :func:`percentile_values_needed`.
+
+    Raises:
+        SnnconvError: the first site (in graph order) with too few values: one line with
+            the images it needs, a lower percentile, and (per channel) per-layer thresholds.
+    """
+    shapes: dict[str, torch.Size] = {}
+    handles = [site.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, out.shape)) for name, site in sites]
+    try:
+        with torch.no_grad():
+            graph_module(batches[0][:1])
+    finally:
+        for h in handles:
+            h.remove()
+    images = sum(b.shape[0] for b in batches)
+    need = percentile_values_needed(percentile)
+    for name, site in sites:
+        shape = shapes.get(name)
+        if shape is None:
+            continue
+        per_image = math.prod(shape[1:]) // (shape[1] if per_channel and len(shape) > 1 else 1)
+        if images * per_image < need:
+            layer = ", or one threshold per layer (per_channel=False; no --per-channel)" if per_channel else ""
+            raise SnnconvError(
+                f"activation {site.path or name!r} gives {images * per_image} values per threshold on {images} calibration "
+                f"image(s) ({per_image} per image); the {percentile:g}th percentile needs at least {need}: pass at least "
+                f"{math.ceil(need / per_image)} images (calibration=x; --calibration-images N), or a lower percentile "
+                f"(threshold=; --calibrate){layer}"
+            )
+
+
 def _site_threshold(name: str, maxima: torch.Tensor, samples: list[torch.Tensor], method: str | float, levels: int | None) -> torch.Tensor:
     """theta for one site, ``[C]`` (C = 1 per layer); see :func:`calibrate_thresholds`."""
     if float(maxima.max()) <= 0:
@@ -201,17 +250,10 @@ def _site_threshold(name: str, maxima: torch.Tensor, samples: list[torch.Tensor]
         theta = maxima.clone()
     elif method == "mse":
         theta = mse_threshold(torch.cat(samples, 1), levels, maxima)
-    else:
+    else:  # enough values: check_percentile_data (a subsample may hold fewer; k stays in range)
         values = torch.cat(samples, 1)
-        need = math.ceil(100.0 / (100.0 - method) - 1e-9)
         theta = torch.zeros(values.shape[0], dtype=torch.float64)
         for c, row in enumerate(values):
-            if row.numel() < need:
-                raise SnnconvError(
-                    f"activation {name!r} has only {row.numel()} values per threshold on the calibration data; the "
-                    f"{method:g}th percentile needs at least {need}: pass more calibration images, a lower percentile, "
-                    "or per_channel=False"
-                )
             positive = row[row > 0]
             if positive.numel() == 0:
                 continue

@@ -5,12 +5,16 @@ threshold, bias or weight is set, so a failed conversion leaves nothing half-don
 """
 from __future__ import annotations
 
-from typing import Iterable
+import dataclasses
+from typing import Iterable, Mapping
 
 import torch
 from torch import fx, nn
 
 from ..errors import SnnconvError
+from ..inputs import check_input
+from .layer_probe import TARGETS
+from .weight_calibration import WeightCalibration
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -27,7 +31,7 @@ def _first_layer(graph_module: fx.GraphModule) -> nn.Module | None:
 def _as_tensors(data: torch.Tensor | Iterable) -> list[torch.Tensor]:
     if isinstance(data, torch.Tensor):
         return [data]
-    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+    if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Iterable):
         raise SnnconvError(
             f"calibration data must be a tensor [N, ...] or an iterable of batches, got {type(data).__name__}"
         )
@@ -58,29 +62,26 @@ def check_calibration_data(
         A list of float tensors on the model's device and dtype, ``[<= batch_size, ...]``.
 
     Raises:
-        SnnconvError: empty data, non-float dtype (e.g. uint8 images not yet normalised),
-        NaN/inf, batches of different shapes, a channel count that differs from the
-        first layer's ``in_channels``, a shape the model cannot run, or ``images`` < 1.
+        SnnconvError: data that is neither a tensor nor an iterable of tensors (a dict,
+        a string, a numpy array), empty data, what :func:`snnconv.inputs.check_input`
+        refuses (non-float dtype such as uint8 images not yet normalised, no batch
+        dimension, the wrong rank or channel count for the first layer, NaN/inf),
+        batches of different shapes, a shape the model cannot run, or ``images`` < 1.
     """
     if images is not None and (isinstance(images, bool) or not isinstance(images, int) or images < 1):
         raise SnnconvError(f"the number of calibration images must be an integer >= 1, got {images!r}")
     tensors = [t for t in _as_tensors(data) if t.numel()]
     if not tensors:
         raise SnnconvError("calibration data is empty: pass a tensor or loader with at least one image")
+    # simulate()'s checks and messages (dtype, rank, channels, NaN/inf), batch by batch
+    tensors = [check_input(graph_module, t, "calibration data") for t in tensors]
     shape = tuple(tensors[0].shape[1:])
     for t in tensors:
-        if not t.is_floating_point():
-            raise SnnconvError(
-                f"calibration data has dtype {t.dtype}: pass float images normalised like the training data "
-                "(e.g. dataset.normalized())"
-            )
-        if t.dim() < 2 or tuple(t.shape[1:]) != shape:
+        if tuple(t.shape[1:]) != shape:
             raise SnnconvError(
                 f"calibration batches must share one shape [N, ...], got {tuple(t.shape)} after {(None, *shape)}: "
                 "stack images of one size"
             )
-        if not bool(torch.isfinite(t).all()):
-            raise SnnconvError("calibration data contains NaN or inf: clean the images before calibrating")
     x = torch.cat(tensors)
     if images is not None:
         x = x[:images]
@@ -105,3 +106,41 @@ def check_calibration_data(
             f"{' '.join(str(err).split())[:160]}): pass images of the training data's shape"
         ) from None
     return list(x.split(batch_size))
+
+
+def check_calibration_options(per_channel, calibration_steps, calibration_seed, calibration_target: str,
+                              weight_calibration) -> WeightCalibration:
+    """Check :func:`snnconv.convert`'s calibration keywords before any work; return the
+    weight-calibration settings (defaults when ``weight_calibration`` is None).
+
+    Args:
+        per_channel: must be True or False.
+        calibration_steps: None or an integer T >= 1.
+        calibration_seed: an integer.
+        calibration_target: ``"output"`` or ``"preactivation"``.
+        weight_calibration: None, a :class:`WeightCalibration`, or a dict of its fields.
+
+    Raises:
+        SnnconvError: any of them of the wrong type or value (one line naming the keyword
+            and what it takes), or a ``weight_calibration`` dict with an unknown key.
+    """
+    if not isinstance(per_channel, bool):
+        raise SnnconvError(f"per_channel must be True or False, got {per_channel!r}")
+    if calibration_steps is not None and (isinstance(calibration_steps, bool) or not isinstance(calibration_steps, int)
+                                          or calibration_steps < 1):
+        raise SnnconvError(f"calibration_steps must be None or the T to calibrate for (an integer >= 1), got {calibration_steps!r}")
+    if isinstance(calibration_seed, bool) or not isinstance(calibration_seed, int):
+        raise SnnconvError(f"calibration_seed must be an integer, got {calibration_seed!r}")
+    if calibration_target not in TARGETS:
+        raise SnnconvError(f"the calibration target must be one of {', '.join(TARGETS)}, got {calibration_target!r}")
+    if weight_calibration is None:
+        return WeightCalibration()
+    if isinstance(weight_calibration, WeightCalibration):
+        return weight_calibration
+    if not isinstance(weight_calibration, Mapping):
+        raise SnnconvError(f"weight_calibration must be a WeightCalibration or a dict of its fields, got {type(weight_calibration).__name__}")
+    fields = [f.name for f in dataclasses.fields(WeightCalibration)]
+    unknown = [k for k in weight_calibration if k not in fields]
+    if unknown:
+        raise SnnconvError(f"weight_calibration has no setting {unknown[0]!r}: use {', '.join(fields)}")
+    return WeightCalibration(**weight_calibration)

@@ -71,11 +71,32 @@ def resolved_options(snn: SpikingNetwork) -> dict:
     return {"group_size": int(snn.spiking_layers()[0][1].params.group_size)}
 
 
-def calibration_record(spec: RunSpec, calibration_data: torch.Tensor | None) -> dict:
-    """Every calibration choice of a run, for the results JSON."""
-    return {"threshold": spec.calibration if calibration_data is not None else None, "per_channel": spec.per_channel,
-            "snn_calibration": spec.snn_calibration,
-            "images": 0 if calibration_data is None else int(calibration_data.shape[0])}
+def calibration_record(spec: RunSpec, calibration_data: torch.Tensor | None,
+                       networks: Sequence[SpikingNetwork] = ()) -> dict:
+    """Every calibration choice of a run, for the results JSON, as the conversion applied it.
+
+    ``threshold``: how plain-ReLU thresholds were set from data (``"max"``, ``"mse"``, a
+    percentile), None when no threshold was (a QCFS or clip-floor source keeps its trained
+    lambda); ``per_channel``; ``snn_calibration``; ``images``: calibration images used;
+    ``calibration_steps``: the T each conversion calibrated for, in ascending T (None: not
+    T-dependent); with SNN Calibration its ``target``, and for ``"advanced"`` the
+    ``weight_calibration`` settings. Read from ``networks``' :attr:`calibration` records
+    (:func:`snnconv.convert`); without them, from ``spec`` and ``calibration_data``.
+    """
+    applied = [net.calibration for net in networks if isinstance(getattr(net, "calibration", None), dict)]
+    if not applied:
+        return {"threshold": spec.calibration if calibration_data is not None else None, "per_channel": spec.per_channel,
+                "snn_calibration": spec.snn_calibration,
+                "images": 0 if calibration_data is None else int(calibration_data.shape[0])}
+    last = applied[-1]
+    record = {key: last[key] for key in ("threshold", "per_channel", "snn_calibration", "images")}
+    steps = [cal.get("calibration_steps") for cal in applied]
+    record["calibration_steps"] = steps if any(t is not None for t in steps) else None
+    if "snnc" in last:
+        record["target"] = last["snnc"]["target"]
+    if "weight_calibration_settings" in last:
+        record["weight_calibration"] = last["weight_calibration_settings"]
+    return record
 
 
 def classification_record(run: MethodRun, calibration_data: torch.Tensor | None = None) -> dict:
@@ -88,7 +109,7 @@ def classification_record(run: MethodRun, calibration_data: torch.Tensor | None 
     if spec.sleep_steps:
         record.update(wake_steps=spec.steps[0], sleep_steps=spec.sleep_steps, total_steps=latency,
                       steps_used=latency[-1], stopped_when_quiet=spec.stop_when_quiet)
-    record["calibration"] = calibration_record(spec, calibration_data)
+    record["calibration"] = calibration_record(spec, calibration_data, run.networks)
     if run.per_step:
         record["calibration"]["per_T"] = {str(t): net.calibration.get("snnc") or {}
                                           for t, net in zip(report_steps, run.networks)}
