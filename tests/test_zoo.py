@@ -63,8 +63,13 @@ def test_entry_reproduces_its_exact_conversion_on_500_test_images(name):
         out = simulate(convert(model, "gn", group_size=levels), x, 1)[0]
         assert (out.argmax(1) == logits.argmax(1)).float().mean() >= 0.99
     elif kind == "clipfloor":
+        # As for QCFS: exact in float64; in float32 a floor input within rounding of a level
+        # boundary may land one level off (measured: 2 of these 100 images, same class).
+        model64 = copy.deepcopy(model).double()
+        readout64 = running_average(simulate(convert(model64, "cif"), x[:100].double(), levels, sleep_steps=28), levels)[-1]
+        assert torch.allclose(readout64, model64(x[:100].double()), atol=1e-9)
         readout = running_average(simulate(convert(model, "cif"), x[:100], levels, sleep_steps=28), levels)[-1]
-        assert torch.allclose(readout, logits[:100], atol=1e-3)
+        assert (readout.argmax(1) == logits[:100].argmax(1)).float().mean() >= 0.99
     else:
         calibration = load_dataset(meta["dataset"], "train", shared_data("cifar10")).normalized(slice(0, 512))
         out = simulate(convert(model, "if", calibration=calibration), x[:100], 64).mean(0)
