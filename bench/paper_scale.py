@@ -182,15 +182,17 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    colours = iter(plt.cm.tab20.colors)  # more runs than the default cycle's 10 colours
+    markers, dashes = {"qcfs": "o", "relu": "s", "clipfloor": "^"}, {"qcfs": (4, 2), "relu": (1, 1), "clipfloor": (6, 2, 1, 2)}
     for source in results["sources"]:
-        ann = source["ann_accuracy"]
-        left.axhline(100 * ann, linestyle="--", linewidth=1, color="grey")
-        left.text(1, 100 * ann + 0.3, f"{source['source']} ANN", fontsize=7, color="grey")
+        ann, kind = source["ann_accuracy"], source["source"]
+        left.axhline(100 * ann, dashes=dashes.get(kind, (2, 2)), linewidth=1, color="grey", label=f"{kind} ANN ({100 * ann:.2f})")
         for run in source["runs"]:
             xs = run.get("total_steps") or run["T"]
-            label = f"{source['source']}: {run['label']}"
-            left.plot(xs, [100 * a for a in run["accuracy"]], marker="o", markersize=3, label=label)
-            right.plot(xs, [100 * (a - ann) for a in run["accuracy"]], marker="o", markersize=3, label=label)
+            style = {"marker": markers.get(kind, "o"), "markersize": 3, "color": next(colours), "label": f"{kind}: {run['label']}"}
+            left.plot(xs, [100 * a for a in run["accuracy"]], **style)
+            reference = run.get("ann_accuracy_on_samples", ann)  # a row on fewer images: the ANN on those images
+            right.plot(xs, [100 * (a - reference) for a in run["accuracy"]], **style)
     paper = results["qcfs_paper"]
     right.plot(paper["T"], [100 * (a - paper["ann"]) for a in paper["accuracy"]], "k--", marker="s", label="QCFS paper (IF), CIFAR-10")
     for ax, ylabel in ((left, "accuracy (%)"), (right, "accuracy - ANN (points)")):
@@ -199,6 +201,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     left.set_ylim(0, 100)
+    left.legend(handles=[h for h in left.get_lines() if "ANN" in h.get_label()], fontsize=7, loc="lower right")
     right.set_ylim(-30, 2)
     right.legend(fontsize=6, loc="lower right")
     fig.suptitle("ResNet-20, CIFAR-10 (JPEG-q75): snnconv conversion methods")
