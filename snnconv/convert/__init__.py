@@ -151,10 +151,9 @@ def convert(
                            f"{type(model).__name__} has none: its QCFS / clip-floor thresholds are trained; drop per_channel")
     batches = None
     if calibration is not None:
-        if isinstance(calibration, torch.Tensor):  # simulate()'s own checks and messages first
+        if isinstance(calibration, torch.Tensor):  # simulate()'s own message for an empty tensor too
             calibration = check_input(graph_module, calibration, "calibration data")
-        batches = check_calibration_data(graph_module, calibration, calibration_images)
-        batches = [check_input(graph_module, b, "calibration data") for b in batches]  # the same checks as simulate()
+        batches = check_calibration_data(graph_module, calibration, calibration_images)  # simulate()'s checks, batch by batch
         levels = None
         if calibration_steps is not None:
             group = neuron_options.get("group_size", 4) if neuron == "gn" else 1

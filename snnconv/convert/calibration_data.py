@@ -9,23 +9,12 @@ import dataclasses
 from typing import Iterable, Mapping
 
 import torch
-from torch import fx, nn
+from torch import fx
 
 from ..errors import SnnconvError
 from ..inputs import check_input
 from .layer_probe import TARGETS
 from .weight_calibration import WeightCalibration
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _first_layer(graph_module: fx.GraphModule) -> nn.Module | None:
-    """The first conv/linear module in execution order, if the input reaches one first."""
-    modules = dict(graph_module.named_modules())
-    for node in graph_module.graph.nodes:
-        if node.op == "call_module" and isinstance(modules.get(node.target), (*_CONVS, nn.Linear)):
-            return modules[node.target]
-    return None
 
 
 def _as_tensors(data: torch.Tensor | Iterable) -> list[torch.Tensor]:
@@ -85,15 +74,6 @@ def check_calibration_data(
     x = torch.cat(tensors)
     if images is not None:
         x = x[:images]
-    first = _first_layer(graph_module)
-    if isinstance(first, _CONVS):
-        spatial = first.weight.dim() - 2
-        if x.dim() != spatial + 2 or x.shape[1] != first.in_channels:
-            raise SnnconvError(
-                f"calibration data of shape {tuple(x.shape)} does not fit the first layer "
-                f"({type(first).__name__} with {first.in_channels} input channels): pass [N, {first.in_channels}, ...] "
-                "images like the training data"
-            )
     reference = next(iter(graph_module.parameters()), None)
     if reference is not None:
         x = x.to(device=reference.device, dtype=reference.dtype)
