@@ -36,6 +36,13 @@ from snnconv.zoo import ZOO_DIR, load_pretrained  # noqa: E402
 EXACT_FILE = "cifar10_exact_subset.npz"
 
 
+def augmentation_text(config: dict) -> str:
+    """What the card says after "random crop (padding 4) and flip"."""
+    parts = [", AutoAugment (CIFAR-10 policy)" if config.get("autoaugment") else "",
+             f", Cutout {config['cutout']}" if config.get("cutout") else ""]
+    return "".join(parts) or ", no Cutout, no AutoAugment"
+
+
 def exact_test_set(data_dir: Path, like: Dataset) -> Dataset:
     """The CIFAR-10 test images stored with exact pixels (1,017), normalised like ``like``."""
     with np.load(data_dir / EXACT_FILE, allow_pickle=False) as archive:
@@ -84,7 +91,7 @@ def card(name: str, meta: dict, jpeg: dict, exact: dict, twins: dict, command: s
         f"cosine, weight decay {config['weight_decay']} (on lambda too: {config['decay_thresholds']}), "
         f"lambda initialised at the {config.get('threshold_percentile')}th percentile of positive pre-activations, "
         f"bf16 autocast {config['amp']}, channels-last {config['channels_last']}, seed {config['seed']}; augmentation: random crop "
-        f"(padding 4) and flip" + (f", Cutout {config['cutout']}" if config.get("cutout") else ", no Cutout, no AutoAugment"),
+        f"(padding 4) and flip" + augmentation_text(config),
         f"- training time {meta.get('train_seconds', 0) / 60:.1f} min (wall, evaluations excluded; the machine was shared with "
         "other work, so this is an upper bound), on " + meta.get("machine", "a 2-core Sapphire Rapids VM (AVX-512, AVX512-BF16), CPU only")
         + f", torch {meta.get('torch', '?')}", "",

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import ACTIVATION_KINDS, QuantizedClip, clip_limit, init_thresholds, keep_thresholds_positive
-from .augment import cutout, random_crop, random_flip
+from .augment import autoaugment, cutout, make_autoaugment, random_crop, random_flip
 from .data import Dataset, load_dataset
 from .device import resolve_device
 from .errors import SnnconvError, check
@@ -72,6 +72,7 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast (CUDA, or a CPU with native bf16: AVX512-BF16 or AMX)
     channels_last: bool = False  # NHWC memory format for the model and its inputs
     cutout: int = 0  # side of the square Cutout zeroes in each training image (0: off; QCFS authors' CIFAR recipe: 16)
+    autoaugment: bool = False  # AutoAugment's CIFAR-10 policy after crop and flip (QCFS authors' CIFAR recipe; needs kornia)
 
     # Options that change speed, not the run: a checkpoint may be resumed with others.
     PERFORMANCE_OPTIONS = ("device", "amp", "channels_last")
@@ -88,6 +89,7 @@ class TrainConfig:
               f"the lambda initialisation percentile must be in (0, 100], got {self.threshold_percentile}")
         check(not isinstance(self.cutout, bool) and isinstance(self.cutout, int) and self.cutout >= 0,
               f"cutout must be a whole number of pixels >= 0 (0: off), got {self.cutout!r}")
+        check(isinstance(self.autoaugment, bool), f"autoaugment must be True or False, got {self.autoaugment!r}")
 
 
 def cpu_has_bf16() -> bool:
@@ -135,14 +137,19 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
 
 
 def augment_batch(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator, channels_last: bool,
-                  cutout_size: int = 0) -> torch.Tensor:
-    """Random crop (zero padding ``padding``), when ``flip`` a random horizontal flip, and
-    when ``cutout_size`` > 0 Cutout, of a ``[B, C, H, W]`` batch in batched tensor ops;
-    channels-last memory format when asked. (Cutout draws come last, so runs without it
-    draw exactly what they drew before it existed.)"""
+                  cutout_size: int = 0, policy: nn.Module | None = None,
+                  normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> torch.Tensor:
+    """Random crop (zero padding ``padding``), when ``flip`` a random horizontal flip, when
+    ``policy`` is given AutoAugment (:func:`snnconv.augment.autoaugment`; ``normalization``
+    is the data's ``(mean, std)``), and when ``cutout_size`` > 0 Cutout, of a
+    ``[B, C, H, W]`` batch in batched tensor ops; channels-last memory format when asked.
+    The order is the QCFS authors' CIFAR loader's. (AutoAugment's and Cutout's draws come
+    last, so runs without them draw exactly what they drew before they existed.)"""
     x = random_crop(x, padding, generator)
     if flip:
         x = random_flip(x, generator)
+    if policy is not None:
+        x = autoaugment(x, policy, *normalization, generator)
     x = cutout(x, cutout_size, generator)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -185,6 +192,7 @@ class ClassifierTask(TrainingTask):
         super().__init__(config)
         self.model: nn.Module | None = None
         self.model_args: dict = {}
+        self.policy: nn.Module | None = None  # AutoAugment, built in load_data when asked
 
     def prepare_device(self, device: torch.device) -> None:
         """Raises:
@@ -194,8 +202,13 @@ class ClassifierTask(TrainingTask):
             check_amp(device)
 
     def load_data(self, data_dir: str | Path | None) -> None:
+        """Raises:
+            SnnconvError: an unknown dataset or bad files, or ``--autoaugment`` on images that
+                are not RGB or without kornia (see :func:`snnconv.augment.make_autoaugment`).
+        """
         self.train_set = load_dataset(self.config.dataset, "train", data_dir)
         self.test_set = load_dataset(self.config.dataset, "test", data_dir)
+        self.policy = make_autoaugment(self.train_set.images.shape[1]) if self.config.autoaugment else None
 
     def build_model(self, device: torch.device) -> nn.Module:
         config = self.config
@@ -231,7 +244,7 @@ class ClassifierTask(TrainingTask):
     def train_step(self, net: nn.Module, optimizer: torch.optim.Optimizer, index: torch.Tensor,
                    generator: torch.Generator) -> torch.Tensor:
         x = augment_batch(self.x_train[index], self.padding, self.train_set.flip, generator, self.config.channels_last,
-                          self.config.cutout)
+                          self.config.cutout, self.policy, (self.train_set.mean, self.train_set.std))
         return train_step(net, optimizer, x, self.y_train[index], self.config)
 
     def after_step(self, model: nn.Module) -> None:
