@@ -104,13 +104,17 @@ def card(name: str, meta: dict, jpeg: dict, exact: dict, twins: dict, command: s
     return "\n".join(lines)
 
 
-def training_commands(kind: str, name: str, log: Path) -> str:
-    """zoo/train_resnet20.sh's command, then one ``EPOCHS=E`` line per extension the
-    training log records ("extending the finished N-epoch run to E epochs")."""
-    base = f"bash zoo/train_resnet20.sh {kind} zoo/{name} ../shared/data/cifar10"
+def training_commands(meta: dict, name: str, log: Path) -> str:
+    """zoo/train_resnet20.sh's command (with the run's --cutout / --autoaugment), then one
+    ``EPOCHS=E`` line per extension the training log records ("extending the finished
+    N-epoch run to E epochs")."""
+    config = meta.get("train_config", {})
+    extra = (f" --cutout {config['cutout']}" if config.get("cutout") else "") + (" --autoaugment" if config.get("autoaugment") else "")
+    base = f"bash zoo/train_resnet20.sh {meta['activation']['kind']} zoo/{name} ../shared/data/cifar10{extra}"
     text = log.read_text() if log.exists() else ""
     extensions = re.findall(r"extending the finished (\d+)-epoch run to (\d+) epochs", text)
-    lines = [base if not extensions or extensions[0][0] == "30" else f"EPOCHS={extensions[0][0]} {base}"]
+    first = int(extensions[0][0]) if extensions else config.get("epochs", 30)
+    lines = [base if first == 30 else f"EPOCHS={first} {base}"]
     lines += [f"EPOCHS={to} {base}   # extends the finished {done}-epoch run: the cosine restarts" for done, to in extensions]
     return "\n".join(lines)
 
@@ -132,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     test = load_dataset(meta["dataset"], "test", args.data_dir)
     jpeg, exact = scores(model, test), scores(model, exact_test_set(args.data_dir, test))
     twins = scores(model, jpeg_twins(args.data_dir, test))
-    kind = meta["activation"]["kind"]
-    command = args.command or training_commands(kind, args.name, (ZOO_DIR / args.name / "train.log"))
+    command = args.command or training_commands(meta, args.name, (ZOO_DIR / args.name / "train.log"))
     folder = ZOO_DIR / args.name
     write_text(folder / "card.md", card(args.name, meta, jpeg, exact, twins, command))
     write_json(folder / "card.json", {"name": args.name, "command": command, "cifar10_jpeg_test": jpeg, "cifar10_exact_test": exact, "cifar10_jpeg_same_images": twins,
