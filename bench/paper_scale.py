@@ -22,6 +22,7 @@ OUT.json. Numbers are "CIFAR-10 (JPEG-q75)".
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import shlex
 import sys
@@ -102,8 +103,22 @@ def append_subset_if(args) -> dict:
     return results
 
 
-def run_source(kind: str, args) -> dict | None:
-    """Every method on one zoo source; None when its checkpoint is not there yet."""
+def selected(label: str, patterns: list[str] | None) -> bool:
+    """Whether ``--methods`` (fnmatch patterns on the row labels; None: all) selects ``label``."""
+    return patterns is None or any(fnmatch.fnmatchcase(label, p) for p in patterns)
+
+
+def merge_runs(previous: list[dict], fresh: list[dict]) -> list[dict]:
+    """``previous`` with each row of ``fresh`` in place of the row of the same label (new
+    labels at the end); the subset-IF rows are dropped, to be redone for the merged rows."""
+    by_label = {run["label"]: run for run in fresh}
+    merged = [by_label.pop(run["label"], run) for run in previous]
+    return [run for run in merged + list(by_label.values()) if not run["label"].startswith("IF (the")]
+
+
+def run_source(kind: str, args, previous: dict | None = None) -> dict | None:
+    """Every method on one zoo source (with ``--methods``, the selected ones, the other rows
+    kept from ``previous``); None when its checkpoint is not there yet."""
     checkpoint = args.zoo / SOURCES[kind] / "checkpoint.safetensors"
     if not checkpoint.exists():
         print(f"skip {kind}: {checkpoint} not found", flush=True)
@@ -116,25 +131,41 @@ def run_source(kind: str, args) -> dict | None:
               "command": args.command, "torch": torch.__version__, "threads": torch.get_num_threads()}
     levels = meta["activation"]["levels"]
     for label, spec in method_specs(kind, args.steps, args.window_steps, args.seeds, levels, args.sleep_steps):
+        if not selected(label, args.methods):
+            continue
         n = min(len(y), args.permute_limit) if spec.permute is not None else len(y)
         started = time.perf_counter()
         run = run_method(model, x[:n], y[:n], spec, calibration, args.batch_size, progress=not args.no_progress)
-        run.update(label=label, samples=n, wall_seconds=round(time.perf_counter() - started, 1))
+        run.update(label=label, samples=n, wall_seconds=round(time.perf_counter() - started, 1), command=args.command)
         if n < len(y):
             run["ann_accuracy_on_samples"] = accuracy(model, x[:n], y[:n])
         record["runs"].append(run)
         print(f"{kind} / {label}: " + ", ".join(f"T={t} {100 * a:.2f}" for t, a in zip(run.get("total_steps") or run["T"], run["accuracy"]))
               + f" ({run['wall_seconds']} s)", flush=True)
+    if previous is not None and args.methods is not None:
+        if previous["samples"] != len(y):
+            raise SystemExit(f"--methods adds rows to {kind}'s {previous['samples']}-image table; this run has {len(y)} images")
+        kept = [{"command": previous.get("command"), **run} for run in previous["runs"]]  # older rows name their own command
+        record["runs"] = merge_runs(kept, record["runs"])
     subset = min((r["samples"] for r in record["runs"]), default=len(y))
     if subset < len(y):  # IF on the images the permutation runs used, so their rows compare like with like
-        record["runs"].append(subset_if_run(model, x, y, subset, args.window_steps, args.batch_size))
-    if kind == "relu" and not args.no_spikingjelly:
+        steps = sorted({t for r in record["runs"] if r["samples"] == subset for t in r["T"]})
+        record["runs"].append(subset_if_run(model, x, y, subset, steps, args.batch_size))
+    if kind == "relu" and not args.no_spikingjelly and selected("SpikingJelly*", args.methods):
         started = time.perf_counter()
         sj = spikingjelly_run(model, x, y, calibration, args.steps, args.batch_size)
         if sj is not None:
-            sj["wall_seconds"] = round(time.perf_counter() - started, 1)
-            record["runs"].append(sj)
+            sj.update(wall_seconds=round(time.perf_counter() - started, 1), command=args.command)
+            record["runs"] = [r for r in record["runs"] if r["label"] != sj["label"]] + [sj]
     return record
+
+
+def made_by(source: dict) -> list[str]:
+    """The commands that made a source's rows (rows added with ``--methods`` name their own)."""
+    commands = list(dict.fromkeys(c for c in (run.get("command") or source.get("command") for run in source["runs"]) if c))
+    if not commands:
+        return []
+    return [f"Made by (torch {source['torch']}, {source['threads']} threads): " + "; then ".join(f"`{c}`" for c in commands), ""]
 
 
 def markdown(results: dict) -> str:
@@ -151,8 +182,7 @@ def markdown(results: dict) -> str:
                                                             run["wake_steps"] + 4, run["wake_steps"] + 8, run["wake_steps"] + 16, run["total_steps"][-1]}]
             lines += ["| method | images | " + " | ".join(f"step {s}" for s in shown) + " |", "|---" * (len(shown) + 2) + "|",
                       f"| {run['label']} | {run['samples']} | " + " | ".join(f"{100 * run['accuracy'][s - 1]:.2f}" for s in shown) + " |", ""]
-            if source.get("command"):
-                lines += [f"Made by (torch {source['torch']}, {source['threads']} threads): `{source['command']}`", ""]
+            lines += made_by(source)
             continue
         lines += ["| method | images | " + " | ".join(f"T={t}" for t in steps) + " |", "|---" * (len(steps) + 2) + "|"]
         for run in source["runs"]:
@@ -161,8 +191,7 @@ def markdown(results: dict) -> str:
             latency = "" if run["latency_steps"] == run["T"] else f" (latency {run['spiking_layers'] + 1}·T)"
             lines.append(f"| {run['label']}{latency} | {run['samples']} | " + " | ".join(cells) + " |")
         lines.append("")
-        if source.get("command"):
-            lines += [f"Made by (torch {source['torch']}, {source['threads']} threads): `{source['command']}`", ""]
+        lines += made_by(source)
     qcfs = next((s for s in results["sources"] if s["source"] == "qcfs"), None)
     if qcfs is not None:
         paper, ours = results["qcfs_paper"], qcfs["runs"][0]
@@ -222,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="first N test images (default all 10,000)")
     p.add_argument("--permute-limit", type=int, default=10_000, help="first N test images for the permutation runs")
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--methods", help="comma-separated fnmatch patterns on row labels (e.g. 'TPP,IF + permute*'): run only "
+                   "those and keep the source's other rows from OUT.json")
     p.add_argument("--no-spikingjelly", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, type=Path, help="output path without extension")
@@ -242,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         args.command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
         previous = json.loads(json_path.read_text()) if json_path.exists() else {"sources": []}
         started = time.perf_counter()
-        fresh = [r for r in (run_source(kind, args) for kind in args.sources.split(",")) if r is not None]
+        args.methods = args.methods.split(",") if args.methods else None
+        before = {s["source"]: s for s in previous["sources"]}
+        fresh = [r for r in (run_source(kind, args, before.get(kind)) for kind in args.sources.split(",")) if r is not None]
         kept = [s for s in previous["sources"] if s["source"] not in {r["source"] for r in fresh}]  # other sources' earlier runs stay
         results = {"title": "ResNet-20, CIFAR-10 (JPEG-q75)", "sources": sorted(kept + fresh, key=lambda s: list(SOURCES).index(s["source"])),
                    "qcfs_paper": QCFS_PAPER, "torch": torch.__version__, "threads": torch.get_num_threads(),
