@@ -17,7 +17,9 @@ ICLR 2022, Table 1), compared as the gap to each paper's own ANN.
 
 Writes OUT.json (every run, the command, wall times), OUT.md (tables) and OUT.png
 (accuracy and gap to the ANN against T). ``--redraw`` rebuilds OUT.md and OUT.png from
-OUT.json. Numbers are "CIFAR-10 (JPEG-q75)".
+OUT.json. ``--methods PATTERNS`` runs only the rows whose labels match (e.g.
+``--methods TPP --window-steps 1,2,4,8,16,32,64``) and keeps the source's other rows from
+OUT.json; each row records its own command. Numbers are "CIFAR-10 (JPEG-q75)".
 """
 from __future__ import annotations
 
