@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import SnnconvError
+
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Pad ``[B, C, H, W]`` by ``padding`` (zeros) and crop each image at a random offset."""
@@ -62,8 +64,6 @@ def make_autoaugment(channels: int) -> torch.nn.Module:
         SnnconvError: kornia is not installed (``pip install kornia``), or the images are
             not RGB (the policy's colour operations need 3 channels).
     """
-    from .errors import SnnconvError
-
     if channels != 3:
         raise SnnconvError(f"AutoAugment's CIFAR-10 policy needs RGB images; this dataset has {channels} channel(s): "
                            "drop --autoaugment")
