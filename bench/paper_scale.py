@@ -64,6 +64,15 @@ def method_specs(kind: str, steps: list[int], window_steps: list[int], seeds: li
     raise ValueError(kind)
 
 
+SPIKINGJELLY_LABEL = "SpikingJelly 2.0.0 (99.9%)"
+
+
+def source_labels(kind: str, levels: int, spikingjelly: bool) -> list[str]:
+    """The labels of the rows a source's table gets (``--methods`` selects among them)."""
+    labels = [label for label, _ in method_specs(kind, [1], [1], [0], levels, 1)]
+    return labels + ([SPIKINGJELLY_LABEL] if kind == "relu" and spikingjelly else [])
+
+
 @torch.no_grad()
 def spikingjelly_run(model, x, y, calibration, steps: list[int], batch_size: int) -> dict | None:
     """SpikingJelly 2.0.0's ANN2SNN (99.9% calibration, its IF neuron, v(0) = 0) on the ReLU source."""
@@ -78,7 +87,7 @@ def spikingjelly_run(model, x, y, calibration, steps: list[int], batch_size: int
         average = out.cumsum(0) / torch.arange(1, len(out) + 1).view(-1, 1, 1)
         correct += (average.argmax(2) == y[start : start + batch_size]).sum(1).float()
     acc = (correct / len(y)).tolist()
-    return {"label": "SpikingJelly 2.0.0 (99.9%)", "T": steps, "accuracy": [acc[t - 1] for t in steps], "accuracy_std": [0.0] * len(steps),
+    return {"label": SPIKINGJELLY_LABEL, "T": steps, "accuracy": [acc[t - 1] for t in steps], "accuracy_std": [0.0] * len(steps),
             "latency_steps": steps, "samples": len(y)}
 
 
@@ -110,6 +119,23 @@ def selected(label: str, patterns: list[str] | None) -> bool:
     return patterns is None or any(fnmatch.fnmatchcase(label, p) for p in patterns)
 
 
+def check_methods(args) -> None:
+    """Refuse, before any work, a ``--methods`` pattern that matches no row of any source in
+    ``--sources`` (a typo would otherwise redo nothing and rewrite OUT silently)."""
+    from snnconv.checkpoint import read_checkpoint
+
+    labels = {}
+    for kind in args.sources.split(","):
+        checkpoint = args.zoo / SOURCES[kind] / "checkpoint.safetensors"
+        if checkpoint.exists():
+            labels[kind] = source_labels(kind, read_checkpoint(checkpoint)[0]["activation"]["levels"], not args.no_spikingjelly)
+    for pattern in args.methods:
+        if labels and not any(selected(label, [pattern]) for names in labels.values() for label in names):
+            rows = "; ".join(f"{kind}: " + ", ".join(map(repr, names)) for kind, names in labels.items())
+            raise SystemExit(f"--methods {pattern!r} matches no row (the rows: {rows}); patterns are split at commas, "
+                             "so match a label with a comma by a wildcard, e.g. '*max calibration'")
+
+
 def merge_runs(previous: list[dict], fresh: list[dict]) -> list[dict]:
     """``previous`` with each row of ``fresh`` in place of the row of the same label (new
     labels at the end); the subset-IF rows are dropped, to be redone for the merged rows."""
@@ -125,16 +151,33 @@ def run_source(kind: str, args, previous: dict | None = None) -> dict | None:
     if not checkpoint.exists():
         print(f"skip {kind}: {checkpoint} not found", flush=True)
         return None
+    if args.methods is not None:  # a source none of whose rows is selected keeps its table as it is
+        from snnconv.checkpoint import read_checkpoint
+
+        levels = read_checkpoint(checkpoint)[0]["activation"]["levels"]
+        if not any(selected(label, args.methods) for label in source_labels(kind, levels, not args.no_spikingjelly)):
+            print(f"skip {kind}: --methods selects none of its rows", flush=True)
+            return None
     model, meta, x, y, calibration = load_evaluation(checkpoint, args.data_dir, args.limit, torch.device("cpu"))
+    levels = meta["activation"]["levels"]
+    specs = [(label, spec) for label, spec in method_specs(kind, args.steps, args.window_steps, args.seeds, levels, args.sleep_steps)
+             if selected(label, args.methods)]
+    if previous is not None and args.methods is not None:  # checked before any work: the kept rows must compare like with like
+        if previous["samples"] != len(y):
+            raise SystemExit(f"--methods adds rows to {kind}'s {previous['samples']}-image table; this run has {len(y)} images: "
+                             f"pass --limit {previous['samples']}, or drop --methods to redo the whole table")
+        kept_permuted = {r["samples"] for r in previous["runs"] if r.get("permute") is not None and not selected(r["label"], args.methods)}
+        wanted = min(len(y), args.permute_limit)
+        if any(spec.permute is not None for _, spec in specs) and kept_permuted - {wanted}:
+            used = min(kept_permuted - {wanted})
+            raise SystemExit(f"{kind}'s permutation rows ran on {used} images; this run's would use {wanted}: pass --permute-limit {used}, "
+                             "or select all the permutation rows with --methods")
     limit_model = clip_limit(model)
     record = {"source": kind, "checkpoint": str(checkpoint.relative_to(args.zoo.parent)), "samples": len(y),
               "ann_accuracy": accuracy(model, x, y),
               "clip_limit_accuracy": None if limit_model is None else accuracy(limit_model, x, y), "runs": [],
               "command": args.command, "torch": torch.__version__, "threads": torch.get_num_threads()}
-    levels = meta["activation"]["levels"]
-    for label, spec in method_specs(kind, args.steps, args.window_steps, args.seeds, levels, args.sleep_steps):
-        if not selected(label, args.methods):
-            continue
+    for label, spec in specs:
         n = min(len(y), args.permute_limit) if spec.permute is not None else len(y)
         started = time.perf_counter()
         run = run_method(model, x[:n], y[:n], spec, calibration, args.batch_size, progress=not args.no_progress)
@@ -145,15 +188,13 @@ def run_source(kind: str, args, previous: dict | None = None) -> dict | None:
         print(f"{kind} / {label}: " + ", ".join(f"T={t} {100 * a:.2f}" for t, a in zip(run.get("total_steps") or run["T"], run["accuracy"]))
               + f" ({run['wall_seconds']} s)", flush=True)
     if previous is not None and args.methods is not None:
-        if previous["samples"] != len(y):
-            raise SystemExit(f"--methods adds rows to {kind}'s {previous['samples']}-image table; this run has {len(y)} images")
         kept = [{"command": previous.get("command"), **run} for run in previous["runs"]]  # older rows name their own command
         record["runs"] = merge_runs(kept, record["runs"])
     subset = min((r["samples"] for r in record["runs"]), default=len(y))
     if subset < len(y):  # IF on the images the permutation runs used, so their rows compare like with like
         steps = sorted({t for r in record["runs"] if r["samples"] == subset for t in r["T"]})
         record["runs"].append(subset_if_run(model, x, y, subset, steps, args.batch_size))
-    if kind == "relu" and not args.no_spikingjelly and selected("SpikingJelly*", args.methods):
+    if kind == "relu" and not args.no_spikingjelly and selected(SPIKINGJELLY_LABEL, args.methods):
         started = time.perf_counter()
         sj = spikingjelly_run(model, x, y, calibration, args.steps, args.batch_size)
         if sj is not None:
@@ -195,8 +236,9 @@ def markdown(results: dict) -> str:
         lines.append("")
         lines += made_by(source)
     qcfs = next((s for s in results["sources"] if s["source"] == "qcfs"), None)
-    if qcfs is not None:
-        paper, ours = results["qcfs_paper"], qcfs["runs"][0]
+    ours = None if qcfs is None else next((r for r in qcfs["runs"] if r["label"] == "IF"), None)
+    if ours is not None:
+        paper = results["qcfs_paper"]
         lines += ["### IF on the QCFS source against the QCFS paper, as the gap to each one's ANN (points)", "",
                   "| | ANN | " + " | ".join(f"T={t}" for t in paper["T"]) + " |", "|---" * (len(paper["T"]) + 2) + "|",
                   f"| {paper['citation']} | {100 * paper['ann']:.2f} | " + " | ".join(f"{100 * (a - paper['ann']):+.2f}" for a in paper["accuracy"]) + " |",
@@ -276,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         previous = json.loads(json_path.read_text()) if json_path.exists() else {"sources": []}
         started = time.perf_counter()
         args.methods = args.methods.split(",") if args.methods else None
+        if args.methods is not None:
+            check_methods(args)
         before = {s["source"]: s for s in previous["sources"]}
         fresh = [r for r in (run_source(kind, args, before.get(kind)) for kind in args.sources.split(",")) if r is not None]
         kept = [s for s in previous["sources"] if s["source"] not in {r["source"] for r in fresh}]  # other sources' earlier runs stay

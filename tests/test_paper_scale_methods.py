@@ -1,0 +1,74 @@
+"""bench/paper_scale.py --methods: tiny runs (30 images, T = 1, 2) on the zoo sources."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import shared_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import paper_scale  # noqa: E402
+
+
+def _args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(data_dir), "--steps", "1,2", "--seeds", "0", "--limit", "30", "--permute-limit", "20",
+            "--no-progress", "--no-spikingjelly", "--out", str(out), *extra]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts run_method calls (the work --methods must not start on a refused run)."""
+    calls = []
+    real = paper_scale.run_method
+
+    def run_method(*args, **kwargs):
+        calls.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(paper_scale, "run_method", run_method)
+    return calls
+
+
+def test_a_pattern_that_matches_no_row_is_refused_before_any_work(tmp_path, counted):
+    data = shared_data("cifar10")
+    with pytest.raises(SystemExit, match=r"--methods 'tpp' matches no row \(the rows: qcfs: 'IF', 'GN tau=2', .*'TPP'\)"):
+        paper_scale.main(_args(data, tmp_path / "ps", "--sources", "qcfs", "--methods", "tpp"))
+    assert counted == [] and not (tmp_path / "ps.json").exists()
+
+
+def test_a_table_of_other_images_or_permutation_images_is_refused_before_any_work(tmp_path, counted):
+    data = shared_data("cifar10")
+    paper_scale.main(_args(data, tmp_path / "ps", "--sources", "qcfs"))
+    before, counted[:] = (tmp_path / "ps.json").read_text(), []
+    with pytest.raises(SystemExit, match="--methods adds rows to qcfs's 30-image table; this run has 25 images: pass --limit 30"):
+        paper_scale.main(_args(data, tmp_path / "ps", "--sources", "qcfs", "--methods", "TPP", "--limit", "25"))
+    with pytest.raises(SystemExit, match="qcfs's permutation rows ran on 20 images; this run's would use 10: pass --permute-limit 20"):
+        paper_scale.main(_args(data, tmp_path / "ps", "--sources", "qcfs", "--methods", "IF + permute per-neuron", "--permute-limit", "10"))
+    assert counted == [] and (tmp_path / "ps.json").read_text() == before
+    # A selected permutation row on the table's images is redone; the subset-IF row follows it.
+    paper_scale.main(_args(data, tmp_path / "ps", "--sources", "qcfs", "--methods", "IF + permute per-neuron", "--window-steps", "1,2,4"))
+    runs = {r["label"]: r for r in json.loads((tmp_path / "ps.json").read_text())["sources"][0]["runs"]}
+    assert runs["IF + permute per-neuron"]["T"] == [1, 2, 4] and runs["IF + permute per-layer"]["T"] == [1, 2]
+    assert runs["IF (the 20 images of the permutation rows)"]["T"] == [1, 2, 4]
+
+
+def test_a_source_with_no_selected_row_is_left_alone_and_the_paper_comparison_reads_the_if_row(tmp_path, counted):
+    data = shared_data("cifar10")
+    paper_scale.main(_args(data, tmp_path / "ps", "--sources", "qcfs,clipfloor", "--methods", "TPP"))  # no OUT.json before
+    results = json.loads((tmp_path / "ps.json").read_text())
+    assert [s["source"] for s in results["sources"]] == ["qcfs"] and [r["label"] for r in results["sources"][0]["runs"]] == ["TPP"]
+    text = (tmp_path / "ps.md").read_text()
+    assert "snnconv IF" not in text  # no IF row: TPP's numbers are not shown as IF's
+    if_row = {"label": "IF", "T": [2], "accuracy": [0.5], "accuracy_std": [0.0], "latency_steps": [2], "samples": 30}
+    results["sources"][0]["runs"].append(if_row)
+    gap = 100 * (0.5 - results["sources"][0]["ann_accuracy"])
+    assert f"| snnconv IF, CIFAR-10 (JPEG-q75) | {100 * results['sources'][0]['ann_accuracy']:.2f} | {gap:+.2f} |" in paper_scale.markdown(results)
+
+
+def test_the_spikingjelly_row_is_selected_by_its_own_label():
+    assert paper_scale.selected(paper_scale.SPIKINGJELLY_LABEL, ["SpikingJelly 2.0.0 (99.9%)"])
+    assert paper_scale.SPIKINGJELLY_LABEL in paper_scale.source_labels("relu", 4, spikingjelly=True)
+    assert paper_scale.SPIKINGJELLY_LABEL not in paper_scale.source_labels("relu", 4, spikingjelly=False)
