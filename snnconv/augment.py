@@ -60,6 +60,14 @@ def make_autoaugment(channels: int) -> torch.nn.Module:
     """AutoAugment's CIFAR-10 policy (Cubuk et al., "AutoAugment: Learning Augmentation
     Strategies from Data", CVPR 2019), as kornia implements it, for ``channels``-channel images.
 
+    kornia's magnitudes are not the QCFS authors' loader's (``CIFAR10Policy``: fixed magnitudes
+    ``linspace(0, max, 10)[bin]``, random sign for shear, translate and the colour factors
+    ``1 +- m``, grey fill 128). kornia maps a bin onto an interval of a signed scale with no
+    random sign: ``rotate`` bin 2 turns 12-18 degrees (the loader: 6.7), ``shear_y`` bin 8
+    shears by 0.64-0.83 one way (the loader: +-0.27), ``translate_*`` shift one way,
+    ``solarize`` thresholds rise with the bin (the loader's fall), ``posterize`` bin 7 keeps 7
+    bits (the loader: 5), colour factors only brighten/sharpen for bins >= 5; the fill is black.
+
     Raises:
         SnnconvError: kornia is not installed (``pip install kornia``), or the images are
             not RGB (the policy's colour operations need 3 channels).
