@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import ACTIVATION_KINDS, QuantizedClip, clip_limit, init_thresholds, keep_thresholds_positive
-from .augment import autoaugment, cutout, make_autoaugment, random_crop, random_flip
+from .augment import cutout, random_crop, random_flip
+from .autoaugment import autoaugment_cifar10, check_autoaugment
 from .data import Dataset, load_dataset
 from .device import resolve_device
 from .errors import SnnconvError, check
@@ -137,19 +138,29 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
 
 
 def augment_batch(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator, channels_last: bool,
-                  cutout_size: int = 0, policy: nn.Module | None = None,
+                  cutout_size: int = 0, autoaugment: bool = False,
                   normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> torch.Tensor:
     """Random crop (zero padding ``padding``), when ``flip`` a random horizontal flip, when
-    ``policy`` is given AutoAugment (:func:`snnconv.augment.autoaugment`; ``normalization``
-    is the data's ``(mean, std)``), and when ``cutout_size`` > 0 Cutout, of a
-    ``[B, C, H, W]`` batch in batched tensor ops; channels-last memory format when asked.
-    The order is the QCFS authors' CIFAR loader's. (AutoAugment's and Cutout's draws come
-    last, so runs without them draw exactly what they drew before they existed.)"""
+    ``autoaugment`` AutoAugment's CIFAR-10 policy (:func:`snnconv.autoaugment.autoaugment_cifar10`),
+    and when ``cutout_size`` > 0 Cutout, of a normalised ``[B, C, H, W]`` batch in batched
+    tensor ops; channels-last memory format when asked.
+
+    With ``autoaugment`` the batch is taken back to pixels with ``normalization`` = (mean,
+    std) first, so the crop pads with black and the policy sees [0, 1] values, then
+    normalised again before Cutout: the QCFS authors' CIFAR order (crop, flip, policy,
+    to-tensor, normalise, Cutout). Without it the crop pads normalised zeros, as it always
+    has. (AutoAugment's and Cutout's draws come last, so runs without them draw exactly
+    what they drew before they existed.)
+    """
+    if autoaugment:
+        mean = torch.tensor(normalization[0], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(normalization[1], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        x = x * std + mean
     x = random_crop(x, padding, generator)
     if flip:
         x = random_flip(x, generator)
-    if policy is not None:
-        x = autoaugment(x, policy, *normalization, generator)
+    if autoaugment:
+        x = (autoaugment_cifar10(x, generator) - mean) / std
     x = cutout(x, cutout_size, generator)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -192,7 +203,6 @@ class ClassifierTask(TrainingTask):
         super().__init__(config)
         self.model: nn.Module | None = None
         self.model_args: dict = {}
-        self.policy: nn.Module | None = None  # AutoAugment, built in load_data when asked
 
     def prepare_device(self, device: torch.device) -> None:
         """Raises:
@@ -204,11 +214,12 @@ class ClassifierTask(TrainingTask):
     def load_data(self, data_dir: str | Path | None) -> None:
         """Raises:
             SnnconvError: an unknown dataset or bad files, or ``--autoaugment`` on images that
-                are not RGB or without kornia (see :func:`snnconv.augment.make_autoaugment`).
+                are not RGB or without kornia (see :func:`snnconv.autoaugment.check_autoaugment`).
         """
         self.train_set = load_dataset(self.config.dataset, "train", data_dir)
         self.test_set = load_dataset(self.config.dataset, "test", data_dir)
-        self.policy = make_autoaugment(self.train_set.images.shape[1]) if self.config.autoaugment else None
+        if self.config.autoaugment:
+            check_autoaugment(self.train_set.images.shape[1])
 
     def build_model(self, device: torch.device) -> nn.Module:
         config = self.config
@@ -244,7 +255,7 @@ class ClassifierTask(TrainingTask):
     def train_step(self, net: nn.Module, optimizer: torch.optim.Optimizer, index: torch.Tensor,
                    generator: torch.Generator) -> torch.Tensor:
         x = augment_batch(self.x_train[index], self.padding, self.train_set.flip, generator, self.config.channels_last,
-                          self.config.cutout, self.policy, (self.train_set.mean, self.train_set.std))
+                          self.config.cutout, self.config.autoaugment, (self.train_set.mean, self.train_set.std))
         return train_step(net, optimizer, x, self.y_train[index], self.config)
 
     def after_step(self, model: nn.Module) -> None:

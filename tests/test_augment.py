@@ -38,7 +38,7 @@ def test_bad_cutout_is_one_clear_line(bad):
         TrainConfig(cutout=bad).validate()
 
 
-# --- AutoAugment (kornia's CIFAR-10 policy, applied in groups) ---------------------------
+# --- AutoAugment in the training pipeline (the policy itself: tests/test_autoaugment.py) ---
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 
 
@@ -47,69 +47,21 @@ def _normalized_rgb(n: int, seed: int = 0) -> torch.Tensor:
     return (pixels - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
-class _Recorder(torch.nn.Module):
-    """A policy that records the batch sizes and pixel range it is called with and changes nothing."""
+def test_autoaugment_runs_on_pixels_after_a_black_padded_crop_and_flip_and_before_cutout():
+    from snnconv.autoaugment import autoaugment_cifar10
 
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def forward(self, x):
-        self.calls.append((x.shape[0], float(x.min()), float(x.max())))
-        return x
-
-
-def test_autoaugment_sees_pixels_in_0_1_in_groups_and_round_trips_the_normalisation():
-    from snnconv.augment import autoaugment
-
-    x, policy = _normalized_rgb(72), _Recorder()
-    out = autoaugment(x, policy, MEAN, STD, torch.Generator().manual_seed(0), group=32)
-    assert [c[0] for c in policy.calls] == [32, 32, 8]
-    assert all(lo >= 0 and hi <= 1 for _, lo, hi in policy.calls) and max(hi for *_, hi in policy.calls) > 0.99
-    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)  # an identity policy gives the images back
-
-
-def test_autoaugment_changes_images_draws_from_the_generator_and_leaves_the_global_rng_alone():
-    pytest.importorskip("kornia")
-    from snnconv.augment import autoaugment, make_autoaugment
-
-    x, policy = _normalized_rgb(128), make_autoaugment(3)
-    rng_before = torch.get_rng_state()
-    a = autoaugment(x, policy, MEAN, STD, torch.Generator().manual_seed(5))
-    b = autoaugment(x, policy, MEAN, STD, torch.Generator().manual_seed(5))
-    c = autoaugment(x, policy, MEAN, STD, torch.Generator().manual_seed(6))
-    assert torch.equal(torch.get_rng_state(), rng_before)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    changed = (a - x).abs().flatten(1).amax(1) > 1e-3
-    assert changed.sum() >= 16  # most sub-policies change an image with probability > 0.3
-    pixels = a * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
-    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
-
-
-def test_autoaugment_refuses_grey_images_and_a_missing_kornia(monkeypatch):
-    import sys
-
-    from snnconv.augment import make_autoaugment
-
-    with pytest.raises(SnnconvError, match=r"needs RGB images; this dataset has 1 channel\(s\): drop --autoaugment"):
-        make_autoaugment(1)
-    monkeypatch.setitem(sys.modules, "kornia.augmentation.auto", None)  # import fails as if not installed
-    with pytest.raises(SnnconvError, match=r"--autoaugment needs kornia .*pip install 'snnconv\[augment\]'"):
-        make_autoaugment(3)
-
-
-def test_autoaugment_off_draws_nothing_and_on_comes_after_flip_before_cutout():
-    x = _normalized_rgb(8)
-    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    plain = augment_batch(x, 4, True, a, False, cutout_size=16, policy=None)
-    assert torch.equal(plain, cutout(random_flip(random_crop(x, 4, b), b), 16, b))
-    policy, a = _Recorder(), torch.Generator().manual_seed(3)
-    with_identity = augment_batch(x, 4, True, a, False, cutout_size=16, policy=policy, normalization=(MEAN, STD))
-    assert len(policy.calls) == 1
-    b = torch.Generator().manual_seed(3)
-    flipped = random_flip(random_crop(x, 4, b), b)
-    torch.randint(0, 2**62, (1,), generator=b)  # the policy's seed
-    torch.testing.assert_close(with_identity, cutout(flipped, 16, b), atol=1e-5, rtol=0)
+    x = _normalized_rgb(16)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    out = augment_batch(x, 4, True, torch.Generator().manual_seed(3), False, cutout_size=8, autoaugment=True,
+                        normalization=(MEAN, STD))
+    g = torch.Generator().manual_seed(3)  # the authors' order, step by step, with the same draws
+    pixels = random_flip(random_crop(x * std + mean, 4, g), g)
+    expected = cutout((autoaugment_cifar10(pixels, g) - mean) / std, 8, g)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    plain = augment_batch(x, 4, True, torch.Generator().manual_seed(3), False, cutout_size=8)
+    assert not torch.allclose(out, plain, atol=1e-3)  # the policy did act
+    # the padding is black in pixels (the authors' RandomCrop), not the mean colour
+    assert ((pixels == 0).all(1).flatten(1).any(1)).sum() > 0
 
 
 def test_training_with_autoaugment_resumes_to_the_same_weights(tmp_path, monkeypatch):
@@ -147,6 +99,16 @@ def test_autoaugment_on_grey_data_is_refused_before_anything_is_written(tmp_path
     with pytest.raises(SnnconvError, match="needs RGB images; this dataset has 1 channel"):
         train(TrainConfig(model="small_cnn", dataset="digits", epochs=1, autoaugment=True), out, progress=False, log=lambda m: None)
     assert not (out / "checkpoint.safetensors").exists()
+
+
+def test_autoaugment_without_kornia_is_one_clear_line(monkeypatch):
+    import sys
+
+    from snnconv.autoaugment import check_autoaugment
+
+    monkeypatch.setitem(sys.modules, "kornia.enhance", None)  # import fails as if not installed
+    with pytest.raises(SnnconvError, match=r"--autoaugment needs kornia .*pip install 'snnconv\[augment\]'"):
+        check_autoaugment(3)
 
 
 @pytest.mark.parametrize("bad", [1, "yes", None])
