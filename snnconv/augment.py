@@ -44,4 +44,3 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
     in_cols = (cols >= cx - size // 2) & (cols < cx + size // 2)  # [B, W]
     keep = ~(in_rows[:, :, None] & in_cols[:, None, :])  # [B, H, W]
     return x * keep[:, None].to(x.dtype)
-

@@ -17,6 +17,7 @@ bin and sign, and whole batches, equal to PIL bit for bit.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -232,8 +233,9 @@ SIGNED = ("shear_x", "shear_y", "translate_x", "translate_y", "color", "contrast
 OPERATIONS = tuple(RANGES)
 
 
+@functools.lru_cache(maxsize=None)
 def _table(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Probabilities, operation indices and magnitudes of the policy, each ``[25, 2]``."""
+    """Probabilities, operation indices and magnitudes of the policy, each ``[25, 2]`` (built once; read only)."""
     rows = [((p1, o1, b1), (p2, o2, b2)) for p1, o1, b1, p2, o2, b2 in CIFAR10_POLICY]
     prob = torch.tensor([[p for p, _, _ in r] for r in rows], device=device)
     op = torch.tensor([[OPERATIONS.index(o) for _, o, _ in r] for r in rows], device=device)
