@@ -300,26 +300,46 @@ def _argsort_per_layer(window: torch.Tensor, generator: torch.Generator) -> torc
     return window.gather(0, keys.expand_as(window).argsort(dim=0))
 
 
-def _permutation_counts(steps: int, neurons: int, mode: str, seed: int = 0) -> torch.Tensor:
-    """How often each of the T! orders comes out, shuffling 0..T-1 in every neuron (or sample)."""
-    window = torch.arange(steps, dtype=torch.float64).reshape(steps, 1, 1).expand(steps, neurons, 1)
-    shuffled = permute_window(window, mode, torch.Generator().manual_seed(seed))[:, :, 0].long()
-    code = sum(shuffled[t] * steps**t for t in range(steps))
-    return torch.bincount(code, minlength=steps**steps)
+def _biased_shuffle(window: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """The textbook mistake: swap step i with j uniform on 0..T-1 (not 0..i)."""
+    steps = window.shape[0]
+    flat = window.clone(memory_format=torch.contiguous_format).view(steps, -1)
+    for i in range(steps - 1, 0, -1):
+        j = torch.randint(0, steps, (1, flat.shape[1]), generator=generator)
+        held = flat[i].clone()
+        flat[i] = flat.gather(0, j)[0]
+        flat.scatter_(0, j, held.unsqueeze(0))
+    return flat.view(window.shape)
+
+
+def _order_chi2(steps: int, mode: str, shuffle=permute_window, shuffles: int = 240_000) -> float:
+    """Pearson's chi-square of how often each of the T! orders comes out, shuffling
+    0..T-1 in every neuron (or sample); infinite if an order is missing or a non-order appears."""
+    window = torch.arange(steps, dtype=torch.float64).reshape(steps, 1, 1).expand(steps, shuffles, 1)
+    shuffled = shuffle(window, mode, torch.Generator().manual_seed(0))[:, :, 0].long()
+    counts = torch.bincount(sum(shuffled[t] * steps**t for t in range(steps)), minlength=steps**steps)
+    orders = counts[counts > 0]
+    if orders.numel() != math.factorial(steps):
+        return math.inf
+    expected = shuffles / orders.numel()
+    return float(((orders - expected) ** 2 / expected).sum())
+
+
+_CHI2_9999 = {3: 18.4, 4: 56.0}  # 99.99% quantiles of chi-square with T! - 1 degrees of freedom
 
 
 @pytest.mark.parametrize("mode", ["per-neuron", "per-layer"])
 @pytest.mark.parametrize("steps", [3, 4])
 def test_every_order_is_equally_likely(mode, steps):
     """Uniform over the T! orders: Pearson's chi-square over 240,000 shuffles stays below
-    its 99.99% quantile (the textbook biased shuffle, j uniform on 0..T-1, scores over
-    26,000 here)."""
-    counts = _permutation_counts(steps, 240_000, mode)
-    orders = counts[counts > 0]
-    assert orders.numel() == math.factorial(steps)  # every order occurs, nothing else does
-    expected = 240_000 / orders.numel()
-    chi2 = float(((orders - expected) ** 2 / expected).sum())
-    assert chi2 < {3: 18.4, 4: 56.0}[steps], chi2
+    its 99.99% quantile."""
+    assert _order_chi2(steps, mode) < _CHI2_9999[steps]
+
+
+@pytest.mark.parametrize("steps", [3, 4])
+def test_the_order_check_rejects_a_biased_shuffle(steps):
+    """The check above has the power to fail: the textbook biased shuffle scores over 26,000."""
+    assert _order_chi2(steps, "per-neuron", _biased_shuffle) > 26_000
 
 
 def test_every_step_reaches_every_position_at_large_t():
