@@ -92,6 +92,10 @@ def card(name: str, meta: dict, jpeg: dict, exact: dict, twins: dict, command: s
         f"lambda initialised at the {config.get('threshold_percentile')}th percentile of positive pre-activations, "
         f"bf16 autocast {config['amp']}, channels-last {config['channels_last']}, seed {config['seed']}; augmentation: random crop "
         f"(padding 4) and flip" + augmentation_text(config),
+        *([f"- fine-tuned from `{meta['init_from']['checkpoint']}` ({meta['init_from']['model']}, "
+           f"{meta['init_from']['activation']['kind']} activations, {meta['init_from']['epochs_done']} epochs, ANN "
+           f"{fmt(meta['init_from']['ann_accuracy'])}): every weight copied, lambda too between QCFS and clip-floor sources"]
+          if meta.get("init_from") else []),
         f"- training time {meta.get('train_seconds', 0) / 60:.1f} min (wall, evaluations excluded; the machine was shared with "
         "other work, so this is an upper bound), on " + meta.get("machine", "a 2-core Sapphire Rapids VM (AVX-512, AVX512-BF16), CPU only")
         + f", torch {meta.get('torch', '?')}", "",
@@ -105,11 +109,13 @@ def card(name: str, meta: dict, jpeg: dict, exact: dict, twins: dict, command: s
 
 
 def training_commands(meta: dict, name: str, log: Path) -> str:
-    """zoo/train_resnet20.sh's command (with the run's --cutout / --autoaugment), then one
+    """zoo/train_resnet20.sh's command (with the run's --cutout / --autoaugment / --lr /
+    --init-from where they differ from the script's), then one
     ``EPOCHS=E`` line per extension the training log records ("extending the finished
     N-epoch run to E epochs")."""
     config = meta.get("train_config", {})
     extra = (f" --cutout {config['cutout']}" if config.get("cutout") else "") + (" --autoaugment" if config.get("autoaugment") else "")
+    extra += (f" --lr {config['lr']}" if config.get("lr", 0.1) != 0.1 else "") + (f" --init-from {config['init_from']}" if config.get("init_from") else "")
     base = f"bash zoo/train_resnet20.sh {meta['activation']['kind']} zoo/{name} ../shared/data/cifar10{extra}"
     text = log.read_text() if log.exists() else ""
     extensions = re.findall(r"extending the finished (\d+)-epoch run to (\d+) epochs", text)

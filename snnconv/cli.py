@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Cutout: zero a PIXELS x PIXELS square of each training image (0: off; the QCFS authors' CIFAR recipe: 16)")
     tr.add_argument("--autoaugment", action="store_true",
                     help="AutoAugment's CIFAR-10 policy after crop and flip (the QCFS authors' CIFAR recipe; RGB data; needs kornia)")
+    tr.add_argument("--init-from", metavar="CHECKPOINT",
+                    help="fine-tune: start from this checkpoint's weights (file or zoo name; same model and arguments, "
+                         "any activation); lambda comes along between QCFS and clip-floor, else is set as without it")
     tr.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the batch order and the augmentation")
     tr.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     tr.add_argument("--model-arg", action="append", help="extra model argument KEY=VALUE (e.g. width=16); repeatable")
@@ -218,7 +221,7 @@ def _cmd_train(args) -> None:
         decay_thresholds=args.decay_thresholds, label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
         model_args=model_args, train_limit=args.train_limit, amp=args.amp, channels_last=args.channels_last,
         threshold_percentile=args.threshold_percentile or None, cutout=args.cutout,
-        autoaugment=args.autoaugment,
+        autoaugment=args.autoaugment, init_from=args.init_from,
     )
     _download_if_asked(args, config.dataset)
     _, meta = train(config, args.out, args.data_dir, progress=not args.no_progress)

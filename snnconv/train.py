@@ -23,6 +23,7 @@ from torch import nn
 from .activations import ACTIVATION_KINDS, QuantizedClip, clip_limit, init_thresholds, keep_thresholds_positive
 from .augment import cutout, random_crop, random_flip
 from .autoaugment import autoaugment_cifar10, check_autoaugment
+from .checkpoint import load_checkpoint
 from .data import Dataset, load_dataset
 from .device import resolve_device
 from .errors import SnnconvError, check
@@ -74,6 +75,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory format for the model and its inputs
     cutout: int = 0  # side of the square Cutout zeroes in each training image (0: off; QCFS authors' CIFAR recipe: 16)
     autoaugment: bool = False  # AutoAugment's CIFAR-10 policy after crop and flip (QCFS authors' CIFAR recipe; needs kornia)
+    init_from: str | None = None  # start from this checkpoint's weights (file or zoo name): fine-tuning
 
     # Options that change speed, not the run: a checkpoint may be resumed with others.
     PERFORMANCE_OPTIONS = ("device", "amp", "channels_last")
@@ -91,6 +93,8 @@ class TrainConfig:
         check(not isinstance(self.cutout, bool) and isinstance(self.cutout, int) and self.cutout >= 0,
               f"cutout must be a whole number of pixels >= 0 (0: off), got {self.cutout!r}")
         check(isinstance(self.autoaugment, bool), f"autoaugment must be True or False, got {self.autoaugment!r}")
+        check(self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
+              f"init_from must be a checkpoint path or zoo name, got {self.init_from!r}")
 
 
 def cpu_has_bf16() -> bool:
@@ -117,9 +121,60 @@ def build_model(config: TrainConfig, dataset: Dataset) -> tuple[nn.Module, dict]
     Raises:
         SnnconvError: unknown model or arguments (see :func:`snnconv.create_model`).
     """
-    args = {"num_classes": dataset.num_classes, "in_channels": dataset.images.shape[1], "activation": config.activation, "levels": config.levels}
-    args.update(config.model_args)
+    args = model_arguments(config, dataset)
     return create_model(config.model, **args), args
+
+
+def model_arguments(config: TrainConfig, dataset: Dataset) -> dict:
+    """The arguments of ``config.model`` for ``dataset``: classes, input channels, activation, L, and ``--model-arg``s."""
+    return {"num_classes": dataset.num_classes, "in_channels": dataset.images.shape[1], "activation": config.activation,
+            "levels": config.levels, **config.model_args}
+
+
+def _lambda_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the clip values lambda (one per QCFS / clip-floor activation)."""
+    return {f"{name}.threshold" for name, m in model.named_modules() if isinstance(m, QuantizedClip)}
+
+
+def check_initial_model(source: nn.Module, meta: dict, config: TrainConfig, model_args: dict) -> None:
+    """Refuse an ``--init-from`` checkpoint whose network is not this run's, whatever the activation.
+
+    Raises:
+        SnnconvError: another registered model, other model arguments (classes, input
+            channels, width, ...) or, apart from the lambdas, other weight names or shapes.
+    """
+    name = config.init_from
+    check(meta["model"] == config.model,
+          f"--init-from {name} holds a {meta['model']}, not the {config.model} of --model: pass --model {meta['model']} or another checkpoint")
+    ours, theirs = ({k: v for k, v in args.items() if k not in ("activation", "levels")} for args in (model_args, meta["model_args"]))
+    for key in sorted(ours.keys() | theirs.keys()):
+        check(ours.get(key) == theirs.get(key), f"--init-from {name} has {key}={theirs.get(key)!r} where this run needs "
+              f"{ours.get(key)!r} (dataset {config.dataset}, model arguments): start from a checkpoint of the same network")
+
+
+def copy_initial_weights(model: nn.Module, source: nn.Module, name: str) -> bool:
+    """Copy every weight and buffer of ``source`` into ``model`` (same network, any
+    activation). The clip values lambda come along when both are quantised with the same
+    activation sites (QCFS <-> clip-floor, any L); otherwise ``model`` keeps its own.
+    Returns whether lambda was copied.
+
+    Raises:
+        SnnconvError: apart from the lambdas, a weight in only one of the two models or
+            with another shape (checked before anything is copied).
+    """
+    ours, theirs = model.state_dict(), source.state_dict()
+    our_lambdas, their_lambdas = _lambda_keys(model), _lambda_keys(source)
+    only_one = sorted((ours.keys() - our_lambdas) ^ (theirs.keys() - their_lambdas))
+    check(not only_one, f"--init-from {name}: {', '.join(only_one[:3])} is in only one of the two models: start from a checkpoint of the same network")
+    for key in ours.keys() - our_lambdas:
+        check(ours[key].shape == theirs[key].shape, f"--init-from {name}: {key} has shape {tuple(theirs[key].shape)} there, "
+              f"{tuple(ours[key].shape)} here (another input size?): start from a checkpoint of the same network")
+    with_lambdas = bool(our_lambdas) and our_lambdas == their_lambdas
+    with torch.no_grad():
+        for key, value in ours.items():
+            if key not in our_lambdas or with_lambdas:
+                value.copy_(theirs[key])
+    return with_lambdas
 
 
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
@@ -203,6 +258,7 @@ class ClassifierTask(TrainingTask):
         super().__init__(config)
         self.model: nn.Module | None = None
         self.model_args: dict = {}
+        self.initial: tuple[nn.Module, dict] | None = None  # the --init-from model and its metadata
 
     def prepare_device(self, device: torch.device) -> None:
         """Raises:
@@ -212,10 +268,17 @@ class ClassifierTask(TrainingTask):
             check_amp(device)
 
     def load_data(self, data_dir: str | Path | None) -> None:
-        """Raises:
-            SnnconvError: an unknown dataset or bad files, or ``--autoaugment`` on images that
-                are not RGB or without kornia (see :func:`snnconv.autoaugment.check_autoaugment`).
+        """The datasets, and first the ``--init-from`` checkpoint (read again on resume, where
+        the run's own checkpoint then replaces its weights).
+
+        Raises:
+            SnnconvError: an unreadable ``--init-from`` checkpoint (see
+                :func:`snnconv.checkpoint.load_checkpoint`), an unknown dataset or bad files,
+                or ``--autoaugment`` on images that are not RGB or without kornia (see
+                :func:`snnconv.autoaugment.check_autoaugment`).
         """
+        if self.config.init_from is not None:
+            self.initial = load_checkpoint(self.config.init_from)
         self.train_set = load_dataset(self.config.dataset, "train", data_dir)
         self.test_set = load_dataset(self.config.dataset, "test", data_dir)
         if self.config.autoaugment:
@@ -223,9 +286,14 @@ class ClassifierTask(TrainingTask):
 
     def build_model(self, device: torch.device) -> nn.Module:
         config = self.config
+        if self.initial is not None:
+            check_initial_model(*self.initial, config, model_arguments(config, self.train_set))
         model, self.model_args = build_model(config, self.train_set)
+        copied_lambdas = False
+        if self.initial is not None:  # fine-tuning: the weights (and lambda, between quantised sources) of --init-from
+            copied_lambdas = copy_initial_weights(model, self.initial[0], config.init_from)
         model.to(device)
-        if config.threshold_percentile is not None:  # overwritten when resuming
+        if config.threshold_percentile is not None and not copied_lambdas:  # all overwritten when resuming
             first = torch.randperm(len(self.train_set.labels), generator=torch.Generator().manual_seed(config.seed))[:512]
             init_thresholds(model, self.train_set.normalized(first, device=device), config.threshold_percentile)
         if config.channels_last:
@@ -289,8 +357,16 @@ class ClassifierTask(TrainingTask):
             "clip_limit_accuracy": scores["clip_limit_accuracy"],
             "train_seconds": round(seconds, 1),
             "torch": torch.__version__,
+            **({"init_from": self.initial_record()} if self.initial is not None else {}),
             **({"schedule_extensions": resumed["schedule_extensions"]} if resumed and "schedule_extensions" in resumed else {}),
         }
+
+    def initial_record(self) -> dict:
+        """Where the run's first weights came from (``--init-from``), for the metadata and cards."""
+        meta = self.initial[1]
+        return {"checkpoint": self.config.init_from, "model": meta["model"], "dataset": meta.get("dataset"),
+                "activation": meta.get("activation"), "epochs_done": meta.get("epochs_done"),
+                "ann_accuracy": meta.get("ann_accuracy"), "clip_limit_accuracy": meta.get("clip_limit_accuracy")}
 
 
 def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None, progress: bool = True, log=print) -> tuple[nn.Module, dict]:
