@@ -68,8 +68,9 @@ CPU_WINDOW_BYTES = 8 << 20
 # scaled drive and its output, plus the next layer's output. Neurons integrate
 # float16/bfloat16 in float32, so a copy costs at least 4 bytes per element.
 _LIVE_COPIES = 4
-# Per-neuron permutation adds one float32 uniform per element, and per-layer an int64
-# gather of the window: at most 12 bytes per element (kept as the bound for both).
+# Permutation adds the shuffled copy of the window (at most 8 bytes per element) and,
+# per-neuron, one float32 uniform per element; per-layer's index is T x batch, expanded
+# without memory: at most 12 bytes per element (kept as the bound for both).
 _PERMUTE_BYTES = 12
 
 
@@ -100,8 +101,9 @@ def permute_window(window: torch.Tensor, mode: str, generator: torch.Generator |
     ICML 2025.
 
     Why Fisher-Yates and not an argsort of per-element keys (the first implementation):
-    on cache-sized windows the sort cost 3x (T = 2, 8) to 27x (T = 64) the shuffle, and
-    it made a permuted simulation 4.8x IF's time, now 2.3x (bench/results/permutation.md).
+    on cache-sized windows the sort cost 3x (T = 2, 8) to 6.5x (T = 64) the shuffle's CPU
+    time, and it made a permuted simulation 4.8x IF's time, now 2.3x
+    (bench/results/permutation.md).
 
     Args:
         window: ``[T, batch, ...]`` values of any dtype; not modified.
