@@ -87,3 +87,70 @@ def test_batchnorm1d_over_tokens_after_a_linear(tokens):
     x = torch.rand(3, tokens, 4, dtype=torch.float64)
     model = _ready(TokenBatchNorm(tokens), x)
     assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-9)
+
+
+# an in-place activation whose input is read again afterwards --------------------------
+
+class InPlace(nn.Module):
+    """``F.relu(y, inplace=True)`` / ``y.relu_()`` / ``nn.ReLU(inplace=True)`` overwrite y:
+    the later ``fc(y)`` reads the activation's output in the ANN."""
+
+    def __init__(self, spelling):
+        super().__init__()
+        self.spelling = spelling
+        self.conv, self.relu, self.act, self.fc = nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(inplace=True), QCFS(L), nn.Linear(4 * 6 * 6, 3)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv2(self.act(self.conv(x)))
+        early = self.fc(y.flatten(1))  # read before the activation: the pre-activation
+        if self.spelling == "function":
+            z = F.relu(y, inplace=True)
+        elif self.spelling == "method":
+            z = y.relu_()
+        else:
+            z = self.relu(y)
+        return self.fc(z.flatten(1)) + self.fc(y.flatten(1)) + early  # y is z now
+
+
+@pytest.mark.parametrize("spelling", ["function", "method", "module"])
+def test_in_place_activation_overwrites_its_input(spelling):
+    torch.manual_seed(2)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    model = _ready(InPlace(spelling), x)
+    snn = convert(model, "if", calibration=x, threshold="max")
+    threshold = float(snn.graph.get_submodule("site_1").threshold)
+    # the same network with the ReLU as a QCFS of that threshold, which GN at T = 1 computes exactly
+    class Reference(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m, self.q = model, QCFS(L, threshold)
+
+        def forward(self, x):
+            y = self.m.conv2(self.m.act(self.m.conv(x)))
+            z = self.q(y)
+            return self.m.fc(z.flatten(1)) * 2 + self.m.fc(y.flatten(1))
+
+    reference = Reference().double().eval()
+    gn = convert(model, "gn", group_size=L, calibration=x, threshold="max")(x, 1)[0]
+    assert torch.allclose(gn, reference(x), atol=1e-9)
+    y = model.conv2(model.act(model.conv(x)))
+    assert torch.allclose(model(x), model.fc(F.relu(y).flatten(1)) * 2 + model.fc(y.flatten(1)), atol=1e-12)  # the ANN
+
+
+def test_in_place_activation_read_through_an_older_view_is_refused():
+    class OldView(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act, self.fc = nn.Conv2d(2, 4, 3, padding=1), QCFS(L), nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            y = self.conv(self.act(x))
+            flat = y.view(y.size(0), -1)
+            z = torch.relu_(y)
+            return self.fc(z.flatten(1)) + self.fc(flat)
+
+    with pytest.raises(SnnconvError) as err:
+        convert(OldView(), "if")
+    assert str(err.value) == ("activation 'relu_' overwrites its input in place, which 'fc_1' then reads through 'view' "
+                              "(a view of the same memory): use the out-of-place form (nn.ReLU(), F.relu(x), inplace=False)")

@@ -7,6 +7,8 @@ no faithful form for is an error naming the node and the fix.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -107,6 +109,75 @@ def _site_for(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | 
             return ActivationSite(None, "relu", None, 0.0, None)
         return ActivationSite(None, "clip", None, 0.0, float(high), upper=float(high))
     return None
+
+
+_VIEW_METHODS = {"view", "view_as", "reshape", "flatten", "unflatten", "transpose", "permute", "squeeze", "unsqueeze",
+                 "expand", "expand_as", "contiguous", "movedim", "chunk", "split", "narrow", "select", "t", "unbind",
+                 "relu_"}
+_VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
+                   torch.movedim, torch.chunk, torch.split, torch.narrow, torch.select, torch.t, torch.unbind,
+                   operator.getitem, getattr, torch.relu_, F.relu_}
+
+
+def _is_view(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """May ``node``'s output share memory with its first input (a view, or an in-place op)?"""
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS
+    if node.op == "call_function":
+        return node.target in _VIEW_FUNCTIONS or bool(node.kwargs.get("inplace"))
+    if node.op == "call_module":
+        module = modules.get(node.target)
+        return isinstance(module, (nn.Flatten, nn.Unflatten, nn.Identity)) or bool(getattr(module, "inplace", False))
+    return False
+
+
+def _in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """An activation that overwrites its input: ``relu_``, ``inplace=True`` (module or function)."""
+    if node.op == "call_module":
+        return bool(getattr(modules.get(node.target), "inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", "").endswith("_") or bool(
+            node.kwargs.get("inplace", len(node.args) > 1 and node.args[1] is True))
+    return False
+
+
+def _aliases(source: fx.Node, modules: dict[str, nn.Module]) -> set[fx.Node]:
+    """Every node whose value may share memory with ``source`` (views up and down)."""
+    base = source
+    while _is_view(base, modules) and isinstance(base.args[0] if base.args else None, fx.Node):
+        base = base.args[0]
+    found, todo = {base}, [base]
+    while todo:
+        for user in todo.pop().users:
+            if user not in found and _is_view(user, modules) and user.args and user.args[0] in found:
+                found.add(user)
+                todo.append(user)
+    return found
+
+
+def _apply_in_place(graph: fx.Graph, node: fx.Node, site: fx.Node, modules: dict[str, nn.Module]) -> None:
+    """An in-place activation overwrites its input: later readers of the input read the
+    activation's output (as in the ANN); a later read through another view of the same
+    memory cannot be rewired and is refused."""
+    source = node.args[0]
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    aliases = _aliases(source, modules)
+    for alias in aliases:
+        for user in list(alias.users):
+            if user is node or user is site or order[user] < order[node] or (user in aliases and alias is not source):
+                continue
+            if alias is not source and order[alias] > order[node]:
+                continue  # a view taken after the activation, of another alias: checked at that alias
+            if alias is source:
+                user.replace_input_with(source, site)
+                continue
+            where = user_path(node)
+            raise SnnconvError(
+                f"activation {where!r} overwrites its input in place, which {user.name!r} then reads through "
+                f"{alias.name!r} (a view of the same memory): use the out-of-place form (nn.ReLU(), F.relu(x), "
+                "inplace=False)")
 
 
 def _user_module(node: fx.Node) -> tuple[str, type] | None:
@@ -290,6 +361,8 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
         with graph_module.graph.inserting_after(node):
             new = graph_module.graph.call_module(name, (node.args[0],))
         new.meta = dict(node.meta)
+        if _in_place(node, modules) and isinstance(node.args[0], fx.Node):
+            _apply_in_place(graph_module.graph, node, new, modules)
         node.replace_all_uses_with(new)
         graph_module.graph.erase_node(node)
         sites.append(new)
