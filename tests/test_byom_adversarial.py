@@ -154,3 +154,28 @@ def test_in_place_activation_read_through_an_older_view_is_refused():
         convert(OldView(), "if")
     assert str(err.value) == ("activation 'relu_' overwrites its input in place, which 'fc_1' then reads through 'view' "
                               "(a view of the same memory): use the out-of-place form (nn.ReLU(), F.relu(x), inplace=False)")
+
+
+# a class token expanded to the batch read off a spiking value -------------------------
+
+class ClassToken(nn.Module):
+    """ViT-style: a learned token expanded to ``h.shape[0]`` and concatenated to the tokens."""
+
+    def __init__(self, size_of):
+        super().__init__()
+        self.size_of = size_of
+        self.mix, self.act, self.mix2, self.act2, self.head = nn.Linear(4, 4), ClipFloor(L), nn.Linear(4, 4), ClipFloor(L), nn.Linear(4, 3)
+        self.token = nn.Parameter(torch.rand(1, 1, 4))
+
+    def forward(self, x):  # x [B, N, 4]
+        h = self.act(self.mix(x))
+        token = self.token.expand((h if self.size_of == "spikes" else x).shape[0], -1, -1)
+        return self.head(self.act2(self.mix2(torch.cat([token, h], dim=1)))[:, 0])
+
+
+@pytest.mark.parametrize("size_of", ["spikes", "input"])
+def test_cif_class_token_is_a_constant_off_in_sleep(size_of):
+    torch.manual_seed(3)
+    x = torch.rand(3, 5, 4, dtype=torch.float64)
+    model = _ready(ClassToken(size_of), x)
+    assert torch.allclose(_cif(model, x), model(x), atol=1e-9)
