@@ -179,3 +179,18 @@ def test_cif_class_token_is_a_constant_off_in_sleep(size_of):
     x = torch.rand(3, 5, 4, dtype=torch.float64)
     model = _ready(ClassToken(size_of), x)
     assert torch.allclose(_cif(model, x), model(x), atol=1e-9)
+
+
+# a QCFS subclass whose forward() computes something else ------------------------------
+
+class DoubledQCFS(QCFS):
+    def forward(self, z):
+        return super().forward(z) * 2.0
+
+
+def test_qcfs_subclass_with_its_own_forward_is_not_taken_for_qcfs():
+    model = nn.Sequential(nn.Linear(3, 4), DoubledQCFS(L, 1.0), nn.Linear(4, 2))
+    with pytest.raises(SnnconvError) as err:
+        convert(model, "if")
+    assert str(err.value).startswith("module '1' (DoubledQCFS) computes function floor, which has no spiking form: "
+                                     "if DoubledQCFS is an activation, map it to a supported one")

@@ -13,7 +13,11 @@ class _Tracer(fx.Tracer):
     """Keeps the source activations as single (leaf) nodes so passes can find them."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, QuantizedClip) or super().is_leaf_module(module, qualified_name)
+        # a subclass that rewrites forward() computes something else: traced into, so the
+        # converter sees (and names) what it computes
+        if isinstance(module, QuantizedClip) and type(module).forward is QuantizedClip.forward:
+            return True
+        return super().is_leaf_module(module, qualified_name)
 
 
 def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
