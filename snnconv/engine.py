@@ -272,7 +272,8 @@ class _WindowRunner(fx.Interpreter):
         tensor in, a constant out, repeated over the window) is a constant drive too."""
         if constant_in_sleep(n, self.modules):
             return True
-        return not any(i in self.dynamic and isinstance(self.env.get(i), torch.Tensor) for i in n.all_input_nodes)
+        return not any(i in self.dynamic and any(isinstance(v, torch.Tensor) for v in pytree.tree_leaves(self.env.get(i)))
+                       for i in n.all_input_nodes)  # a chunk's list of windows is input-dependent too
 
     def _constants_off_in_sleep(self, n: fx.Node, folded: torch.Tensor) -> torch.Tensor:
         """Wake-sleep: in sleep steps every constant drive is off: biases of any layer,

@@ -194,3 +194,58 @@ def test_qcfs_subclass_with_its_own_forward_is_not_taken_for_qcfs():
         convert(model, "if")
     assert str(err.value).startswith("module '1' (DoubledQCFS) computes function floor, which has no spiking form: "
                                      "if DoubledQCFS is an activation, map it to a supported one")
+
+
+# indexing, moving or squeezing the batch dimension after spikes -----------------------
+
+class Head(nn.Module):
+    def __init__(self, tail):
+        super().__init__()
+        self.tail = tail
+        self.conv, self.act, self.fc = nn.Conv2d(2, 4, 3, padding=1), QCFS(L), nn.Linear(4, 3)
+        self.flat0, self.unflat0 = nn.Flatten(0), nn.Unflatten(0, (1, -1))
+
+    def forward(self, x):
+        return self.tail(self, self.act(self.conv(x)))
+
+
+_OVER_BATCH = {
+    "h[0:1]": (lambda s, h: s.fc(h[0:1].mean((2, 3))), "getitem"),
+    "h[1:]": (lambda s, h: s.fc(h[1:].mean((2, 3))), "getitem"),
+    "h[0]": (lambda s, h: s.fc(h[0].mean((1, 2))), "getitem"),
+    "h[None]": (lambda s, h: s.fc(h[None].mean((3, 4)))[0], "getitem"),
+    "h[idx]": (lambda s, h: s.fc(h[torch.tensor([1, 0, 2])].mean((2, 3))), "getitem"),
+    "movedim(0, 1)": (lambda s, h: s.fc(h.movedim(0, 1).mean((2, 3)).T), "movedim"),
+    "squeeze(0)": (lambda s, h: s.fc(h.squeeze(0).mean((2, 3))), "squeeze"),
+    "nn.Flatten(0)": (lambda s, h: s.fc(s.flat0(h.mean((2, 3))).view(-1, 4)), "flat0"),
+    "nn.Unflatten(0)": (lambda s, h: s.fc(s.unflat0(h.mean((2, 3)))[0]), "unflat0"),
+    ".T": (lambda s, h: s.fc(h.mean((2, 3)).T.T), "getattr"),
+}
+
+
+@pytest.mark.parametrize("spelling", list(_OVER_BATCH))
+def test_selecting_or_moving_the_batch_after_spikes_is_refused(spelling):
+    tail, name = _OVER_BATCH[spelling]
+    model = Head(tail).eval()
+    model(torch.rand(3, 2, 6, 6))  # the ANN runs
+    with pytest.raises(SnnconvError, match=rf"^layer '{name}(_\d)?' \(.* over dim 0\) has no faithful spiking form: dim 0 is "
+                                           r"the batch \(it carries time in the SNN\)"):
+        convert(model, "if")
+
+
+@pytest.mark.parametrize("tail", [
+    lambda s, h: s.fc(F.adaptive_avg_pool2d(h, 1).squeeze()),
+    lambda s, h: s.fc(torch.squeeze(F.adaptive_avg_pool2d(h, 1))),
+    lambda s, h: s.fc(torch.cat(h[:, :, ::2][..., 1:].chunk(2, 1), 1).mean((2, 3))),  # indexing dims >= 1, lists
+])
+def test_squeeze_and_indexing_after_pooling_keep_the_batch(tail):
+    """``pool(h).squeeze()`` (the classic head) crashed with a raw RuntimeError: the
+    one-sample probe squeezed the batch away. Now it keeps dim 0, for any batch."""
+    torch.manual_seed(4)
+    for batch in (3, 1):
+        x = torch.rand(batch, 2, 6, 6, dtype=torch.float64)
+        model = _ready(Head(tail), torch.rand(3, 2, 6, 6, dtype=torch.float64))
+        out = _gn_t1(model, x)
+        assert out.shape == (batch, 3)
+        assert torch.allclose(out, model(x).reshape(batch, 3), atol=1e-9)
+        assert simulate(convert(model, "if"), x, 4).shape == (4, batch, 3)

@@ -16,7 +16,7 @@ from torch import fx, nn
 from ..activations import QuantizedClip, is_relu_node
 from ..errors import SnnconvError
 from .max_pool import MaxPoolGate
-from .ops import OPS, lookup
+from .ops import OPS, lookup, squeeze_samples
 
 _MAX_POOL_OPS = {f"{kind}{d}d" for kind in ("max_pool", "adaptive_max_pool") for d in (1, 2, 3)}
 
@@ -250,6 +250,46 @@ def _touches_batch(node: fx.Node) -> bool:
         return bool(dims) and dims[0] != 0
     if name == "flatten":
         return (args[0] if args else kwargs.get("start_dim", 0)) == 0
+    if name == "getitem":
+        return _indexes_batch(node)
+    if name == "movedim":
+        moved = (list(args[:2]) + [kwargs.get("source"), kwargs.get("destination")])
+        return any(0 in _dims_of(d) for d in moved if d is not None)
+    if name in ("squeeze", "unsqueeze", "unflatten"):
+        dim = args[0] if args else kwargs.get("dim")
+        return dim is not None and 0 in _dims_of(dim)
+    if name == "getattr":
+        return len(node.args) > 1 and node.args[1] in ("T", "H")
+    return False
+
+
+_CONTAINER_METHODS = {"chunk", "split", "size", "unbind", "split_with_sizes"}
+_CONTAINER_FUNCTIONS = {torch.chunk, torch.split, torch.unbind, getattr}
+
+
+def _indexes_batch(node: fx.Node) -> bool:
+    """Does ``value[index]`` select along dim 0 of a tensor (``h[0]``, ``h[1:]``, ``h[None]``,
+    ``h[idx]``)? Indexing a list or tuple (``h.chunk(2, 1)[0]``, ``x.shape[0]``) does not."""
+    base, index = node.args[0], node.args[1]
+    if not isinstance(base, fx.Node):
+        return False
+    if (base.op == "call_method" and base.target in _CONTAINER_METHODS) or (
+            base.op == "call_function" and base.target in _CONTAINER_FUNCTIONS):
+        return False
+    first = index[0] if isinstance(index, tuple) and index else index
+    return not (first is Ellipsis or (isinstance(first, slice) and first == slice(None)))
+
+
+def _dims_of(value) -> list:
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def _module_touches_batch(module: nn.Module) -> bool:
+    """nn.Flatten(0) / nn.Unflatten(0, ...): a module that merges or splits the batch."""
+    if isinstance(module, nn.Flatten):
+        return module.start_dim == 0
+    if isinstance(module, nn.Unflatten):
+        return module.dim == 0
     return False
 
 
@@ -269,6 +309,9 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
             if node in spiking:
                 raise _unsupported(f"{kind.__name__} after a spiking layer", where, _MAX_POOL_FIX)
             return
+        if op is not None and node in spiking and _module_touches_batch(module):
+            raise _unsupported(f"{kind.__name__} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
+                               "reduce, concatenate or move only dims >= 1")
         if op is not None and op.name == "upsample" and module.mode != "nearest":
             raise _unsupported(f"Upsample mode={module.mode}", where, "use mode='nearest'")
         if op is not None:
@@ -327,6 +370,17 @@ def _gate_max_pools(graph_module: fx.GraphModule, spiking: set) -> None:
                 setattr(graph_module.get_submodule(parent) if parent else graph_module, name, MaxPoolGate.from_module(module))
 
 
+def _squeeze_keeps_batch(graph: fx.Graph, dynamic: set) -> None:
+    """``h.squeeze()`` / ``torch.squeeze(h)`` without dims on an input-dependent value
+    becomes :func:`~snnconv.convert.ops.squeeze_samples` (keeps dim 0): the same for a
+    batch > 1, and the batch survives a one-sample run (probes, one image)."""
+    for node in graph.nodes:
+        squeezes = (node.op == "call_method" and node.target == "squeeze") or (
+            node.op == "call_function" and node.target is torch.squeeze)
+        if squeezes and node in dynamic and len(node.args) == 1 and not node.kwargs:
+            node.op, node.target = "call_function", squeeze_samples
+
+
 def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = None) -> fx.GraphModule:
     """Replace every activation node by an :class:`ActivationSite` module, in place.
 
@@ -379,6 +433,7 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
         if node.op == "call_module" and isinstance(modules.get(node.target), ActivationSite):
             continue
         _check_supported(node, modules, dynamic, spiking)
+    _squeeze_keeps_batch(graph, dynamic)
     if not sites:
         raise SnnconvError("the model has no activation to convert: add ReLU, QCFS or ClipFloor activations")
     graph_module.delete_all_unused_submodules()
