@@ -249,3 +249,61 @@ def test_squeeze_and_indexing_after_pooling_keep_the_batch(tail):
         assert out.shape == (batch, 3)
         assert torch.allclose(out, model(x).reshape(batch, 3), atol=1e-9)
         assert simulate(convert(model, "if"), x, 4).shape == (4, batch, 3)
+
+
+# forward(self, x, y): simulate() drives one input --------------------------------------
+
+def test_two_inputs_are_refused_at_conversion():
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.act, self.fc = nn.Linear(3, 4), nn.Linear(2, 4), QCFS(L), nn.Linear(4, 2)
+
+        def forward(self, x, y):
+            return self.fc(self.act(self.a(x) + self.b(y)))
+
+    with pytest.raises(SnnconvError) as err:  # was: converted, then a raw RuntimeError in simulate()
+        convert(TwoInputs(), "if")
+    assert str(err.value) == (
+        "TwoInputs.forward takes 2 inputs (x, y), but a spiking network is driven by one input tensor: wrap the model "
+        "in a module whose forward(x) takes one tensor (e.g. the inputs concatenated along dim 1 and split inside), "
+        "or give the other inputs default values")
+
+
+# F.hardtanh(x, 0, m) is nn.Hardtanh(0, m) --------------------------------------------
+
+class Clipped(nn.Module):
+    def __init__(self, spelling):
+        super().__init__()
+        self.spelling = spelling
+        self.a, self.b, self.clip = nn.Linear(3, 6), nn.Linear(6, 2), nn.Hardtanh(0.0, 1.5)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = self.clip(h) if self.spelling == "module" else F.hardtanh(h, 0.0, 1.5) if self.spelling == "function" \
+            else F.hardtanh(h, min_val=0.0, max_val=1.5)
+        return self.b(h)
+
+
+def test_functional_hardtanh_converts_like_the_module():
+    torch.manual_seed(5)
+    x = torch.randn(16, 3, dtype=torch.float64)
+    module = Clipped("module").double().eval()
+    expected = convert(module, "if")(x, 32)
+    for spelling in ("function", "keywords"):
+        model = Clipped(spelling).double().eval()
+        model.load_state_dict(module.state_dict())
+        assert torch.equal(model(x), module(x))
+        assert torch.equal(convert(model, "if")(x, 32), expected)
+    assert (running_average(expected)[-1] - module(x)).abs().max() < 0.1  # rate code of clip(x, 0, 1.5), theta = 1.5
+
+    class Symmetric(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = module
+
+        def forward(self, x):
+            return self.m.b(F.hardtanh(self.m.a(x)))  # clip(x, -1, 1)
+
+    with pytest.raises(SnnconvError, match=r"^layer 'hardtanh' \(function hardtanh\) has no faithful spiking form"):
+        convert(Symmetric(), "if")

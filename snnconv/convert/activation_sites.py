@@ -98,6 +98,12 @@ def _site_for(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | 
         return ActivationSite(None, "clip", None, 0.0, 6.0, upper=6.0)
     if isinstance(module, nn.Hardtanh) and module.min_val == 0:
         return ActivationSite(None, "clip", None, 0.0, float(module.max_val), upper=float(module.max_val))
+    if node.op == "call_function" and node.target is F.hardtanh:  # F.hardtanh(x, 0, m): nn.Hardtanh(0, m)
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        if low == 0 and isinstance(high, (int, float)) and not isinstance(high, bool) and high > 0:
+            return ActivationSite(None, "clip", None, 0.0, float(high), upper=float(high))
+        return None
     if is_relu_node(node, modules):
         return ActivationSite(None, "relu", None, 0.0, None)
     bounds = _clamp_bounds(node)

@@ -180,7 +180,7 @@ OPS: tuple[Op, ...] = (
     Op("relu", "activation", (nn.ReLU,), (F.relu, torch.relu, torch.relu_, F.relu_), ("relu", "relu_"), cost="neuron",
        nir="IF", nir_note="IF conversions only"),
     Op("relu6", "activation", (nn.ReLU6,), (F.relu6,), cost="neuron", nir="IF", nir_note="IF conversions only"),
-    Op("hardtanh", "activation", (nn.Hardtanh,), cost="neuron", nir="IF", nir_note="min_val=0 only; IF conversions only"),
+    Op("hardtanh", "activation", (nn.Hardtanh,), (F.hardtanh,), cost="neuron", nir="IF", nir_note="min_val=0 only; IF conversions only"),
     Op("clamp", "activation", functions=(torch.clamp, torch.clip), methods=("clamp", "clip"), cost="neuron", nir="IF",
        nir_note="clamp(x, 0, max) only; IF conversions only"),
 )
