@@ -21,6 +21,7 @@ from torch import fx, nn
 from torch.fx.node import map_arg
 from torch.utils import _pytree as pytree
 
+from .convert.activation_sites import check_batch_dims
 from .convert.max_pool import MaxPoolGate
 from .convert.ops import constant_in_sleep
 from .errors import SnnconvError, check
@@ -248,6 +249,10 @@ class _WindowRunner(fx.Interpreter):
                 return value
 
             args, kwargs = map_arg(n.args, load), map_arg(n.kwargs, load)
+            if has_window:  # a negative dim that resolves to the batch (the converter saw no rank)
+                first = next((v for v in pytree.tree_leaves(args) if isinstance(v, torch.Tensor)), None)
+                if first is not None:
+                    check_batch_dims(n, first)
             # the batch of a window is steps * batch, in tensor ops; size arithmetic
             # (x.shape[0], n * 4) keeps counting samples, so sleep's one-sample rerun scales it too
             if has_window and any(isinstance(self.env[i], torch.Tensor) for i in n.all_input_nodes):

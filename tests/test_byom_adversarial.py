@@ -307,3 +307,20 @@ def test_functional_hardtanh_converts_like_the_module():
 
     with pytest.raises(SnnconvError, match=r"^layer 'hardtanh' \(function hardtanh\) has no faithful spiking form"):
         convert(Symmetric(), "if")
+
+
+# a negative dim that is the batch: known only when the graph runs ---------------------
+
+@pytest.mark.parametrize("tail,name", [
+    (lambda s, h: s.fc(torch.cat([h.mean((2, 3)), h.mean((2, 3))], dim=-2)), "cat"),  # [B, C]: -2 is dim 0
+    (lambda s, h: s.fc(h.mean((2, 3)).sum(-2, keepdim=True)), "sum"),
+    (lambda s, h: s.fc(h.mean((2, 3)).unsqueeze(-3).mean(1)), "unsqueeze"),
+])
+def test_negative_dims_that_resolve_to_the_batch_are_refused(tail, name):
+    """Was: a raw RuntimeError at the output (or, with other shapes, samples mixed over
+    time without an error). Now the one-sample probe refuses it before the simulation."""
+    model = Head(tail).eval()
+    x = torch.rand(3, 2, 6, 6)
+    model(x)
+    with pytest.raises(SnnconvError, match=rf"^layer '{name}(_\d)?' \({name} over dim 0\) has no faithful spiking form"):
+        simulate(convert(model, "if"), x, 4)

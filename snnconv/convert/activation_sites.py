@@ -237,36 +237,58 @@ def _dim_list(value) -> list:
     return list(value) if isinstance(value, (tuple, list)) else [value]
 
 
-def _touches_batch(node: fx.Node) -> bool:
-    """Does a reduction, concatenation or axis move act on dim 0 (the batch, which carries time)?"""
+def _touches_batch(node: fx.Node, rank: int | None = None) -> bool:
+    """Does a reduction, concatenation, axis move or index act on dim 0 (the batch, which
+    carries time)? With ``rank`` (the input's number of dims, known when the graph runs)
+    negative dims are resolved too: ``sum(-2)`` of a ``[B, C]`` value is over dim 0."""
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     args = node.args[1:]
     kwargs = node.kwargs
+
+    def at(d, extra: int = 0):  # a dim, negative ones resolved against the rank when known
+        if rank is not None and isinstance(d, int) and not isinstance(d, bool) and d < 0:
+            return d + rank + extra
+        return d
+
     if name in ("mean", "sum"):
         dims = _dim_list(args[0] if args else kwargs.get("dim"))
-        return any(d is None or d == 0 for d in dims)
+        return any(d is None or at(d) == 0 for d in dims)
     if name in ("cat", "concat", "stack"):
-        return (node.args[1] if len(node.args) > 1 else kwargs.get("dim", 0)) == 0
+        return at(node.args[1] if len(node.args) > 1 else kwargs.get("dim", 0), int(name == "stack")) == 0
     if name in ("chunk", "split"):
-        return (node.args[2] if len(node.args) > 2 else kwargs.get("dim", 0)) == 0
+        return at(node.args[2] if len(node.args) > 2 else kwargs.get("dim", 0)) == 0
     if name == "transpose":
-        return 0 in [a for a in args[:2] if isinstance(a, int)] or 0 in (kwargs.get("dim0"), kwargs.get("dim1"))
+        return 0 in [at(a) for a in args[:2] if isinstance(a, int)] or 0 in (at(kwargs.get("dim0")), at(kwargs.get("dim1")))
     if name == "permute":
         dims = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else list(args or kwargs.get("dims", ()))
-        return bool(dims) and dims[0] != 0
+        return bool(dims) and at(dims[0]) != 0
     if name == "flatten":
-        return (args[0] if args else kwargs.get("start_dim", 0)) == 0
+        return at(args[0] if args else kwargs.get("start_dim", 0)) == 0
     if name == "getitem":
         return _indexes_batch(node)
     if name == "movedim":
         moved = (list(args[:2]) + [kwargs.get("source"), kwargs.get("destination")])
-        return any(0 in _dims_of(d) for d in moved if d is not None)
+        return any(0 in [at(x) for x in _dims_of(d)] for d in moved if d is not None)
     if name in ("squeeze", "unsqueeze", "unflatten"):
         dim = args[0] if args else kwargs.get("dim")
-        return dim is not None and 0 in _dims_of(dim)
+        return dim is not None and 0 in [at(x, int(name == "unsqueeze")) for x in _dims_of(dim)]
     if name == "getattr":
         return len(node.args) > 1 and node.args[1] in ("T", "H")
     return False
+
+
+def check_batch_dims(node: fx.Node, value: torch.Tensor) -> None:
+    """At run time, with ``value`` (the node's tensor input) known: refuse a negative dim
+    that resolves to dim 0 (``torch.cat([a, b], -2)`` of ``[B, C]`` values), which the
+    converter could not see. Called by the engine on nodes that read a spiking window.
+
+    Raises:
+        SnnconvError: the node acts on dim 0 of ``value``.
+    """
+    if node.op in ("call_function", "call_method") and _touches_batch(node, value.dim()):
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+        raise _unsupported(f"{name} over dim 0", node.name, "dim 0 is the batch (it carries time in the SNN): "
+                           "reduce, concatenate or move only dims >= 1")
 
 
 _CONTAINER_METHODS = {"chunk", "split", "size", "unbind", "split_with_sizes"}
