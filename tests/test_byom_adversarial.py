@@ -324,3 +324,28 @@ def test_negative_dims_that_resolve_to_the_batch_are_refused(tail, name):
     model(x)
     with pytest.raises(SnnconvError, match=rf"^layer '{name}(_\d)?' \({name} over dim 0\) has no faithful spiking form"):
         simulate(convert(model, "if"), x, 4)
+
+
+# .clone() / .detach() pass values on unchanged -----------------------------------------
+
+def test_clone_and_detach_are_identities():
+    class Copies(nn.Module):
+        def __init__(self, spelling):
+            super().__init__()
+            self.spelling = spelling
+            self.conv, self.act, self.fc = nn.Conv2d(2, 4, 3, padding=1), QCFS(L), nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            h = self.act(self.conv(x))
+            h = {"method": lambda: h.clone().detach(), "function": lambda: torch.detach(torch.clone(h)),
+                 "none": lambda: h}[self.spelling]()
+            return self.fc(h.flatten(1))
+
+    torch.manual_seed(6)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    plain = _ready(Copies("none"), x)
+    for spelling in ("method", "function"):  # was: refused ("method .clone() has no faithful spiking form")
+        model = Copies(spelling).double().eval()
+        model.load_state_dict(plain.state_dict())
+        assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-9)
+        assert torch.equal(convert(model, "if")(x, 8), convert(plain, "if")(x, 8))

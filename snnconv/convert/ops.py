@@ -155,7 +155,7 @@ OPS: tuple[Op, ...] = (
     Op("reshape", "structural", functions=(torch.reshape,), methods=("reshape", "view"), nir="Flatten",
        nir_note="only to one vector per sample"),
     Op("unflatten", "structural", (nn.Unflatten,), methods=("unflatten",), nir_note=_NO_NIR_GLUE),
-    Op("identity", "structural", (nn.Identity,), methods=("contiguous",), nir="identity",
+    Op("identity", "structural", (nn.Identity,), (torch.clone, torch.detach), ("contiguous", "clone", "detach"), nir="identity",
        nir_note="no node: its input passes on"),
     Op("upsample", "structural", (nn.Upsample,), (F.interpolate,), nir_note=_NO_NIR_GLUE),
     Op("pad", "structural", (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d), (F.pad,), constant_in_sleep=True,
