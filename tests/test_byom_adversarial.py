@@ -349,3 +349,29 @@ def test_clone_and_detach_are_identities():
         model.load_state_dict(plain.state_dict())
         assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-9)
         assert torch.equal(convert(model, "if")(x, 8), convert(plain, "if")(x, 8))
+
+
+def test_in_place_activation_after_a_size_read_is_not_a_view_read():
+    class SizeFirst(nn.Module):
+        def __init__(self, in_place):
+            super().__init__()
+            self.in_place = in_place
+            self.conv, self.act, self.conv2, self.fc = nn.Conv2d(2, 4, 3, padding=1), QCFS(L), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(144, 3)
+
+        def forward(self, x):
+            y = self.conv2(self.act(self.conv(x)))
+            n = y.shape[0]  # a size, not a view: the in-place ReLU does not change it
+            if self.in_place:
+                F.relu(y, inplace=True)
+            else:
+                y = F.relu(y)
+            return self.fc(y.reshape(n, -1))
+
+    torch.manual_seed(7)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    plain = _ready(SizeFirst(False), x)
+    model = SizeFirst(True).double().eval()
+    model.load_state_dict(plain.state_dict())
+    assert torch.equal(model(x.clone()), plain(x))
+    expected = convert(plain, "if", calibration=x, threshold="max")(x, 8)
+    assert torch.equal(convert(model, "if", calibration=x, threshold="max")(x, 8), expected)

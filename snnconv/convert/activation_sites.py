@@ -122,7 +122,7 @@ _VIEW_METHODS = {"view", "view_as", "reshape", "flatten", "unflatten", "transpos
                  "relu_"}
 _VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
                    torch.movedim, torch.chunk, torch.split, torch.narrow, torch.select, torch.t, torch.unbind,
-                   operator.getitem, getattr, torch.relu_, F.relu_}
+                   operator.getitem, torch.relu_, F.relu_}
 
 
 def _is_view(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
