@@ -21,6 +21,7 @@ from torch import fx, nn
 from torch.fx.node import map_arg
 from torch.utils import _pytree as pytree
 
+from .convert.activation_sites import check_batch_dims
 from .convert.max_pool import MaxPoolGate
 from .convert.ops import constant_in_sleep
 from .errors import SnnconvError, check
@@ -250,7 +251,13 @@ class _WindowRunner(fx.Interpreter):
                 return value
 
             args, kwargs = map_arg(n.args, load), map_arg(n.kwargs, load)
-            if has_window:  # the batch of a window is steps * batch
+            if has_window:  # a negative dim that resolves to the batch (the converter saw no rank)
+                first = next((v for v in pytree.tree_leaves(args) if isinstance(v, torch.Tensor)), None)
+                if first is not None:
+                    check_batch_dims(n, first)
+            # the batch of a window is steps * batch, in tensor ops; size arithmetic
+            # (x.shape[0], n * 4) keeps counting samples, so sleep's one-sample rerun scales it too
+            if has_window and any(isinstance(self.env[i], torch.Tensor) for i in n.all_input_nodes):
                 args = self._batch_sizes(args, self.schedule.total)
                 kwargs = self._batch_sizes(kwargs, self.schedule.total)
             try:
@@ -267,7 +274,13 @@ class _WindowRunner(fx.Interpreter):
             return result
 
     def _adds_constant(self, n: fx.Node) -> bool:
-        return constant_in_sleep(n, self.modules)  # the sleep rule of the table of operations
+        """The sleep rule of the table of operations; and a node that is a window only
+        through a size read (``self.token.expand(h.shape[0], -1, -1)``: no input-dependent
+        tensor in, a constant out, repeated over the window) is a constant drive too."""
+        if constant_in_sleep(n, self.modules):
+            return True
+        return not any(i in self.dynamic and any(isinstance(v, torch.Tensor) for v in pytree.tree_leaves(self.env.get(i)))
+                       for i in n.all_input_nodes)  # a chunk's list of windows is input-dependent too
 
     def _constants_off_in_sleep(self, n: fx.Node, folded: torch.Tensor) -> torch.Tensor:
         """Wake-sleep: in sleep steps every constant drive is off: biases of any layer,

@@ -7,6 +7,8 @@ no faithful form for is an error naming the node and the fix.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -14,7 +16,7 @@ from torch import fx, nn
 from ..activations import QuantizedClip, is_relu_node
 from ..errors import SnnconvError
 from .max_pool import MaxPoolGate
-from .ops import OPS, lookup
+from .ops import OPS, lookup, squeeze_samples
 
 _MAX_POOL_OPS = {f"{kind}{d}d" for kind in ("max_pool", "adaptive_max_pool") for d in (1, 2, 3)}
 
@@ -96,6 +98,12 @@ def _site_for(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | 
         return ActivationSite(None, "clip", None, 0.0, 6.0, upper=6.0)
     if isinstance(module, nn.Hardtanh) and module.min_val == 0:
         return ActivationSite(None, "clip", None, 0.0, float(module.max_val), upper=float(module.max_val))
+    if node.op == "call_function" and node.target is F.hardtanh:  # F.hardtanh(x, 0, m): nn.Hardtanh(0, m)
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        if low == 0 and isinstance(high, (int, float)) and not isinstance(high, bool) and high > 0:
+            return ActivationSite(None, "clip", None, 0.0, float(high), upper=float(high))
+        return None
     if is_relu_node(node, modules):
         return ActivationSite(None, "relu", None, 0.0, None)
     bounds = _clamp_bounds(node)
@@ -107,6 +115,75 @@ def _site_for(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | 
             return ActivationSite(None, "relu", None, 0.0, None)
         return ActivationSite(None, "clip", None, 0.0, float(high), upper=float(high))
     return None
+
+
+_VIEW_METHODS = {"view", "view_as", "reshape", "flatten", "unflatten", "transpose", "permute", "squeeze", "unsqueeze",
+                 "expand", "expand_as", "contiguous", "movedim", "chunk", "split", "narrow", "select", "t", "unbind",
+                 "relu_"}
+_VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
+                   torch.movedim, torch.chunk, torch.split, torch.narrow, torch.select, torch.t, torch.unbind,
+                   operator.getitem, torch.relu_, F.relu_}
+
+
+def _is_view(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """May ``node``'s output share memory with its first input (a view, or an in-place op)?"""
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS
+    if node.op == "call_function":
+        return node.target in _VIEW_FUNCTIONS or bool(node.kwargs.get("inplace"))
+    if node.op == "call_module":
+        module = modules.get(node.target)
+        return isinstance(module, (nn.Flatten, nn.Unflatten, nn.Identity)) or bool(getattr(module, "inplace", False))
+    return False
+
+
+def _in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """An activation that overwrites its input: ``relu_``, ``inplace=True`` (module or function)."""
+    if node.op == "call_module":
+        return bool(getattr(modules.get(node.target), "inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", "").endswith("_") or bool(
+            node.kwargs.get("inplace", len(node.args) > 1 and node.args[1] is True))
+    return False
+
+
+def _aliases(source: fx.Node, modules: dict[str, nn.Module]) -> set[fx.Node]:
+    """Every node whose value may share memory with ``source`` (views up and down)."""
+    base = source
+    while _is_view(base, modules) and isinstance(base.args[0] if base.args else None, fx.Node):
+        base = base.args[0]
+    found, todo = {base}, [base]
+    while todo:
+        for user in todo.pop().users:
+            if user not in found and _is_view(user, modules) and user.args and user.args[0] in found:
+                found.add(user)
+                todo.append(user)
+    return found
+
+
+def _apply_in_place(graph: fx.Graph, node: fx.Node, site: fx.Node, modules: dict[str, nn.Module]) -> None:
+    """An in-place activation overwrites its input: later readers of the input read the
+    activation's output (as in the ANN); a later read through another view of the same
+    memory cannot be rewired and is refused."""
+    source = node.args[0]
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    aliases = _aliases(source, modules)
+    for alias in aliases:
+        for user in list(alias.users):
+            if user is node or user is site or order[user] < order[node] or (user in aliases and alias is not source):
+                continue
+            if alias is not source and order[alias] > order[node]:
+                continue  # a view taken after the activation, of another alias: checked at that alias
+            if alias is source:
+                user.replace_input_with(source, site)
+                continue
+            where = user_path(node)
+            raise SnnconvError(
+                f"activation {where!r} overwrites its input in place, which {user.name!r} then reads through "
+                f"{alias.name!r} (a view of the same memory): use the out-of-place form (nn.ReLU(), F.relu(x), "
+                "inplace=False)")
 
 
 def _user_module(node: fx.Node) -> tuple[str, type] | None:
@@ -160,25 +237,87 @@ def _dim_list(value) -> list:
     return list(value) if isinstance(value, (tuple, list)) else [value]
 
 
-def _touches_batch(node: fx.Node) -> bool:
-    """Does a reduction, concatenation or axis move act on dim 0 (the batch, which carries time)?"""
+def _touches_batch(node: fx.Node, rank: int | None = None) -> bool:
+    """Does a reduction, concatenation, axis move or index act on dim 0 (the batch, which
+    carries time)? With ``rank`` (the input's number of dims, known when the graph runs)
+    negative dims are resolved too: ``sum(-2)`` of a ``[B, C]`` value is over dim 0."""
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     args = node.args[1:]
     kwargs = node.kwargs
+
+    def at(d, extra: int = 0):  # a dim, negative ones resolved against the rank when known
+        if rank is not None and isinstance(d, int) and not isinstance(d, bool) and d < 0:
+            return d + rank + extra
+        return d
+
     if name in ("mean", "sum"):
         dims = _dim_list(args[0] if args else kwargs.get("dim"))
-        return any(d is None or d == 0 for d in dims)
+        return any(d is None or at(d) == 0 for d in dims)
     if name in ("cat", "concat", "stack"):
-        return (node.args[1] if len(node.args) > 1 else kwargs.get("dim", 0)) == 0
+        return at(node.args[1] if len(node.args) > 1 else kwargs.get("dim", 0), int(name == "stack")) == 0
     if name in ("chunk", "split"):
-        return (node.args[2] if len(node.args) > 2 else kwargs.get("dim", 0)) == 0
+        return at(node.args[2] if len(node.args) > 2 else kwargs.get("dim", 0)) == 0
     if name == "transpose":
-        return 0 in [a for a in args[:2] if isinstance(a, int)] or 0 in (kwargs.get("dim0"), kwargs.get("dim1"))
+        return 0 in [at(a) for a in args[:2] if isinstance(a, int)] or 0 in (at(kwargs.get("dim0")), at(kwargs.get("dim1")))
     if name == "permute":
         dims = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else list(args or kwargs.get("dims", ()))
-        return bool(dims) and dims[0] != 0
+        return bool(dims) and at(dims[0]) != 0
     if name == "flatten":
-        return (args[0] if args else kwargs.get("start_dim", 0)) == 0
+        return at(args[0] if args else kwargs.get("start_dim", 0)) == 0
+    if name == "getitem":
+        return _indexes_batch(node)
+    if name == "movedim":
+        moved = (list(args[:2]) + [kwargs.get("source"), kwargs.get("destination")])
+        return any(0 in [at(x) for x in _dims_of(d)] for d in moved if d is not None)
+    if name in ("squeeze", "unsqueeze", "unflatten"):
+        dim = args[0] if args else kwargs.get("dim")
+        return dim is not None and 0 in [at(x, int(name == "unsqueeze")) for x in _dims_of(dim)]
+    if name == "getattr":
+        return len(node.args) > 1 and node.args[1] in ("T", "H")
+    return False
+
+
+def check_batch_dims(node: fx.Node, value: torch.Tensor) -> None:
+    """At run time, with ``value`` (the node's tensor input) known: refuse a negative dim
+    that resolves to dim 0 (``torch.cat([a, b], -2)`` of ``[B, C]`` values), which the
+    converter could not see. Called by the engine on nodes that read a spiking window.
+
+    Raises:
+        SnnconvError: the node acts on dim 0 of ``value``.
+    """
+    if node.op in ("call_function", "call_method") and _touches_batch(node, value.dim()):
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+        raise _unsupported(f"{name} over dim 0", node.name, "dim 0 is the batch (it carries time in the SNN): "
+                           "reduce, concatenate or move only dims >= 1")
+
+
+_CONTAINER_METHODS = {"chunk", "split", "size", "unbind", "split_with_sizes"}
+_CONTAINER_FUNCTIONS = {torch.chunk, torch.split, torch.unbind, getattr}
+
+
+def _indexes_batch(node: fx.Node) -> bool:
+    """Does ``value[index]`` select along dim 0 of a tensor (``h[0]``, ``h[1:]``, ``h[None]``,
+    ``h[idx]``)? Indexing a list or tuple (``h.chunk(2, 1)[0]``, ``x.shape[0]``) does not."""
+    base, index = node.args[0], node.args[1]
+    if not isinstance(base, fx.Node):
+        return False
+    if (base.op == "call_method" and base.target in _CONTAINER_METHODS) or (
+            base.op == "call_function" and base.target in _CONTAINER_FUNCTIONS):
+        return False
+    first = index[0] if isinstance(index, tuple) and index else index
+    return not (first is Ellipsis or (isinstance(first, slice) and first == slice(None)))
+
+
+def _dims_of(value) -> list:
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def _module_touches_batch(module: nn.Module) -> bool:
+    """nn.Flatten(0) / nn.Unflatten(0, ...): a module that merges or splits the batch."""
+    if isinstance(module, nn.Flatten):
+        return module.start_dim == 0
+    if isinstance(module, nn.Unflatten):
+        return module.dim == 0
     return False
 
 
@@ -198,6 +337,9 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
             if node in spiking:
                 raise _unsupported(f"{kind.__name__} after a spiking layer", where, _MAX_POOL_FIX)
             return
+        if op is not None and node in spiking and _module_touches_batch(module):
+            raise _unsupported(f"{kind.__name__} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
+                               "reduce, concatenate or move only dims >= 1")
         if op is not None and op.name == "upsample" and module.mode != "nearest":
             raise _unsupported(f"Upsample mode={module.mode}", where, "use mode='nearest'")
         if op is not None:
@@ -256,6 +398,17 @@ def _gate_max_pools(graph_module: fx.GraphModule, spiking: set) -> None:
                 setattr(graph_module.get_submodule(parent) if parent else graph_module, name, MaxPoolGate.from_module(module))
 
 
+def _squeeze_keeps_batch(graph: fx.Graph, dynamic: set) -> None:
+    """``h.squeeze()`` / ``torch.squeeze(h)`` without dims on an input-dependent value
+    becomes :func:`~snnconv.convert.ops.squeeze_samples` (keeps dim 0): the same for a
+    batch > 1, and the batch survives a one-sample run (probes, one image)."""
+    for node in graph.nodes:
+        squeezes = (node.op == "call_method" and node.target == "squeeze") or (
+            node.op == "call_function" and node.target is torch.squeeze)
+        if squeezes and node in dynamic and len(node.args) == 1 and not node.kwargs:
+            node.op, node.target = "call_function", squeeze_samples
+
+
 def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = None) -> fx.GraphModule:
     """Replace every activation node by an :class:`ActivationSite` module, in place.
 
@@ -290,6 +443,8 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
         with graph_module.graph.inserting_after(node):
             new = graph_module.graph.call_module(name, (node.args[0],))
         new.meta = dict(node.meta)
+        if _in_place(node, modules) and isinstance(node.args[0], fx.Node):
+            _apply_in_place(graph_module.graph, node, new, modules)
         node.replace_all_uses_with(new)
         graph_module.graph.erase_node(node)
         sites.append(new)
@@ -306,6 +461,7 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
         if node.op == "call_module" and isinstance(modules.get(node.target), ActivationSite):
             continue
         _check_supported(node, modules, dynamic, spiking)
+    _squeeze_keeps_batch(graph, dynamic)
     if not sites:
         raise SnnconvError("the model has no activation to convert: add ReLU, QCFS or ClipFloor activations")
     graph_module.delete_all_unused_submodules()

@@ -36,6 +36,34 @@ class ChannelAffine(nn.Module):
         return torch.addcmul(self.shift.reshape(view), x, self.scale.reshape(view))
 
 
+class FoldedLinearBN(nn.Linear):
+    """A Linear followed by BatchNorm1d, folded for the ``[batch, features]`` layout.
+
+    BatchNorm1d normalises dim 1. On a ``[batch, features]`` input that is the Linear's
+    output features, so y = W' x + b' (the fold of :func:`fold_batchnorm`). On a
+    ``[batch, N, features]`` input (tokens) dim 1 is N, not the features, and no fold
+    is right: then y = BN(W x + b) with the original weights and the BN kept as its
+    eval-mode per-channel affine map along dim 1. Which one applies is only known from
+    the input, so the layer holds both. Shapes: ``[batch, in]`` or ``[batch, N, ..., in]``.
+    """
+
+    def __init__(self, linear: nn.Linear, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        fused = fuse_linear_bn_eval(linear.eval(), bn.eval())
+        super().__init__(linear.in_features, linear.out_features, bias=True,
+                         device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            self.weight.copy_(fused.weight)
+            self.bias.copy_(fused.bias)
+        self.register_buffer("unfolded_weight", linear.weight.detach().clone())
+        self.register_buffer("unfolded_bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.affine = ChannelAffine(bn).to(bn.running_mean.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() <= 2:
+            return super().forward(x)
+        return self.affine(nn.functional.linear(x, self.unfolded_weight, self.unfolded_bias))
+
+
 def _parent_name(target: str) -> tuple[str, str]:
     parent, _, name = target.rpartition(".")
     return parent, name
@@ -48,14 +76,21 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
     y = gamma * (W x + b - mu) / sqrt(var + eps) + beta  becomes  W' x + b'  with
     W' = W * gamma / sqrt(var + eps) and b' = (b - mu) * gamma / sqrt(var + eps) + beta.
     A BatchNorm after anything else (average pooling, an activation, a residual
-    addition, a conv whose output is also used elsewhere) is the per-channel affine map
-    it is in eval mode, kept as a layer. Folded or not, its shift is a constant drive,
+    addition, a conv whose output is also used elsewhere, a conv or linear layer called
+    at several places of ``forward``, whose shared weights cannot hold one BN's fold, a
+    Linear whose out_features is not the BN's channel count) is the per-channel affine map
+    it is in eval mode, kept as a layer. A Linear -> BatchNorm1d pair becomes a
+    :class:`FoldedLinearBN` (folded on ``[batch, features]``, as is on tokens). Folded or not, its shift is a constant drive,
     which wake-sleep conversion switches off during sleep.
 
     Raises:
         SnnconvError: a BatchNorm without running statistics (nothing to freeze).
     """
     modules = dict(graph_module.named_modules())
+    calls: dict[str, int] = {}  # a layer called at several places (shared weights) is not folded into one BN
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
     for node in list(graph_module.graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(node.target), _BATCHNORMS):
             continue
@@ -64,13 +99,15 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
             raise SnnconvError(f"BatchNorm {node.target!r} has no running statistics: build it with track_running_stats=True")
         producer = node.args[0]
         layer = modules.get(producer.target) if isinstance(producer, fx.Node) and producer.op == "call_module" else None
-        if not isinstance(layer, (*_CONVS, nn.Linear)) or len(producer.users) != 1:
+        foldable = isinstance(layer, _CONVS) or (
+            type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d) and bn.num_features == layer.out_features)
+        if not foldable or len(producer.users) != 1 or calls[producer.target] != 1:
             parent, name = _parent_name(node.target)
             affine = ChannelAffine(bn).to(bn.running_mean.dtype)
             setattr(graph_module.get_submodule(parent) if parent else graph_module, name, affine)
             modules[node.target] = affine
             continue
-        fused = fuse_conv_bn_eval(layer.eval(), bn.eval()) if isinstance(layer, _CONVS) else fuse_linear_bn_eval(layer.eval(), bn.eval())
+        fused = fuse_conv_bn_eval(layer.eval(), bn.eval()) if isinstance(layer, _CONVS) else FoldedLinearBN(layer, bn)
         parent, name = _parent_name(producer.target)
         setattr(graph_module.get_submodule(parent) if parent else graph_module, name, fused)
         modules[producer.target] = fused

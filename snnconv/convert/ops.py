@@ -82,6 +82,17 @@ class Op:
         object.__setattr__(self, "spellings", tuple(dict.fromkeys(self.modules + self.functions + self.methods)))
 
 
+def squeeze_samples(x: torch.Tensor) -> torch.Tensor:
+    """``x.squeeze()`` that keeps dim 0: every size-1 dim but the batch is removed.
+
+    The converter writes it for a ``squeeze()`` without dims on an input-dependent value:
+    with batch 1 (a one-sample probe, a one-image input) a plain squeeze would drop the
+    batch, which carries time in the SNN; for batch > 1 it is the same function.
+    Shapes: ``[B, ...]`` -> ``[B, ...]`` without its other size-1 dims.
+    """
+    return x.squeeze(tuple(range(1, x.dim()))) if x.dim() > 1 else x
+
+
 _NO_NIR_CONV3D = "NIR export covers 1-d and 2-d convolutions"
 _NO_NIR_GLUE = "the NIR export covers chains of conv / linear / average-pool / flatten layers"
 _NO_NIR_POOL = "the NIR export covers 2-d average pooling (SumPool2d)"
@@ -144,7 +155,7 @@ OPS: tuple[Op, ...] = (
     Op("reshape", "structural", functions=(torch.reshape,), methods=("reshape", "view"), nir="Flatten",
        nir_note="only to one vector per sample"),
     Op("unflatten", "structural", (nn.Unflatten,), methods=("unflatten",), nir_note=_NO_NIR_GLUE),
-    Op("identity", "structural", (nn.Identity,), methods=("contiguous",), nir="identity",
+    Op("identity", "structural", (nn.Identity,), (torch.clone, torch.detach), ("contiguous", "clone", "detach"), nir="identity",
        nir_note="no node: its input passes on"),
     Op("upsample", "structural", (nn.Upsample,), (F.interpolate,), nir_note=_NO_NIR_GLUE),
     Op("pad", "structural", (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d), (F.pad,), constant_in_sleep=True,
@@ -158,7 +169,7 @@ OPS: tuple[Op, ...] = (
     Op("sum", "structural", functions=(torch.sum,), methods=("sum",), nir_note=_NO_NIR_GLUE),
     Op("permute", "structural", functions=(torch.permute,), methods=("permute",), nir_note=_NO_NIR_GLUE),
     Op("transpose", "structural", functions=(torch.transpose,), methods=("transpose",), nir_note=_NO_NIR_GLUE),
-    Op("squeeze", "structural", functions=(torch.squeeze,), methods=("squeeze",), nir_note=_NO_NIR_GLUE),
+    Op("squeeze", "structural", functions=(torch.squeeze, squeeze_samples), methods=("squeeze",), nir_note=_NO_NIR_GLUE),
     Op("unsqueeze", "structural", functions=(torch.unsqueeze,), methods=("unsqueeze",), nir_note=_NO_NIR_GLUE),
     Op("movedim", "structural", functions=(torch.movedim,), methods=("movedim",), nir_note=_NO_NIR_GLUE),
     Op("chunk", "structural", functions=(torch.chunk,), methods=("chunk",), nir_note=_NO_NIR_GLUE),
@@ -169,7 +180,7 @@ OPS: tuple[Op, ...] = (
     Op("relu", "activation", (nn.ReLU,), (F.relu, torch.relu, torch.relu_, F.relu_), ("relu", "relu_"), cost="neuron",
        nir="IF", nir_note="IF conversions only"),
     Op("relu6", "activation", (nn.ReLU6,), (F.relu6,), cost="neuron", nir="IF", nir_note="IF conversions only"),
-    Op("hardtanh", "activation", (nn.Hardtanh,), cost="neuron", nir="IF", nir_note="min_val=0 only; IF conversions only"),
+    Op("hardtanh", "activation", (nn.Hardtanh,), (F.hardtanh,), cost="neuron", nir="IF", nir_note="min_val=0 only; IF conversions only"),
     Op("clamp", "activation", functions=(torch.clamp, torch.clip), methods=("clamp", "clip"), cost="neuron", nir="IF",
        nir_note="clamp(x, 0, max) only; IF conversions only"),
 )
