@@ -129,7 +129,7 @@ def permute_window(window: torch.Tensor, mode: str, generator: torch.Generator |
 
 class BatchSize(int):
     """The batch size read off a data tensor in ``forward`` (``x.shape[0]``, ``x.size(0)``),
-    or an integer multiple or fraction of it (``n * 2``, ``n // 2``).
+    or an integer multiple of it (``n * 2``; ``convert`` refuses a fraction, ``n // 2``).
 
     Its value is a count of samples. User code that reshapes with it
     (``h.reshape(n, -1)``) means "per sample": the engine multiplies it by the steps
@@ -142,10 +142,6 @@ class BatchSize(int):
         return BatchSize(result) if isinstance(other, int) and not isinstance(other, bool) else result
 
     __rmul__ = __mul__
-
-    def __floordiv__(self, other):
-        result = int(self) // other
-        return BatchSize(result) if isinstance(other, int) and not isinstance(other, bool) and int(self) % other == 0 else result
 
 
 def _plain(value):

@@ -379,10 +379,9 @@ def test_in_place_activation_after_a_size_read_is_not_a_view_read():
 
 # n // 2 of a size read in forward (the README's spelling) ------------------------------
 
-@pytest.mark.xfail(strict=True, reason="README lists n // 2 as a size spelling, but convert() refuses the floordiv "
-                   "node, and letting it through is not enough: simulate()'s one-sample probe and its chunks of any "
-                   "size make n // 2 non-divisible (reshape(0, -1)); needs probe/chunk sizes that keep the divisor")
-def test_floor_division_of_the_batch_size_converts():
+def test_a_fraction_of_the_batch_size_is_refused_in_one_line():
+    """n // 2 of a size read in forward would group samples (which carry time in the SNN):
+    refused at conversion, in one line (the README says so)."""
     class Halves(nn.Module):
         def __init__(self):
             super().__init__()
@@ -391,11 +390,7 @@ def test_floor_division_of_the_batch_size_converts():
         def forward(self, x):
             n = x.shape[0]
             h = self.act(self.conv(x))
-            return self.fc(h.reshape(n // 2, -1).reshape(n, -1))  # was: refused ("function floordiv")
+            return self.fc(h.reshape(n // 2, -1).reshape(n, -1))
 
-    torch.manual_seed(8)
-    x = torch.rand(4, 2, 6, 6, dtype=torch.float64)
-    model = _ready(Halves(), x)
-    assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-9)
-    reference = nn.Sequential(model.conv, model.act, nn.Flatten(), model.fc)
-    assert torch.equal(convert(model, "if")(x, 5), convert(reference, "if")(x, 5))
+    with pytest.raises(SnnconvError, match=r"^layer 'floordiv' \(function floordiv\) has no faithful spiking form: [^\n]*$"):
+        convert(Halves(), "if")
