@@ -394,3 +394,60 @@ def test_a_fraction_of_the_batch_size_is_refused_in_one_line():
 
     with pytest.raises(SnnconvError, match=r"^layer 'floordiv' \(function floordiv\) has no faithful spiking form: [^\n]*$"):
         convert(Halves(), "if")
+
+
+# the common torchvision spelling: nn.ReLU(inplace=True) whose output feeds the next conv --
+
+class TorchvisionBlock(nn.Module):
+    """conv -> BN -> ReLU(inplace) -> conv -> BN, ``out += identity``, ReLU(inplace): the
+    activation's own output is read next (was refused as 'a view of the same memory')."""
+
+    def __init__(self, inplace: bool):
+        super().__init__()
+        self.stem, self.relu = nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(inplace=inplace)
+        self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.relu(self.stem(x))
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        out = torch.relu_(out) if self.relu.inplace else torch.relu(out)
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def test_in_place_relu_read_by_the_next_layer_converts_like_out_of_place():
+    torch.manual_seed(3)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    in_place = _ready(TorchvisionBlock(True), x)
+    out_of_place = _ready(TorchvisionBlock(False), x)
+    out_of_place.load_state_dict(in_place.state_dict())
+    assert torch.allclose(in_place(x.clone()), out_of_place(x.clone()), atol=1e-12)  # the same ANN
+    kw = dict(group_size=L, calibration=x, threshold="max")
+    expected = convert(out_of_place, "gn", **kw)(x, 1)[0]
+    assert torch.allclose(convert(in_place, "gn", **kw)(x, 1)[0], expected, atol=1e-9)
+
+
+class StaleView(nn.Module):
+    """A view taken before an in-place activation (``detach()`` shares memory, a view of a
+    ``contiguous()``) read after it reads the activated values in the ANN."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv, self.act, self.conv2, self.fc = nn.Conv2d(2, 4, 3, padding=1), QCFS(L), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        y = self.conv2(self.act(self.conv(x)))
+        kept = y.detach() if self.how == "detach" else y.contiguous()
+        z = torch.relu_(y)
+        return self.fc(z.flatten(1)) + self.fc(kept.flatten(1))
+
+
+@pytest.mark.parametrize("how", ["detach", "contiguous"])
+def test_in_place_activation_read_through_a_view_of_an_older_view_is_refused(how):
+    with pytest.raises(SnnconvError, match=r"^activation 'relu_' overwrites its input in place, which .* use the out-of-place form"):
+        convert(StaleView(how), "if")

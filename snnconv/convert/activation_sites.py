@@ -119,10 +119,10 @@ def _site_for(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | 
 
 _VIEW_METHODS = {"view", "view_as", "reshape", "flatten", "unflatten", "transpose", "permute", "squeeze", "unsqueeze",
                  "expand", "expand_as", "contiguous", "movedim", "chunk", "split", "narrow", "select", "t", "unbind",
-                 "relu_"}
+                 "relu_", "detach"}
 _VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
                    torch.movedim, torch.chunk, torch.split, torch.narrow, torch.select, torch.t, torch.unbind,
-                   operator.getitem, torch.relu_, F.relu_}
+                   operator.getitem, torch.relu_, F.relu_, torch.detach}
 
 
 def _is_view(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -166,24 +166,36 @@ def _aliases(source: fx.Node, modules: dict[str, nn.Module]) -> set[fx.Node]:
 def _apply_in_place(graph: fx.Graph, node: fx.Node, site: fx.Node, modules: dict[str, nn.Module]) -> None:
     """An in-place activation overwrites its input: later readers of the input read the
     activation's output (as in the ANN); a later read through another view of the same
-    memory cannot be rewired and is refused."""
+    memory taken before the activation (or a view of such a view) cannot be rewired and
+    is refused. Views of the activation's own output read what the SNN computes."""
     source = node.args[0]
     order = {n: i for i, n in enumerate(graph.nodes)}
     aliases = _aliases(source, modules)
+    for user in list(source.users):
+        if user is not node and user is not site and order[user] > order[node]:
+            user.replace_input_with(source, site)
     for alias in aliases:
+        if alias is source or _derived_from(alias, (node, site), modules):
+            continue
         for user in list(alias.users):
-            if user is node or user is site or order[user] < order[node] or (user in aliases and alias is not source):
-                continue
-            if alias is not source and order[alias] > order[node]:
-                continue  # a view taken after the activation, of another alias: checked at that alias
-            if alias is source:
-                user.replace_input_with(source, site)
+            if user is node or user is site or order[user] < order[node]:
                 continue
             where = user_path(node)
             raise SnnconvError(
                 f"activation {where!r} overwrites its input in place, which {user.name!r} then reads through "
                 f"{alias.name!r} (a view of the same memory): use the out-of-place form (nn.ReLU(), F.relu(x), "
                 "inplace=False)")
+
+
+def _derived_from(alias: fx.Node, roots: tuple[fx.Node, ...], modules: dict[str, nn.Module]) -> bool:
+    """Is ``alias`` one of ``roots`` or a chain of views of one of them?"""
+    base = alias
+    while True:
+        if base in roots:
+            return True
+        if not (_is_view(base, modules) and base.args and isinstance(base.args[0], fx.Node)):
+            return False
+        base = base.args[0]
 
 
 def _user_module(node: fx.Node) -> tuple[str, type] | None:
