@@ -451,3 +451,34 @@ class StaleView(nn.Module):
 def test_in_place_activation_read_through_a_view_of_an_older_view_is_refused(how):
     with pytest.raises(SnnconvError, match=r"^activation 'relu_' overwrites its input in place, which .* use the out-of-place form"):
         convert(StaleView(how), "if")
+
+
+# x += y: in the ANN a second name for x sees the sum; fx records x + y -------------------
+
+class AddInPlace(nn.Module):
+    def __init__(self, kept: bool):
+        super().__init__()
+        self.kept = kept
+        self.c1, self.a1, self.c2, self.a2 = nn.Conv2d(2, 4, 3, padding=1), QCFS(L), nn.Conv2d(4, 4, 3, padding=1), QCFS(L)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        h = self.a1(self.c1(x))
+        g = self.c2(h)
+        kept = g.flatten(1) if self.kept else None  # a view: it sees the += below
+        n = x.shape[0]
+        n *= 1  # a number: += / *= rebind it, no aliasing
+        g += h
+        out = self.a2(g).reshape(n, -1)
+        return self.fc(out + kept if self.kept else out)
+
+
+def test_an_in_place_add_read_under_another_name_is_refused_and_a_plain_one_is_exact():
+    torch.manual_seed(4)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    model = _ready(AddInPlace(False), x)
+    assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-9)
+    with pytest.raises(SnnconvError) as err:
+        convert(AddInPlace(True), "gn", group_size=L)
+    assert str(err.value) == ("AddInPlace: 'iadd' (x += y) overwrites 'c2' in place, which 'add' then reads under another "
+                              "name: write x = x + y (out of place) or read the value before the update")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import operator
 
 from torch import fx, nn
 
@@ -9,8 +10,24 @@ from ..activations import QuantizedClip
 from ..errors import SnnconvError
 
 
+_IN_PLACE_OPS = {"__iadd__": operator.iadd, "__isub__": operator.isub, "__imul__": operator.imul,
+                  "__itruediv__": operator.itruediv}
+
+
+class _Proxy(fx.Proxy):
+    """A proxy that records ``x += y`` (and ``-=``, ``*=``, ``/=``) as the in-place op it is;
+    plain fx records ``x + y``, which differs when another name still holds ``x``."""
+
+
+for _dunder, _op in _IN_PLACE_OPS.items():
+    setattr(_Proxy, _dunder, lambda self, other, _op=_op: self.tracer.create_proxy("call_function", _op, (self, other), {}))
+
+
 class _Tracer(fx.Tracer):
     """Keeps the source activations as single (leaf) nodes so passes can find them."""
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         # a subclass that rewrites forward() computes something else: traced into, so the
@@ -45,7 +62,53 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
             "data-dependent control flow is not convertible: move it out of forward() or wrap it in a leaf module"
         ) from err
     _check_one_input(traced, type(model).__name__)
+    _out_of_place_updates(traced, type(model).__name__)
     return traced
+
+
+_OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                 operator.itruediv: operator.truediv}
+
+
+def _is_number(node: fx.Node) -> bool:
+    """A size read (``x.shape[0]``, ``x.size(1)``): a Python number, which ``+=`` rebinds."""
+    while node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return (node.op == "call_function" and node.target is getattr) or (
+        node.op == "call_method" and node.target in ("size", "dim", "numel"))
+
+
+def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:
+    """``x += y`` overwrites x: in the ANN every later read of x, or of a view of x taken
+    before, sees the sum. The update becomes ``x + y`` (which the graph then computes
+    as the ANN does) unless such a later read exists, which is refused.
+
+    Raises:
+        SnnconvError: a value updated in place (``+=``, ``-=``, ``*=``, ``/=``) is read
+            again afterwards under another name.
+    """
+    from .activation_sites import _aliases, _derived_from, user_path  # activation_sites imports ops, not trace
+
+    graph = graph_module.graph
+    modules = dict(graph_module.named_modules())
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _OUT_OF_PLACE:
+            continue
+        source = node.args[0]
+        if isinstance(source, fx.Node) and not _is_number(source):
+            for alias in _aliases(source, modules) | {source}:
+                if _derived_from(alias, (node,), modules):
+                    continue
+                later = [u for u in alias.users if u is not node and order[u] > order[node]]
+                if later:
+                    spelling = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/="}[node.target.__name__]
+                    raise SnnconvError(
+                        f"{name}: {user_path(node)!r} (x {spelling} y) overwrites {source.name!r} in place, which "
+                        f"{later[0].name!r} then reads under another name: write x = x {spelling[0]} y (out of place) "
+                        "or read the value before the update")
+        node.target = _OUT_OF_PLACE[node.target]
+    graph_module.recompile()
 
 
 def _check_one_input(graph_module: fx.GraphModule, name: str) -> None:
