@@ -466,9 +466,10 @@ class AddInPlace(nn.Module):
         h = self.a1(self.c1(x))
         g = self.c2(h)
         kept = g.flatten(1) if self.kept else None  # a view: it sees the += below
-        n = x.shape[0]
-        n *= 1  # a number: += / *= rebind it, no aliasing
+        alias = g
         g += h
+        n = alias.shape[0]  # a size read under the old name: the same after the update
+        n *= 1  # a number: += / *= rebind it, no aliasing
         out = self.a2(g).reshape(n, -1)
         return self.fc(out + kept if self.kept else out)
 

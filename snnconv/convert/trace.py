@@ -100,7 +100,7 @@ def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:
             for alias in _aliases(source, modules) | {source}:
                 if _derived_from(alias, (node,), modules):
                     continue
-                later = [u for u in alias.users if u is not node and order[u] > order[node]]
+                later = [u for u in alias.users if u is not node and order[u] > order[node] and not _is_number(u)]
                 if later:
                     spelling = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/="}[node.target.__name__]
                     raise SnnconvError(
