@@ -56,3 +56,15 @@ def make_source(name: str, activation: str, levels: int = 4, seed: int = 0, dtyp
     model = model.to(dtype)
     x = torch.rand(batch, in_channels, size, size, generator=g, dtype=torch.float64).to(dtype)
     return spread_thresholds(model, x), x
+
+
+def spread_positive_thresholds(model, x, minimum: float = 0.05):
+    """Data-spread lambdas (:func:`spread_thresholds`), kept at ``minimum`` or above."""
+    from snnconv import ClipFloor, QCFS
+
+    spread_thresholds(model, x)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (QCFS, ClipFloor)):
+                m.threshold.clamp_(min=minimum)
+    return model

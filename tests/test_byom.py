@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import shared_data, spread_thresholds
+from helpers import shared_data, spread_positive_thresholds
 from snnconv import ClipFloor, QCFS, convert, simulate, swap_relu
 from snnconv.data import load_dataset
 from snnconv.errors import SnnconvError
@@ -26,12 +26,7 @@ L = 4
 
 def _spread(model, x):
     """Data-spread lambdas (see helpers.spread_thresholds), kept positive."""
-    spread_thresholds(model, x)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (QCFS, ClipFloor)):
-                m.threshold.clamp_(min=0.05)
-    return model
+    return spread_positive_thresholds(model, x)
 
 
 def _gn_t1(model, x, **kw):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import randomize_batchnorm, spread_thresholds
+from helpers import randomize_batchnorm, spread_positive_thresholds
 from snnconv import ClipFloor, QCFS, convert, simulate
 from snnconv.errors import SnnconvError
 from snnconv.metrics import running_average
@@ -24,12 +24,7 @@ def _ready(model, x, seed=0):
     """float64, eval, random BN statistics, data-spread positive lambdas."""
     model = model.double().eval()
     randomize_batchnorm(model, torch.Generator().manual_seed(seed))
-    spread_thresholds(model, x)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (QCFS, ClipFloor)):
-                m.threshold.clamp_(min=0.05)
-    return model
+    return spread_positive_thresholds(model, x)
 
 
 def _gn_t1(model, x, **kw):
