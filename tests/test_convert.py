@@ -56,6 +56,19 @@ def test_remove_dropout():
     assert torch.equal(gm(x), model(x))
 
 
+def test_identity_placeholders_go_so_batchnorm_folds_through_them():
+    # timm-style `self.norm = nn.Identity()` between a conv and its BN must not block the fold
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Identity(), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2))
+    randomize_batchnorm(model, torch.Generator().manual_seed(0))
+    model.eval()
+    graph = prepare(model)
+    kinds = [type(m) for m in graph.modules()]
+    assert nn.Identity not in kinds and not any(issubclass(k, nn.modules.batchnorm._BatchNorm) for k in kinds)
+    assert not any(type(m).__name__ == "ChannelAffine" for m in graph.modules())  # folded, not kept as an affine
+    x = torch.randn(5, 1, 4, 4)
+    assert torch.allclose(graph(x), model(x), atol=1e-6)
+
+
 class FunctionalNet(nn.Module):
     """Activations written as functions, a residual addition, concatenation and upsampling."""
 

@@ -199,6 +199,67 @@ def test_calibrated_sources_run_with_tpp_and_permutation():
     assert all(m.offset is not None for _, m in tpp.spiking_layers())
 
 
+
+class _TokenNet(nn.Module):
+    """Linear layers on tokens [B, N, F], optionally Linear -> BatchNorm1d(N) (normalises N)."""
+
+    def __init__(self, tokens: int, features: int, batchnorm: bool = False):
+        super().__init__()
+        self.embed, self.mix, self.head = nn.Linear(features, features), nn.Linear(features, features), nn.Linear(features, 3)
+        self.norm = nn.BatchNorm1d(tokens) if batchnorm else nn.Identity()
+        if batchnorm:
+            self.norm.running_mean.uniform_(-0.5, 0.5)
+            self.norm.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        h = torch.relu(self.embed(x))
+        return self.head(torch.relu(self.norm(self.mix(h))).mean(1))
+
+
+@pytest.mark.parametrize("tokens, features", [(5, 7), (7, 7)])
+def test_bias_calibration_shifts_a_linear_layer_along_its_features_on_tokens(tokens, features):
+    # a Linear's channels are its last dim: with N != F the shift along the tokens did not
+    # fit the bias (a raw RuntimeError); with N == F it was added along the wrong axis
+    torch.manual_seed(0)
+    model = _TokenNet(tokens, features).double().eval()
+    x = torch.randn(64, tokens, features, dtype=torch.float64)
+    snn = convert(model, "if", calibration=x, snn_calibration="bias", calibration_steps=4,
+                  calibration_target="preactivation")
+    graph = prepare(model)
+    calibrate_thresholds(graph, x, "99.9")
+    name = list(snn.calibration["snnc"]["layers"])[1]
+    assert snn.calibration["snnc"]["layers"][name] == "bias of mix"
+    mean = mean_difference(graph, snn, list(x.split(32)), name, 4, 0, "preactivation")
+    assert mean.shape == (tokens, features)
+    assert float(mean.mean(0).abs().max()) < 1e-9  # zero per feature, the bias's axis
+    assert float(mean.abs().max()) > 1e-4  # not trivially: the tokens keep their own errors
+
+
+@pytest.mark.parametrize("mode", ["light", "advanced", "bias"])
+def test_linear_batchnorm_on_tokens_refuses_bias_and_weight_calibration(mode):
+    # BatchNorm1d(N) on [B, N, F] normalises N, so the pair runs unfolded: calibrating its
+    # folded bias or weights would change nothing (it did, silently, before)
+    torch.manual_seed(0)
+    model = _TokenNet(7, 7, batchnorm=True).eval()
+    x = torch.randn(32, 7, 7)
+    with pytest.raises(SnnconvError) as err:
+        convert(model, "if", calibration=x, snn_calibration=mode, calibration_steps=4)
+    assert _one_line(err).startswith(f"snn_calibration={mode!r} cannot calibrate 'mix': it is a Linear followed by BatchNorm1d on tokens")
+    snn = convert(model, "if", calibration=x, snn_calibration="potential", calibration_steps=4)
+    assert snn.calibration["snnc"]["passes"] == ["potential"]
+
+
+def test_linear_batchnorm_on_features_is_calibrated():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12), nn.BatchNorm1d(12), nn.ReLU(),
+                          nn.Linear(12, 3)).double().eval()
+    model[4].running_mean.uniform_(-0.5, 0.5)
+    x = torch.rand(128, 1, 4, 4, dtype=torch.float64)
+    before = convert(model, "if", calibration=x)
+    snn = convert(model, "if", calibration=x, snn_calibration="bias", calibration_steps=4)
+    assert snn.calibration["snnc"]["layers"]["site_1"] == "bias of 3"
+    assert not torch.equal(snn(x, 4), before(x, 4))
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -6,6 +6,8 @@ layer l in order, with layers 1..l-1 already calibrated::
 
     b_l <- b_l + mean_{samples, positions}(z_ANN - z_SNN)     (one value per channel)
 
+(a conv's channels are dim 1 of ``[B, C, H, W]``; a linear layer's are its features,
+the last dim, also on tokens ``[B, N, F]``).
 z_SNN is the layer's input averaged over the T steps. The layer's own neuron and
 everything before it are unchanged by the shift, so the layer's mean pre-activation
 error over the calibration set becomes zero per channel. The authors' code matches the
@@ -20,13 +22,21 @@ from ..network import SpikingNetwork
 from .layer_probe import bias_layer, mean_difference
 
 
-def per_channel(mean: torch.Tensor) -> torch.Tensor:
-    """One sample's per-element mean ``[C, ...]`` -> its channel means ``[C]``.
+def per_channel(mean: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """One sample's per-element mean -> the mean per output channel of ``layer``.
+
+    A conv's channels are dim 0 of one sample (``[C, H, W]`` -> ``[C]``); a linear
+    layer's are its last dim, whatever comes before it (``[F]`` or tokens ``[N, F]`` ->
+    ``[F]``: the bias is added along the features, not the tokens).
 
     Raises:
         Nothing.
     """
-    return mean.reshape(mean.shape[0], -1).mean(1) if mean.dim() > 1 else mean
+    if mean.dim() <= 1:
+        return mean
+    if isinstance(layer, nn.Linear):
+        return mean.reshape(-1, mean.shape[-1]).mean(0)
+    return mean.reshape(mean.shape[0], -1).mean(1)
 
 
 def shift_bias(layer: nn.Module, shift: torch.Tensor) -> None:
@@ -70,6 +80,6 @@ def bias_calibration(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[tor
             done[name] = "none"
             continue
         layer_name, layer = found
-        shift_bias(layer, per_channel(mean_difference(ann, snn, batches, name, steps, seed, target)))
+        shift_bias(layer, per_channel(mean_difference(ann, snn, batches, name, steps, seed, target), layer))
         done[name] = f"bias of {layer_name}"
     return done

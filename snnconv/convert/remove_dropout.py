@@ -1,4 +1,5 @@
-"""Pass: drop dropout of every spelling (identity in eval mode, meaningless in an SNN).
+"""Pass: drop dropout of every spelling (identity in eval mode, meaningless in an SNN),
+and ``nn.Identity`` placeholders (so BN folding and SNN Calibration see through them).
 
 A model traced in train mode bakes ``F.dropout(x, p, self.training)`` into the graph as
 ``training=True``; this pass removes such nodes whatever their arguments, so the
@@ -23,13 +24,14 @@ _DROPOUT_METHODS = {"dropout", "dropout_"}
 
 
 def is_dropout_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """A node that applies dropout: a dropout module, function (``F.*``, ``torch.*``) or method.
+    """A node that applies dropout: a dropout module, function (``F.*``, ``torch.*``) or
+    method; or an ``nn.Identity`` module (a placeholder, the identity like dropout in eval).
 
     Raises:
         Nothing.
     """
     if node.op == "call_module":
-        return isinstance(modules.get(node.target), DROPOUT_MODULES)
+        return isinstance(modules.get(node.target), DROPOUT_MODULES) or type(modules.get(node.target)) is nn.Identity
     if node.op == "call_function":
         return node.target in DROPOUT_FUNCTIONS
     return node.op == "call_method" and node.target in _DROPOUT_METHODS
@@ -47,7 +49,8 @@ def dropout_probability(node: fx.Node) -> float:
 
 
 def remove_dropout(graph_module: fx.GraphModule) -> fx.GraphModule:
-    """Rewire every dropout node (any spelling, any ``training`` flag) to its input, in place.
+    """Rewire every dropout node (any spelling, any ``training`` flag) and every
+    ``nn.Identity`` to its input, in place.
 
     Raises:
         Nothing.

@@ -19,6 +19,7 @@ from torch import fx
 from ..errors import SnnconvError
 from ..network import SpikingNetwork
 from .bias_calibration import bias_calibration
+from .fold_bn import FoldedLinearBN
 from .layer_probe import TARGETS, layer_errors
 from .potential_calibration import potential_calibration
 from .weight_calibration import WeightCalibration, weight_calibration
@@ -51,6 +52,45 @@ def check_mode(mode: str | None, neuron: str, steps) -> None:
         raise SnnconvError(f"snn_calibration={mode!r} calibrates for one T: pass calibration_steps=T (an integer >= 1), got {steps!r}")
 
 
+def check_token_batchnorm(ann: fx.GraphModule, sample: torch.Tensor, mode: str) -> None:
+    """Refuse bias or weight calibration of a Linear -> BatchNorm1d pair that reads tokens.
+
+    On ``[batch, N, features]`` BatchNorm1d normalises the N axis, so the pair is kept
+    unfolded (:class:`FoldedLinearBN`) and neither its folded bias nor its folded weights
+    are the ones that run: calibrating them would change nothing, silently. One sample
+    of the calibration data runs through the ANN to see each pair's input.
+
+    Raises:
+        SnnconvError: such a pair under a pipeline with bias or weight calibration,
+            naming the Linear and the fix.
+    """
+    if not {"bias", "weights"} & set(PIPELINES[mode]):
+        return
+    seen: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(_module, inputs) -> None:
+            seen[name] = max(seen.get(name, 0), inputs[0].dim())
+        return hook
+
+    handles = [module.register_forward_pre_hook(record(name))
+               for name, module in ann.named_modules() if isinstance(module, FoldedLinearBN)]
+    if not handles:
+        return
+    try:
+        with torch.no_grad():
+            ann(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    tokens = [name for name, dim in seen.items() if dim > 2]
+    if tokens:
+        raise SnnconvError(
+            f"snn_calibration={mode!r} cannot calibrate {tokens[0]!r}: it is a Linear followed by BatchNorm1d on "
+            f"tokens [batch, N, features], where BatchNorm1d normalises the token axis and no bias or weight of "
+            f"{tokens[0]!r} carries the calibration; use snn_calibration='potential' (v(0) per neuron), or no SNN Calibration")
+
+
 def calibrate_snn(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.Tensor], mode: str, steps: int,
                   seed: int = 0, weights: WeightCalibration = WeightCalibration(), progress: bool = False,
                   target: str = "output") -> dict:
@@ -75,11 +115,13 @@ def calibrate_snn(ann: fx.GraphModule, snn: SpikingNetwork, batches: list[torch.
 
     Raises:
         SnnconvError: as :func:`check_mode`, or ``target`` is not ``output`` /
-            ``preactivation``.
+            ``preactivation``, or a Linear -> BatchNorm1d pair on tokens under bias or
+            weight calibration (:func:`check_token_batchnorm`).
     """
     check_mode(mode, snn.neuron, steps)
     if target not in TARGETS:
         raise SnnconvError(f"the calibration target must be one of {', '.join(TARGETS)}, got {target!r}")
+    check_token_batchnorm(ann, batches[0][:1], mode)
     report: dict = {"mode": mode, "target": target, "passes": list(PIPELINES[mode]), "steps": steps,
                     "images": sum(b.shape[0] for b in batches), "seconds": {}}
     before = layer_errors(ann, snn, batches, steps, seed)
