@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import shlex
 import sys
@@ -106,12 +107,34 @@ def append_subset_if(args) -> dict:
     for source in results["sources"]:
         subset = min(r["samples"] for r in source["runs"])
         if subset < source["samples"] and not any(r["label"].startswith("IF (the") for r in source["runs"]):
-            model, _, x, y, _ = load_evaluation(args.zoo / SOURCES[source["source"]] / "checkpoint.safetensors", args.data_dir, subset,
+            model, _, x, y, _ = load_evaluation(args.zoo.parent / source["checkpoint"], args.data_dir, subset,
                                                 torch.device("cpu"))
             steps = next(r["T"] for r in source["runs"] if r.get("permute"))
             source["runs"].append(subset_if_run(model, x, y, subset, steps, args.batch_size))
     results["appended"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     return results
+
+
+def checkpoint_digest(path: Path) -> str:
+    """sha256 of a checkpoint file: a table's rows name the exact weights they ran on (a
+    training run resumed in place keeps its path and changes its weights)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def source_checkpoint(kind: str, args) -> Path:
+    """The checkpoint of source ``kind``: ``--source KIND=NAME`` or the default in SOURCES."""
+    return args.zoo / args.source_names.get(kind, SOURCES[kind]) / "checkpoint.safetensors"
+
+
+def parse_source_names(text: str | None) -> dict[str, str]:
+    """``--source qcfs=NAME,relu=NAME`` -> {kind: zoo folder name}; refuses unknown kinds."""
+    names = {}
+    for item in filter(None, (text or "").split(",")):
+        kind, _, name = item.partition("=")
+        if kind not in SOURCES or not name:
+            raise SystemExit(f"--source takes KIND=ZOO_FOLDER with KIND one of {', '.join(SOURCES)}, got {item!r}")
+        names[kind] = name
+    return names
 
 
 def selected(label: str, patterns: list[str] | None) -> bool:
@@ -126,7 +149,7 @@ def check_methods(args) -> None:
 
     labels = {}
     for kind in args.sources.split(","):
-        checkpoint = args.zoo / SOURCES[kind] / "checkpoint.safetensors"
+        checkpoint = source_checkpoint(kind, args)
         if checkpoint.exists():
             labels[kind] = source_labels(kind, read_checkpoint(checkpoint)[0]["activation"]["levels"], not args.no_spikingjelly)
     for pattern in args.methods:
@@ -147,10 +170,11 @@ def merge_runs(previous: list[dict], fresh: list[dict]) -> list[dict]:
 def run_source(kind: str, args, previous: dict | None = None) -> dict | None:
     """Every method on one zoo source (with ``--methods``, the selected ones, the other rows
     kept from ``previous``); None when its checkpoint is not there yet."""
-    checkpoint = args.zoo / SOURCES[kind] / "checkpoint.safetensors"
+    checkpoint = source_checkpoint(kind, args)
     if not checkpoint.exists():
         print(f"skip {kind}: {checkpoint} not found", flush=True)
         return None
+    digest = checkpoint_digest(checkpoint)
     if args.methods is not None:  # a source none of whose rows is selected keeps its table as it is
         from snnconv.checkpoint import read_checkpoint
 
@@ -163,6 +187,11 @@ def run_source(kind: str, args, previous: dict | None = None) -> dict | None:
     specs = [(label, spec) for label, spec in method_specs(kind, args.steps, args.window_steps, args.seeds, levels, args.sleep_steps)
              if selected(label, args.methods)]
     if previous is not None and args.methods is not None:  # checked before any work: the kept rows must compare like with like
+        made_from = (previous.get("checkpoint"), previous.get("checkpoint_sha256"))
+        if made_from != (str(checkpoint.relative_to(args.zoo.parent)), digest):
+            raise SystemExit(f"--methods adds rows to {kind}'s table, whose rows ran on {made_from[0]} "
+                             f"(sha256 {str(made_from[1])[:12]}); this run's checkpoint is {checkpoint} (sha256 {digest[:12]}): "
+                             "pass another --out, or drop --methods to redo the whole table")
         if previous["samples"] != len(y):
             raise SystemExit(f"--methods adds rows to {kind}'s {previous['samples']}-image table; this run has {len(y)} images: "
                              f"pass --limit {previous['samples']}, or drop --methods to redo the whole table")
@@ -173,7 +202,8 @@ def run_source(kind: str, args, previous: dict | None = None) -> dict | None:
             raise SystemExit(f"{kind}'s permutation rows ran on {used} images; this run's would use {wanted}: pass --permute-limit {used}, "
                              "or select all the permutation rows with --methods")
     limit_model = clip_limit(model)
-    record = {"source": kind, "checkpoint": str(checkpoint.relative_to(args.zoo.parent)), "samples": len(y),
+    record = {"source": kind, "checkpoint": str(checkpoint.relative_to(args.zoo.parent)), "checkpoint_sha256": digest,
+              "epochs_done": meta.get("epochs_done"), "samples": len(y),
               "ann_accuracy": accuracy(model, x, y),
               "clip_limit_accuracy": None if limit_model is None else accuracy(limit_model, x, y), "runs": [],
               "command": args.command, "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -288,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="folder with cifar10_jpeg_q75_fullorder.npz")
     p.add_argument("--zoo", type=Path, default=ZOO)
     p.add_argument("--sources", default="qcfs,relu,clipfloor")
+    p.add_argument("--source", dest="source_names", metavar="KIND=NAME,...",
+                   help="zoo folders other than the defaults, e.g. qcfs=resnet20_qcfs4_aa_cifar10jpeg")
     p.add_argument("--steps", default="1,2,4,8,16,32,64")
     p.add_argument("--window-steps", help="T for TPP and permutation (default: --steps)")
     p.add_argument("--seeds", default="0,1,2")
@@ -304,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--append-subset-if", action="store_true",
                    help="add to OUT.json the IF row on the permutation runs' images (runs made before this row existed)")
     args = p.parse_args(argv)
+    args.source_names = parse_source_names(args.source_names)
     json_path = args.out.with_suffix(".json")
     if args.redraw:
         results = json.loads(json_path.read_text())

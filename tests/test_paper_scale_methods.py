@@ -72,3 +72,36 @@ def test_the_spikingjelly_row_is_selected_by_its_own_label():
     assert paper_scale.selected(paper_scale.SPIKINGJELLY_LABEL, ["SpikingJelly 2.0.0 (99.9%)"])
     assert paper_scale.SPIKINGJELLY_LABEL in paper_scale.source_labels("relu", 4, spikingjelly=True)
     assert paper_scale.SPIKINGJELLY_LABEL not in paper_scale.source_labels("relu", 4, spikingjelly=False)
+
+
+def test_rows_of_other_weights_are_never_merged(tmp_path, counted):
+    # a run resumed in place keeps its path and changes its weights: --methods must not put
+    # rows of the new weights beside rows of the old ones (refused before any work)
+    import shutil
+
+    import torch
+
+    from snnconv.checkpoint import load_checkpoint, save_checkpoint
+
+    data = shared_data("cifar10")
+    zoo = tmp_path / "zoo"
+    shutil.copytree(paper_scale.ZOO / paper_scale.SOURCES["qcfs"], zoo / "mine")
+    base = _args(data, tmp_path / "ps", "--zoo", str(zoo), "--source", "qcfs=mine", "--sources", "qcfs", "--steps", "1")
+    paper_scale.main(base)
+    record = json.loads((tmp_path / "ps.json").read_text())["sources"][0]
+    assert record["checkpoint"] == "zoo/mine/checkpoint.safetensors" and len(record["checkpoint_sha256"]) == 64
+    before, counted[:] = (tmp_path / "ps.json").read_text(), []
+    path = zoo / "mine" / "checkpoint.safetensors"
+    model, meta = load_checkpoint(path)
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.01)
+    save_checkpoint(path, model, meta)
+    with pytest.raises(SystemExit, match=r"--methods adds rows to qcfs's table, whose rows ran on zoo/mine/checkpoint.safetensors "
+                                         r"\(sha256 [0-9a-f]{12}\); this run's checkpoint is .* pass another --out"):
+        paper_scale.main([*base, "--methods", "TPP"])
+    shutil.copytree(zoo / "mine", zoo / "other")
+    with pytest.raises(SystemExit, match="whose rows ran on zoo/mine/checkpoint.safetensors"):
+        paper_scale.main([*base, "--source", "qcfs=other", "--methods", "TPP"])
+    assert counted == [] and (tmp_path / "ps.json").read_text() == before
+    with pytest.raises(SystemExit, match="--source takes KIND=ZOO_FOLDER with KIND one of qcfs, relu, clipfloor, got 'vgg=x'"):
+        paper_scale.main([*base, "--source", "vgg=x"])
