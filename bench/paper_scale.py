@@ -19,7 +19,10 @@ Writes OUT.json (every run, the command, wall times), OUT.md (tables) and OUT.pn
 (accuracy and gap to the ANN against T). ``--redraw`` rebuilds OUT.md and OUT.png from
 OUT.json. ``--methods PATTERNS`` runs only the rows whose labels match (e.g.
 ``--methods TPP --window-steps 1,2,4,8,16,32,64``) and keeps the source's other rows from
-OUT.json; each row records its own command. Numbers are "CIFAR-10 (JPEG-q75)".
+OUT.json; each row records its own command. OUT.json is saved after every row and names
+the sha256 of the weights each table ran on; ``--resume`` keeps the rows already there for
+the same weights, images, T and seeds, so a run cut short (a session's end) goes on from
+the row it was on. Numbers are "CIFAR-10 (JPEG-q75)".
 """
 from __future__ import annotations
 
@@ -159,6 +162,14 @@ def check_methods(args) -> None:
                              "so match a label with a comma by a wildcard, e.g. '*max calibration'")
 
 
+def finished_rows(previous: dict | None, record: dict) -> dict[str, dict]:
+    """``--resume``: the rows of ``previous`` made on this record's exact weights and images,
+    by label (a row is kept when its T, seeds and images are also the ones asked for)."""
+    if previous is None or (previous.get("checkpoint_sha256"), previous["samples"]) != (record["checkpoint_sha256"], record["samples"]):
+        return {}
+    return {run["label"]: run for run in previous["runs"] if "requested_T" in run}
+
+
 def merge_runs(previous: list[dict], fresh: list[dict]) -> list[dict]:
     """``previous`` with each row of ``fresh`` in place of the row of the same label (new
     labels at the end); the subset-IF rows are dropped, to be redone for the merged rows."""
@@ -207,16 +218,24 @@ def run_source(kind: str, args, previous: dict | None = None) -> dict | None:
               "ann_accuracy": accuracy(model, x, y),
               "clip_limit_accuracy": None if limit_model is None else accuracy(limit_model, x, y), "runs": [],
               "command": args.command, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    finished = finished_rows(previous, record) if args.resume else {}
     for label, spec in specs:
         n = min(len(y), args.permute_limit) if spec.permute is not None else len(y)
+        prior = finished.get(label)
+        if prior is not None and prior["requested_T"] == list(spec.steps) and prior["seeds"] == list(spec.seeds) and prior["samples"] == n:
+            record["runs"].append(prior)
+            print(f"{kind} / {label}: kept from {args.out.with_suffix('.json')} (--resume)", flush=True)
+            continue
         started = time.perf_counter()
         run = run_method(model, x[:n], y[:n], spec, calibration, args.batch_size, progress=not args.no_progress)
-        run.update(label=label, samples=n, wall_seconds=round(time.perf_counter() - started, 1), command=args.command)
+        run.update(label=label, samples=n, requested_T=list(spec.steps), wall_seconds=round(time.perf_counter() - started, 1),
+                   command=args.command)
         if n < len(y):
             run["ann_accuracy_on_samples"] = accuracy(model, x[:n], y[:n])
         record["runs"].append(run)
         print(f"{kind} / {label}: " + ", ".join(f"T={t} {100 * a:.2f}" for t, a in zip(run.get("total_steps") or run["T"], run["accuracy"]))
               + f" ({run['wall_seconds']} s)", flush=True)
+        args.save_partial(record, previous)
     if previous is not None and args.methods is not None:
         kept = [{"command": previous.get("command"), **run} for run in previous["runs"]]  # older rows name their own command
         record["runs"] = merge_runs(kept, record["runs"])
@@ -329,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--methods", help="comma-separated fnmatch patterns on row labels (e.g. 'TPP,IF + permute*'): run only "
                    "those and keep the source's other rows from OUT.json")
+    p.add_argument("--resume", action="store_true", help="keep the rows OUT.json already has for the same weights, images, "
+                   "T and seeds (OUT.json is saved after every row, so an interrupted run resumes at the row it was on)")
     p.add_argument("--no-spikingjelly", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, type=Path, help="output path without extension")
@@ -354,12 +375,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.methods is not None:
             check_methods(args)
         before = {s["source"]: s for s in previous["sources"]}
-        fresh = [r for r in (run_source(kind, args, before.get(kind)) for kind in args.sources.split(",")) if r is not None]
-        kept = [s for s in previous["sources"] if s["source"] not in {r["source"] for r in fresh}]  # other sources' earlier runs stay
-        results = {"title": "ResNet-20, CIFAR-10 (JPEG-q75)", "sources": sorted(kept + fresh, key=lambda s: list(SOURCES).index(s["source"])),
-                   "qcfs_paper": QCFS_PAPER, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "command": args.command,
-                   "wall_seconds": round(time.perf_counter() - started, 1)}
+        written: dict[str, dict] = {}  # this run's records so far, by source (saved after every row)
+
+        def compose() -> dict:
+            kept = [s for s in previous["sources"] if s["source"] not in written]  # other sources' earlier runs stay
+            return {"title": "ResNet-20, CIFAR-10 (JPEG-q75)",
+                    "sources": sorted(kept + list(written.values()), key=lambda s: list(SOURCES).index(s["source"])),
+                    "qcfs_paper": QCFS_PAPER, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "command": args.command, "wall_seconds": round(time.perf_counter() - started, 1)}
+
+        def save_partial(record: dict, prior: dict | None) -> None:
+            """After every row: OUT.json holds what is done, so an interrupted run loses one row (--resume)."""
+            partial = dict(record)
+            if prior is not None and args.methods is not None:
+                partial["runs"] = merge_runs([{"command": prior.get("command"), **run} for run in prior["runs"]], record["runs"])
+            written[record["source"]] = partial
+            write_json(json_path, compose())
+
+        args.save_partial = save_partial
+        for kind in args.sources.split(","):
+            record = run_source(kind, args, before.get(kind))
+            if record is not None:
+                written[kind] = record
+        results = compose()
         write_json(json_path, results)
     write_text(args.out.with_suffix(".md"), markdown(results))
     plot(results, args.out.with_suffix(".png"))

@@ -105,3 +105,32 @@ def test_rows_of_other_weights_are_never_merged(tmp_path, counted):
     assert counted == [] and (tmp_path / "ps.json").read_text() == before
     with pytest.raises(SystemExit, match="--source takes KIND=ZOO_FOLDER with KIND one of qcfs, relu, clipfloor, got 'vgg=x'"):
         paper_scale.main([*base, "--source", "vgg=x"])
+
+
+def test_an_interrupted_table_resumes_at_the_row_it_was_on(tmp_path, monkeypatch):
+    data = shared_data("cifar10")
+    calls, real, interrupted = [], paper_scale.run_method, []
+
+    def flaky(*args, **kwargs):
+        calls.append(args[3])
+        if len(calls) == 3 and not interrupted:
+            interrupted.append(True)
+            raise InterruptedError("the session ends during the third row")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(paper_scale, "run_method", flaky)
+    base = _args(data, tmp_path / "ps", "--sources", "qcfs", "--steps", "1", "--resume")
+    with pytest.raises(InterruptedError):
+        paper_scale.main(base)
+    saved = json.loads((tmp_path / "ps.json").read_text())["sources"][0]["runs"]
+    assert [r["label"] for r in saved] == ["IF", "GN tau=2"]
+    calls[:] = [None] * 3  # past the interruption
+    paper_scale.main(base)
+    labels = [r["label"] for r in json.loads((tmp_path / "ps.json").read_text())["sources"][0]["runs"]]
+    assert len(calls) == 3 + 4 + 1  # the 4 rows left, then IF on the permutation rows' images
+    assert labels[:6] == ["IF", "GN tau=2", "GN tau=L=4", "IF + permute per-neuron", "IF + permute per-layer", "TPP"]
+    runs = json.loads((tmp_path / "ps.json").read_text())["sources"][0]["runs"]
+    assert runs[0] == saved[0] and runs[1] == saved[1]  # kept, not rerun
+    calls[:] = []
+    paper_scale.main([*base, "--seeds", "0,1"])  # other seeds: the stochastic rows are redone, the others kept
+    assert [(spec.neuron, spec.seeds) for spec in calls] == [("if", [0, 1]), ("if", [0, 1]), ("tpp", [0, 1]), ("if", [0])]
