@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The paper-scale work of issue 19, in order, one job at a time (2 CPU cores): each step
+# resumes where it stopped or is skipped when done, so the same command goes on after a
+# session ends mid-way.  Usage: bash zoo/paper_scale_queue.sh DATA_DIR [STEP...]
+# (DATA_DIR: the folder with cifar10_jpeg_q75_fullorder.npz; STEP: run only these of
+#  qcfs-train qcfs-card qcfs-table clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table)
+#
+# Sources: the QCFS authors' recipe (300 epochs, AutoAugment + Cutout 16); clip-floor and
+# ReLU are fine-tuned from it (--init-from: same weights, new activation), which costs
+# FINE_TUNE_EPOCHS epochs instead of 300 from scratch. Their cards say so.
+set -euo pipefail
+data=${1:?give the CIFAR-10 data folder, e.g. ../shared/data/cifar10}
+shift
+steps=${*:-qcfs-train qcfs-card qcfs-table clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table}
+fine_tune_epochs=${FINE_TUNE_EPOCHS:-30}
+qcfs=resnet20_qcfs4_aa_cifar10jpeg
+clipfloor=resnet20_clipfloor4_aa_cifar10jpeg
+relu=resnet20_relu_aa_cifar10jpeg
+out=bench/results/paper_scale
+augment=(--cutout 16 --autoaugment)
+
+wants() { [[ " $steps " == *" $1 "* ]]; }
+card() {  # copy a finished run into the package zoo with its card (skipped once the card exists)
+  [[ -f snnconv/zoo/$1/card.json ]] && return
+  python - "zoo/$1/checkpoint.safetensors" <<'PY' || exit 1
+import sys
+from snnconv.checkpoint import read_checkpoint
+meta = read_checkpoint(sys.argv[1])[0]
+done, planned = meta["epochs_done"], meta["train_config"]["epochs"]
+if done != planned:
+    sys.exit(f"{sys.argv[1]}: {done} of {planned} epochs; finish its training step first")
+PY
+  python bench/zoo_card.py "$1" --import-from "zoo/$1" --data-dir "$data"
+}
+table() {  # one source's rows, saved after every row; --resume keeps the rows already made on these weights
+  python bench/paper_scale.py --sources "$1" --source "$1=$2" --data-dir "$data" --resume --no-progress --out "$out"
+}
+fine_tune() {  # ACTIVATION NAME: fine-tune from the finished QCFS source
+  EPOCHS=$fine_tune_epochs bash zoo/train_resnet20.sh "$1" "zoo/$2" "$data" "${augment[@]}" --lr 0.01 \
+    --init-from "zoo/$qcfs/checkpoint.safetensors"
+}
+
+if wants qcfs-train; then EPOCHS=300 bash zoo/train_resnet20.sh qcfs "zoo/$qcfs" "$data" "${augment[@]}"; fi
+if wants qcfs-card; then card "$qcfs"; fi
+if wants qcfs-table; then
+  # the tables of the 60-epoch (QCFS) and 30-epoch (clip-floor, ReLU) sources stay beside the new ones
+  [[ -f ${out}_e60.json ]] || for ext in json md png; do cp "$out.$ext" "${out}_e60.$ext"; done
+  table qcfs "$qcfs"
+fi
+if wants clipfloor-train; then fine_tune clipfloor "$clipfloor"; fi
+if wants clipfloor-card; then card "$clipfloor"; fi
+if wants clipfloor-table; then table clipfloor "$clipfloor"; fi
+if wants relu-train; then fine_tune relu "$relu"; fi
+if wants relu-card; then card "$relu"; fi
+if wants relu-table; then table relu "$relu"; fi
+echo "paper-scale queue: done ($steps)"
