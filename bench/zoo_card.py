@@ -94,7 +94,9 @@ def card(name: str, meta: dict, jpeg: dict, exact: dict, twins: dict, command: s
         f"(padding 4) and flip" + augmentation_text(config),
         *([f"- fine-tuned from `{meta['init_from']['checkpoint']}` ({meta['init_from']['model']}, "
            f"{meta['init_from']['activation']['kind']} activations, {meta['init_from']['epochs_done']} epochs, ANN "
-           f"{fmt(meta['init_from']['ann_accuracy'])}): every weight copied, lambda too between QCFS and clip-floor sources"]
+           f"{fmt(meta['init_from']['ann_accuracy'])}): every weight copied, lambda too between QCFS and clip-floor sources"
+           + ("; each activation's input raised by (φ - φ')·λ/L through the bias before it, so the first weights computed the "
+              "source's function exactly (`snnconv/phase_shift.py`)" if meta["init_from"].get("shift_matched") else "")]
           if meta.get("init_from") else []),
         f"- training time {meta.get('train_seconds', 0) / 60:.1f} min (wall, evaluations excluded; the machine was shared with "
         "other work, so this is an upper bound), on " + meta.get("machine", "a 2-core Sapphire Rapids VM (AVX-512, AVX512-BF16), CPU only")

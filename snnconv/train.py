@@ -29,6 +29,7 @@ from .device import resolve_device
 from .errors import SnnconvError, check
 from .metrics import accuracy
 from .models import create_model
+from .phase_shift import match_shift
 from .training.loop import CHECKPOINT_NAME, DivergenceWatch, TrainingTask, run_training
 
 __all__ = ["CHECKPOINT_NAME", "ClassifierTask", "DivergenceWatch", "TrainConfig", "accuracy", "augment_batch", "build_model",
@@ -259,6 +260,7 @@ class ClassifierTask(TrainingTask):
         self.model: nn.Module | None = None
         self.model_args: dict = {}
         self.initial: tuple[nn.Module, dict] | None = None  # the --init-from model and its metadata
+        self.shift_matched = False  # --init-from between QCFS and clip-floor: biases moved by (φ - φ')·λ/L
 
     def prepare_device(self, device: torch.device) -> None:
         """Raises:
@@ -292,6 +294,8 @@ class ClassifierTask(TrainingTask):
         copied_lambdas = False
         if self.initial is not None:  # fine-tuning: the weights (and lambda, between quantised sources) of --init-from
             copied_lambdas = copy_initial_weights(model, self.initial[0], config.init_from)
+            # QCFS <-> clip-floor: move the biases so the first weights compute the source's function exactly
+            self.shift_matched = copied_lambdas and match_shift(model, self.initial[0])
         model.to(device)
         if config.threshold_percentile is not None and not copied_lambdas:  # all overwritten when resuming
             first = torch.randperm(len(self.train_set.labels), generator=torch.Generator().manual_seed(config.seed))[:512]
@@ -366,7 +370,8 @@ class ClassifierTask(TrainingTask):
         meta = self.initial[1]
         return {"checkpoint": self.config.init_from, "model": meta["model"], "dataset": meta.get("dataset"),
                 "activation": meta.get("activation"), "epochs_done": meta.get("epochs_done"),
-                "ann_accuracy": meta.get("ann_accuracy"), "clip_limit_accuracy": meta.get("clip_limit_accuracy")}
+                "ann_accuracy": meta.get("ann_accuracy"), "clip_limit_accuracy": meta.get("clip_limit_accuracy"),
+                "shift_matched": self.shift_matched}
 
 
 def train(config: TrainConfig, out_dir: str | Path, data_dir: str | Path | None = None, progress: bool = True, log=print) -> tuple[nn.Module, dict]:

@@ -45,6 +45,40 @@ def test_clipfloor_from_qcfs_starts_with_every_weight_and_lambda(digits_source):
         assert torch.equal(ours[key], theirs[key]), key
 
 
+@pytest.mark.parametrize("activation", ["clipfloor", "qcfs"])
+def test_between_qcfs_and_clipfloor_the_first_weights_compute_the_source_exactly(digits_source, tmp_path, activation):
+    """QCFS(z) = ClipFloor(z + λ/2L): with the same L, the bias before each activation moves by
+    (φ_source - φ)·λ/L, and the fine-tuning run starts from the source's very function."""
+    _, _, x, _, path = digits_source
+    if activation == "qcfs":  # clip-floor -> QCFS: the way back, from the moved clip-floor model
+        start = _built(TrainConfig(model="small_cnn", dataset="digits", activation="clipfloor", levels=4, init_from=str(path)))
+        from snnconv.checkpoint import save_checkpoint
+
+        meta = read_checkpoint(path)[0]
+        meta |= {"activation": {"kind": "clipfloor", "levels": 4}, "model_args": meta["model_args"] | {"activation": "clipfloor"}}
+        path = save_checkpoint(tmp_path / "clipfloor.safetensors", start, meta)
+    source, _ = load_checkpoint(path)
+    task = ClassifierTask(TrainConfig(model="small_cnn", dataset="digits", activation=activation, levels=4, init_from=str(path)))
+    task.load_data(None)
+    model = task.build_model(torch.device("cpu"))
+    assert task.shift_matched
+    differ = {k for k, v in model.state_dict().items() if not torch.equal(v, source.state_dict()[k])}
+    assert differ and all(k.endswith(".bias") for k in differ)  # only the biases before the activations moved
+    shapes = {name: m for name, m in model.named_modules() if hasattr(m, "shift")}
+    step = 0.5 if activation == "clipfloor" else -0.5
+    moved = sorted(float((model.state_dict()[k] - source.state_dict()[k]).mean()) for k in differ)
+    expected = sorted(step * m.threshold.item() / m.levels for m in shapes.values())
+    assert moved == pytest.approx(expected, rel=1e-5)
+    model.double().eval(), source.double().eval()
+    with torch.no_grad():
+        assert float((model(x.double()) - source(x.double())).abs().max()) < 1e-9
+    # other L: no exact move exists, so the weights are copied as they are
+    other = ClassifierTask(TrainConfig(model="small_cnn", dataset="digits", activation=activation, levels=8, init_from=str(path)))
+    other.load_data(None)
+    other.build_model(torch.device("cpu"))
+    assert not other.shift_matched
+
+
 def test_qcfs_from_relu_copies_the_weights_and_fits_lambda_to_them(relu_source):
     source, _ = load_checkpoint(relu_source)
     config = TrainConfig(model="small_cnn", dataset="digits", activation="qcfs", model_args={"width": 8}, init_from=str(relu_source))
@@ -78,6 +112,7 @@ def test_one_epoch_of_fine_tuning_keeps_the_source_accuracy(digits_source, tmp_p
     record = tuned_meta["init_from"]
     assert record["checkpoint"] == str(path) and record["ann_accuracy"] == meta["ann_accuracy"]
     assert record["activation"] == {"kind": "qcfs", "levels": 4} and record["epochs_done"] == 20
+    assert record["shift_matched"] is True
     assert read_checkpoint(tmp_path / "tuned" / "checkpoint.safetensors")[0]["train_config"]["init_from"] == str(path)
 
 
@@ -154,3 +189,28 @@ def test_zoo_card_names_the_fine_tuning(tmp_path):
     scores = {"images": 10, "ann_accuracy": 0.9, "clip_limit_accuracy": 0.2}
     text = zoo_card.card("resnet20_clipfloor4_ft", meta, scores, scores, scores, command)
     assert "fine-tuned from `resnet20_qcfs4_cifar10jpeg` (resnet20, qcfs activations, 60 epochs, ANN 85.43%)" in text
+
+
+def test_every_resnet20_activation_has_its_own_bias_to_move_and_other_models_are_left_alone():
+    from torch import nn
+
+    from snnconv import ClipFloor, QCFS, create_model
+    from snnconv.phase_shift import bias_carriers, match_shift
+
+    carriers = bias_carriers(create_model("resnet20", num_classes=10, in_channels=3, activation="clipfloor", levels=4))
+    assert len(carriers) == 19 and None not in carriers.values() and len(set(carriers.values())) == 19
+    assert carriers["1.act"] == "1.body.2"  # after the residual addition: the body's last BatchNorm
+
+    class NoBias(nn.Module):  # an activation fed by a bias-free conv: no exact move, nothing changes
+        def __init__(self, activation):
+            super().__init__()
+            self.conv, self.act, self.fc = nn.Conv2d(1, 2, 3, bias=False), activation, nn.Linear(2 * 36, 3)
+
+        def forward(self, x):
+            return self.fc(self.act(self.conv(x)).flatten(1))
+
+    source, model = NoBias(QCFS(4, 1.0)), NoBias(ClipFloor(4, 1.0))
+    model.load_state_dict(source.state_dict())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert bias_carriers(model) == {"act": None} and not match_shift(model, source)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -6,13 +6,13 @@
 #  qcfs-train qcfs-card qcfs-table clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table)
 #
 # Sources: the QCFS authors' recipe (300 epochs, AutoAugment + Cutout 16); clip-floor and
-# ReLU are fine-tuned from it (--init-from: same weights, new activation), which costs
-# FINE_TUNE_EPOCHS epochs instead of 300 from scratch. Their cards say so.
+# ReLU are fine-tuned from it (--init-from: same weights, new activation) for
+# CLIPFLOOR_EPOCHS (default 10: it starts from the QCFS source's exact function, the biases
+# moved by λ/2L) and RELU_EPOCHS (default 30) instead of 300 from scratch. Their cards say so.
 set -euo pipefail
 data=${1:?give the CIFAR-10 data folder, e.g. ../shared/data/cifar10}
 shift
 steps=${*:-qcfs-train qcfs-card qcfs-table clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table}
-fine_tune_epochs=${FINE_TUNE_EPOCHS:-30}
 qcfs=resnet20_qcfs4_aa_cifar10jpeg
 clipfloor=resnet20_clipfloor4_aa_cifar10jpeg
 relu=resnet20_relu_aa_cifar10jpeg
@@ -35,8 +35,8 @@ PY
 table() {  # one source's rows, saved after every row; --resume keeps the rows already made on these weights
   python bench/paper_scale.py --sources "$1" --source "$1=$2" --data-dir "$data" --resume --no-progress --out "$out"
 }
-fine_tune() {  # ACTIVATION NAME: fine-tune from the finished QCFS source
-  EPOCHS=$fine_tune_epochs bash zoo/train_resnet20.sh "$1" "zoo/$2" "$data" "${augment[@]}" --lr 0.01 \
+fine_tune() {  # ACTIVATION NAME EPOCHS: fine-tune from the finished QCFS source
+  EPOCHS=$3 bash zoo/train_resnet20.sh "$1" "zoo/$2" "$data" "${augment[@]}" --lr 0.01 \
     --init-from "zoo/$qcfs/checkpoint.safetensors"
 }
 
@@ -47,10 +47,10 @@ if wants qcfs-table; then
   [[ -f ${out}_e60.json ]] || for ext in json md png; do cp "$out.$ext" "${out}_e60.$ext"; done
   table qcfs "$qcfs"
 fi
-if wants clipfloor-train; then fine_tune clipfloor "$clipfloor"; fi
+if wants clipfloor-train; then fine_tune clipfloor "$clipfloor" "${CLIPFLOOR_EPOCHS:-10}"; fi
 if wants clipfloor-card; then card "$clipfloor"; fi
 if wants clipfloor-table; then table clipfloor "$clipfloor"; fi
-if wants relu-train; then fine_tune relu "$relu"; fi
+if wants relu-train; then fine_tune relu "$relu" "${RELU_EPOCHS:-30}"; fi
 if wants relu-card; then card "$relu"; fi
 if wants relu-table; then table relu "$relu"; fi
 echo "paper-scale queue: done ($steps)"
