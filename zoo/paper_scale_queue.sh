@@ -3,7 +3,7 @@
 # resumes where it stopped or is skipped when done, so the same command goes on after a
 # session ends mid-way.  Usage: bash zoo/paper_scale_queue.sh DATA_DIR [STEP...]
 # (DATA_DIR: the folder with cifar10_jpeg_q75_fullorder.npz; STEP: run only these of
-#  qcfs-train qcfs-card qcfs-table clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table)
+#  qcfs-train qcfs-card qcfs-table qcfs-layer-error clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table)
 #
 # Sources: the QCFS authors' recipe (300 epochs, AutoAugment + Cutout 16); clip-floor and
 # ReLU are fine-tuned from it (--init-from: same weights, new activation) for
@@ -12,7 +12,7 @@
 set -euo pipefail
 data=${1:?give the CIFAR-10 data folder, e.g. ../shared/data/cifar10}
 shift
-steps=${*:-qcfs-train qcfs-card qcfs-table clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table}
+steps=${*:-qcfs-train qcfs-card qcfs-table qcfs-layer-error clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table}
 qcfs=resnet20_qcfs4_aa_cifar10jpeg
 clipfloor=resnet20_clipfloor4_aa_cifar10jpeg
 relu=resnet20_relu_aa_cifar10jpeg
@@ -46,6 +46,11 @@ if wants qcfs-table; then
   # the tables of the 60-epoch (QCFS) and 30-epoch (clip-floor, ReLU) sources stay beside the new ones
   [[ -f ${out}_e60.json ]] || for ext in json md png; do cp "$out.$ext" "${out}_e60.$ext"; done
   table qcfs "$qcfs"
+fi
+if wants qcfs-layer-error && [[ ! -f bench/results/resnet20_layer_error.json ]]; then
+  # where IF, permutation and TPP lose accuracy at small T, layer by layer (TPP below IF at T = 1?)
+  python bench/layer_error.py --checkpoint "zoo/$qcfs/checkpoint.safetensors" --data-dir "$data" --limit 500 \
+    --steps 1,2,4,8 --out bench/results/resnet20_layer_error
 fi
 if wants clipfloor-train; then fine_tune clipfloor "$clipfloor" "${CLIPFLOOR_EPOCHS:-10}"; fi
 if wants clipfloor-card; then card "$clipfloor"; fi
