@@ -214,3 +214,25 @@ def test_every_resnet20_activation_has_its_own_bias_to_move_and_other_models_are
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert bias_carriers(model) == {"act": None} and not match_shift(model, source)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_zoo_qcfs_source_moved_to_clipfloor_keeps_its_predictions():
+    """On the ResNet-20 zoo source (first 500 CIFAR-10 JPEG-q75 test images): copied into
+    clip-floor activations unmoved it collapses (below 20%), moved by λ/2L it predicts the
+    QCFS source's class on every image."""
+    from helpers import shared_data
+
+    from snnconv import create_model
+    from snnconv.phase_shift import match_shift
+    from snnconv.zoo import load_pretrained
+
+    test = load_dataset("cifar10_jpeg", "test", shared_data("cifar10"))
+    x, y = test.normalized(slice(0, 500)), test.labels[:500]
+    source, meta = load_pretrained("resnet20_qcfs4_cifar10jpeg")
+    model = create_model("resnet20", **{**meta["model_args"], "activation": "clipfloor"})
+    model.load_state_dict(source.state_dict())
+    source.eval(), model.eval()
+    assert accuracy(model, x, y) < 0.2
+    assert match_shift(model, source)
+    with torch.no_grad():
+        assert torch.equal(model(x).argmax(1), source(x).argmax(1))
