@@ -26,6 +26,7 @@ ternary spikes and TPP's two-phase windows have no NIR primitive and are refused
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -108,6 +109,122 @@ def _fix_conv_types(node, input_shape: tuple[int, ...], output_shape: tuple[int,
     node.output_type = {"output": np.array(output_shape)}
 
 
+@dataclass(frozen=True)
+class _Layer:
+    """One fx node to export: the node, its module (None for functions), its entry in the
+    table of operations, and one sample's input and output shapes."""
+
+    node: fx.Node
+    module: nn.Module | None
+    op: object
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+
+
+def _numpy(t: torch.Tensor):
+    return t.detach().cpu().numpy()
+
+
+def _weights_node(nir, layer: _Layer, factor: float):
+    """conv / linear -> ``Conv1d`` / ``Conv2d`` / ``Affine``, the incoming factor folded into W."""
+    import numpy as np
+
+    module, form, name = layer.module, layer.op.nir, layer.node.name
+    check(getattr(module, "padding_mode", "zeros") == "zeros", f"layer {name!r}: only zero padding exports to NIR")
+    weight = _numpy(module.weight * factor)
+    bias = _numpy(module.bias) if module.bias is not None else np.zeros(weight.shape[0], dtype=weight.dtype)
+    if form == "Affine":
+        return nir.Affine(weight=weight, bias=bias)
+    if form == "Conv2d":
+        node = nir.Conv2d(input_shape=layer.in_shape[1:], weight=weight, stride=_pair(module.stride),
+                          padding=_explicit_padding(module), dilation=_pair(module.dilation), groups=module.groups, bias=bias)
+    else:
+        node = nir.Conv1d(input_shape=layer.in_shape[1], weight=weight, stride=module.stride[0],
+                          padding=module.padding if isinstance(module.padding, str) else module.padding[0],
+                          dilation=module.dilation[0], groups=module.groups, bias=bias)
+    _fix_conv_types(node, layer.in_shape, layer.out_shape)
+    return node
+
+
+def _neuron_node(nir, layer: _Layer):
+    """A spiking layer -> ``IF`` emitting 0/1 spikes; returns it and θ (snnconv passes θ·s on)."""
+    import numpy as np
+
+    module, name, size = layer.module, layer.node.name, layer.out_shape
+    check(getattr(module, "offset", None) is None,
+          f"layer {name!r} has a per-neuron v(0) from potential calibration, which NIR export does not carry: "
+          "use snn_calibration='light' (biases) for an exported network")
+    theta = float(module.threshold)
+    node = nir.IF(r=np.ones(size), v_threshold=np.full(size, theta), v_reset=np.zeros(size),
+                  metadata={"reset": "subtract", "threshold_comparison": ">=",
+                            "initial_potential": module.params.initial_potential * theta, "time_step": 1.0, "neuron": "if"})
+    return node, theta
+
+
+def _pool_node(nir, layer: _Layer):
+    """Average or adaptive average pooling -> ``SumPool2d``; returns it and its divisor (k²)."""
+    import numpy as np
+
+    module, name = layer.module, layer.node.name
+    if layer.op.name == "avg_pool2d":
+        kernel, stride, padding = _pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding)
+        check(not module.ceil_mode and (module.count_include_pad or padding == (0, 0)),
+              f"layer {name!r}: average pooling with ceil_mode or count_include_pad=False has a varying divisor; "
+              "NIR's SumPool2d + one folded scale cannot express it")
+        divisor = module.divisor_override or kernel[0] * kernel[1]
+    else:
+        (h, w), out = layer.in_shape[1:], _pair(module.output_size)
+        bins = [_uniform_bins(m, o if o is not None else m) for m, o in zip((h, w), out)]
+        if None in bins:
+            raise SnnconvError(f"layer {name!r}: adaptive pooling {(h, w)} -> {out} has unequal bins, which no "
+                               "SumPool2d expresses; use an input size divisible by the output size")
+        kernel, stride, padding = (bins[0][0], bins[1][0]), (bins[0][1], bins[1][1]), (0, 0)
+        divisor = kernel[0] * kernel[1]
+    return nir.SumPool2d(kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(padding)), divisor
+
+
+def _flatten_node(nir, layer: _Layer):
+    """``nn.Flatten`` / ``torch.flatten`` (or a reshape to one dim per sample) -> ``Flatten``."""
+    import numpy as np
+
+    n, module = layer.node, layer.module
+    if module is not None:
+        start, end = module.start_dim, module.end_dim
+    else:
+        start, end = 1, -1
+        if layer.op.name == "flatten":
+            start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
+            end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
+            if start == 0:
+                raise SnnconvError(f"layer {n.name!r} flattens the batch dimension: use start_dim=1")
+    return nir.Flatten(input_type={"input": np.array(layer.in_shape)}, start_dim=start - 1, end_dim=end - 1 if end > 0 else end)
+
+
+def _layer_node(nir, layer: _Layer, factor: float) -> tuple[object, float] | None:
+    """The NIR node of one layer and the factor its output carries (snnconv = factor * NIR),
+    by the form the table of operations gives it; None for an identity.
+
+    Raises:
+        SnnconvError: a layer with no NIR form (named, with its class), or one whose
+            parameters NIR cannot express (padding mode, varying pool divisor, ...).
+    """
+    module, form = layer.module, (layer.op.nir if layer.op is not None else None)
+    if form == "identity":
+        return None
+    if form in ("Affine", "Conv1d", "Conv2d") and module is not None:
+        return _weights_node(nir, layer, factor), 1.0
+    if isinstance(module, SpikingNeuron):
+        return _neuron_node(nir, layer)
+    if form == "SumPool2d" and module is not None:
+        node, divisor = _pool_node(nir, layer)
+        return node, factor / divisor
+    if form == "Flatten" and (layer.op.name == "flatten" or len(layer.out_shape) == 1):
+        return _flatten_node(nir, layer), factor
+    n = layer.node
+    what = type(module).__name__ if module is not None else f"{n.op} {getattr(n.target, '__name__', n.target)}"
+    raise SnnconvError(f"layer {n.name!r} ({what}) has no NIR export: use conv/linear/average-pool/flatten layers")
+
+
 def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, warn: bool = True):
     """Build a ``nir.NIRGraph`` computing the same output at every step as ``simulate(snn, x, T)``.
 
@@ -149,7 +266,6 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
         probe.run(sample)
     modules = probe.modules
     shape = {n: tuple(v.shape[1:]) for n, v in probe.values.items() if isinstance(v, torch.Tensor)}
-    numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731
 
     nodes: dict[str, object] = {}
     edges: list[tuple[str, str]] = []
@@ -163,7 +279,6 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
         return carrier[node]
 
     for n in gm.graph.nodes:
-        module = modules.get(n.target) if n.op == "call_module" else None
         if n.op == "placeholder":
             nodes["input"] = nir.Input(input_type={"input": np.array(input_shape)})
             carrier[n] = ("input", 1.0)
@@ -183,76 +298,14 @@ def to_nir(snn: SpikingNetwork, input_shape: tuple[int, ...] | list[int], *, war
             raise SnnconvError(f"layer {n.name!r} combines {len(inputs)} tensors (residual add or concatenation): the NIR "
                                "export supports chains only, since θ would have to be folded into one branch")
         src, factor = fold(inputs[0], n)
-        name = n.name
-        op = lookup(n, modules)
-        form = op.nir if op is not None else None  # the table's NIR form of this op
-        if form == "identity":
+        layer = _Layer(n, modules.get(n.target) if n.op == "call_module" else None, lookup(n, modules),
+                       shape[inputs[0]], shape[n])
+        built = _layer_node(nir, layer, factor)
+        if built is None:  # an identity: the value passes on unchanged
             carrier[n] = (src, factor)
             continue
-        if form in ("Affine", "Conv1d", "Conv2d") and module is not None:
-            check(getattr(module, "padding_mode", "zeros") == "zeros", f"layer {name!r}: only zero padding exports to NIR")
-            weight = numpy(module.weight * factor)
-            bias = numpy(module.bias) if module.bias is not None else np.zeros(weight.shape[0], dtype=weight.dtype)
-            if form == "Affine":
-                nodes[name] = nir.Affine(weight=weight, bias=bias)
-            elif form == "Conv2d":
-                nodes[name] = nir.Conv2d(input_shape=shape[inputs[0]][1:], weight=weight, stride=_pair(module.stride),
-                                         padding=_explicit_padding(module),
-                                         dilation=_pair(module.dilation), groups=module.groups, bias=bias)
-                _fix_conv_types(nodes[name], shape[inputs[0]], shape[n])
-            else:
-                nodes[name] = nir.Conv1d(input_shape=shape[inputs[0]][1], weight=weight, stride=module.stride[0],
-                                         padding=module.padding if isinstance(module.padding, str) else module.padding[0],
-                                         dilation=module.dilation[0], groups=module.groups, bias=bias)
-                _fix_conv_types(nodes[name], shape[inputs[0]], shape[n])
-            carrier[n] = (name, 1.0)
-        elif isinstance(module, SpikingNeuron):
-            check(getattr(module, "offset", None) is None,
-                  f"layer {name!r} has a per-neuron v(0) from potential calibration, which NIR export does not carry: "
-                  "use snn_calibration='light' (biases) for an exported network")
-            theta = float(module.threshold)
-            size = shape[n]
-            phi = module.params.initial_potential
-            nodes[name] = nir.IF(
-                r=np.ones(size), v_threshold=np.full(size, theta), v_reset=np.zeros(size),
-                metadata={"reset": "subtract", "threshold_comparison": ">=", "initial_potential": phi * theta,
-                          "time_step": 1.0, "neuron": "if"},
-            )
-            carrier[n] = (name, theta)  # snnconv passes θ·s on; NIR passes s
-        elif form == "SumPool2d" and module is not None:
-            if op.name == "avg_pool2d":
-                kernel, stride, padding = _pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding)
-                check(not module.ceil_mode and (module.count_include_pad or padding == (0, 0)),
-                      f"layer {name!r}: average pooling with ceil_mode or count_include_pad=False has a varying divisor; "
-                      "NIR's SumPool2d + one folded scale cannot express it")
-                divisor = module.divisor_override or kernel[0] * kernel[1]
-            else:
-                (h, w), out = shape[inputs[0]][1:], _pair(module.output_size)
-                bins = [_uniform_bins(m, o if o is not None else m) for m, o in zip((h, w), out)]
-                if None in bins:
-                    raise SnnconvError(f"layer {name!r}: adaptive pooling {(h, w)} -> {out} has unequal bins, which no "
-                                       "SumPool2d expresses; use an input size divisible by the output size")
-                kernel, stride, padding = (bins[0][0], bins[1][0]), (bins[0][1], bins[1][1]), (0, 0)
-                divisor = kernel[0] * kernel[1]
-            nodes[name] = nir.SumPool2d(kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(padding))
-            carrier[n] = (name, factor / divisor)
-        elif form == "Flatten" and (op.name == "flatten" or len(shape[n]) == 1):
-            if module is not None:
-                start, end = module.start_dim, module.end_dim
-            else:
-                start, end = 1, -1
-                if op.name == "flatten":
-                    start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
-                    end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
-                    if start == 0:
-                        raise SnnconvError(f"layer {name!r} flattens the batch dimension: use start_dim=1")
-            nodes[name] = nir.Flatten(input_type={"input": np.array(shape[inputs[0]])}, start_dim=start - 1,
-                                      end_dim=end - 1 if end > 0 else end)
-            carrier[n] = (name, factor)
-        else:
-            what = type(module).__name__ if module is not None else f"{n.op} {getattr(n.target, '__name__', n.target)}"
-            raise SnnconvError(f"layer {name!r} ({what}) has no NIR export: use conv/linear/average-pool/flatten layers")
-        edges.append((src, name))
+        nodes[n.name], carrier[n] = built[0], (n.name, built[1])
+        edges.append((src, n.name))
     graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={
         "producer": "snnconv", "coding": "direct: the Input drives the graph unchanged at every step",
         "readout": "average the Output over the steps", "neuron_semantics": "see each IF node's metadata",
