@@ -77,7 +77,8 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
     W' = W * gamma / sqrt(var + eps) and b' = (b - mu) * gamma / sqrt(var + eps) + beta.
     A BatchNorm after anything else (average pooling, an activation, a residual
     addition, a conv whose output is also used elsewhere, a conv or linear layer called
-    at several places of ``forward``, whose shared weights cannot hold one BN's fold, a
+    at several places of ``forward`` or whose weight or bias ``forward`` also reads
+    (tied weights), whose shared weights cannot hold one BN's fold, a
     Linear whose out_features is not the BN's channel count) is the per-channel affine map
     it is in eval mode, kept as a layer. A Linear -> BatchNorm1d pair becomes a
     :class:`FoldedLinearBN` (folded on ``[batch, features]``, as is on tokens). Folded or not, its shift is a constant drive,
@@ -91,6 +92,9 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
     for node in graph_module.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
+        elif node.op == "get_attr":  # its weight read in forward (tied weights, F.conv2d(h, self.conv.weight))
+            owner = str(node.target).rpartition(".")[0]
+            calls[owner] = calls.get(owner, 0) + 1
     for node in list(graph_module.graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(node.target), _BATCHNORMS):
             continue
