@@ -361,6 +361,11 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
                            "activations, or map a custom activation class with convert(..., activations={Class: ...})")
     target = node.target
     name = target if node.op == "call_method" else getattr(target, "__name__", str(target))
+    if op is not None and op.name == "div" and node.kwargs.get("rounding_mode") is not None and node in spiking:
+        what = f"{name} with rounding_mode={node.kwargs['rounding_mode']!r}"
+        _refuse_inside_user_module(node, what)  # a quantiser written by hand: the activations= mapping
+        raise _unsupported(what, where, "rounding is not affine (the rounded average of the spikes is not the average of "
+                           "rounded spikes): divide without rounding_mode, or round inside an activation (QCFS)")
     if op is not None and op.name in ("mul", "div"):
         operands = list(node.args) + list(node.kwargs.values())
         divisor_dynamic = op.name == "div" and len(operands) > 1 and isinstance(operands[1], fx.Node) and operands[1] in dynamic
