@@ -113,3 +113,42 @@ def test_division_with_rounding_of_the_analog_input_converts():
 
     torch.manual_seed(1)
     _exact(Input, torch.rand(3, 2, 6, 6, dtype=torch.float64))
+
+
+# BatchNorm without affine parameters -----------------------------------------------------
+
+class NoAffine(nn.Module):
+    """conv -> BN(affine=False), Linear(bias=False) -> BatchNorm1d(affine=False), on
+    features and on tokens."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.c1, self.bn1, self.a1 = nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4, affine=False), act(L)
+        self.fc, self.bn2, self.a2 = nn.Linear(4 * 36, 5, bias=False), nn.BatchNorm1d(5, affine=False), act(L)
+        self.tok, self.bn3, self.a3 = nn.Linear(6, 6), nn.BatchNorm1d(4, affine=False), act(L)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = self.a1(self.bn1(self.c1(x)))
+        tokens = self.a3(self.bn3(self.tok(h.flatten(2).unflatten(2, (6, 6)).mean(2))))  # [B, 4 tokens, 6]
+        return self.out(self.a2(self.bn2(self.fc(h.view(x.size(0), -1))))) + tokens.mean((1, 2)).unsqueeze(1)
+
+
+def _ready_no_affine(model, x):
+    model = model.double().eval()
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+    return spread_positive_thresholds(model, x)
+
+
+def test_batchnorm_without_affine_parameters_folds():
+    """Was: a raw TypeError (NoneType * Tensor) from torch's fuse_linear_bn_eval for
+    Linear -> BatchNorm1d(affine=False)."""
+    torch.manual_seed(2)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    for act, run in ((QCFS, _gn_t1), (ClipFloor, _cif)):
+        model = _ready_no_affine(NoAffine(act), x)
+        assert torch.allclose(run(model, x), model(x), atol=1e-10)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import SnnconvError
 
@@ -48,15 +48,15 @@ class FoldedLinearBN(nn.Linear):
     """
 
     def __init__(self, linear: nn.Linear, bn: nn.modules.batchnorm._BatchNorm) -> None:
-        fused = fuse_linear_bn_eval(linear.eval(), bn.eval())
         super().__init__(linear.in_features, linear.out_features, bias=True,
                          device=linear.weight.device, dtype=linear.weight.dtype)
-        with torch.no_grad():
-            self.weight.copy_(fused.weight)
-            self.bias.copy_(fused.bias)
+        self.affine = ChannelAffine(bn).to(bn.running_mean.dtype)  # gamma and beta optional (affine=False)
+        scale, shift = self.affine.scale, self.affine.shift
+        with torch.no_grad():  # W' = W * scale[:, None], b' = b * scale + shift
+            self.weight.copy_(linear.weight * scale[:, None])
+            self.bias.copy_(shift if linear.bias is None else linear.bias * scale + shift)
         self.register_buffer("unfolded_weight", linear.weight.detach().clone())
         self.register_buffer("unfolded_bias", None if linear.bias is None else linear.bias.detach().clone())
-        self.affine = ChannelAffine(bn).to(bn.running_mean.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() <= 2:
