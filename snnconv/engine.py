@@ -170,11 +170,14 @@ def _is_size_read(node: fx.Node) -> bool:
     )
 
 
-def _mark_batch(value, dim_arg, batch: int):
+def _mark_batch(value, dim_arg, batch: int, rank: int | None = None):
     """Tag the batch entry of a size read (a ``torch.Size`` or one int) as
-    :class:`BatchSize` of value ``batch`` (also when read off a folded window)."""
+    :class:`BatchSize` of value ``batch`` (also when read off a folded window);
+    ``x.size(-4)`` of a rank-4 ``x`` is dim 0 too."""
     if isinstance(value, tuple) and dim_arg is None:
         return (BatchSize(batch), *value[1:]) if len(value) else value
+    if isinstance(dim_arg, int) and not isinstance(dim_arg, bool) and dim_arg < 0 and rank is not None:
+        dim_arg += rank
     if isinstance(value, int) and not isinstance(value, bool) and dim_arg in (0,):
         return BatchSize(batch)
     return value
@@ -262,7 +265,7 @@ class _WindowRunner(fx.Interpreter):
                 raise SnnconvError(f"layer {n.name!r} failed on its input ({err}); check the input shape") from err
             if _is_size_read(n) and n.all_input_nodes and n.all_input_nodes[0] in self.dynamic:
                 dim = args[1] if len(args) > 1 and n.op == "call_method" else kwargs.get("dim")
-                result = _mark_batch(result, dim, self.batch)
+                result = _mark_batch(result, dim, self.batch, args[0].dim() if isinstance(args[0], torch.Tensor) else None)
             if has_window:
                 self.windows.add(n)
                 if self.schedule.sleep_steps and isinstance(result, torch.Tensor):

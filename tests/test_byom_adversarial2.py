@@ -152,3 +152,26 @@ def test_batchnorm_without_affine_parameters_folds():
     for act, run in ((QCFS, _gn_t1), (ClipFloor, _cif)):
         model = _ready_no_affine(NoAffine(act), x)
         assert torch.allclose(run(model, x), model(x), atol=1e-10)
+
+
+# a batch size read with a negative dim -----------------------------------------------------
+
+class NegativeSizeRead(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.conv, self.act, self.conv2, self.act2, self.fc = (nn.Conv2d(2, 4, 3, padding=1), act(L), nn.Conv2d(4, 4, 3, padding=1),
+                                                               act(L), nn.Linear(4, 3))
+
+    def forward(self, x):
+        h = self.act2(self.conv2(self.act(self.conv(x))))
+        return self.fc(h.reshape(x.size(-4), 4, -1).mean(-1)) + self.fc(h.view(h.size(dim=-4), 4, -1).mean(2))
+
+
+def test_a_batch_size_read_with_a_negative_dim_follows_the_batch():
+    """x.size(-4) of a 4-d input is the batch, like x.size(0). Was: a raw RuntimeError
+    (shape '[68, 3, 3]' is invalid) at T > 1; the engine counted it as a plain number."""
+    torch.manual_seed(3)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    _exact(NegativeSizeRead, x)
+    model = _ready(NegativeSizeRead(QCFS), x)
+    assert simulate(convert(model, "if"), x, 4).shape == (4, 3, 3)
