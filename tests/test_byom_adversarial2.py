@@ -175,3 +175,35 @@ def test_a_batch_size_read_with_a_negative_dim_follows_the_batch():
     _exact(NegativeSizeRead, x)
     model = _ready(NegativeSizeRead(QCFS), x)
     assert simulate(convert(model, "if"), x, 4).shape == (4, 3, 3)
+
+
+# weight norm / spectral norm: the weight is computed when the layer runs --------------------
+
+class WeightNormed(nn.Module):
+    def __init__(self, act, kind):
+        super().__init__()
+        wrap = {"weight_norm": nn.utils.parametrizations.weight_norm, "spectral_norm": nn.utils.parametrizations.spectral_norm,
+                "old_weight_norm": nn.utils.weight_norm}[kind]
+        self.c1, self.bn, self.a1 = wrap(nn.Conv2d(2, 4, 3, padding=1)), nn.BatchNorm2d(4), act(L)
+        self.fc, self.bn1, self.a2 = wrap(nn.Linear(4, 4)), nn.BatchNorm1d(4), act(L)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(self.a2(self.bn1(self.fc(self.a1(self.bn(self.c1(x))).mean((2, 3))))))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("kind", ["weight_norm", "spectral_norm", "old_weight_norm"])
+def test_weight_norm_layers_keep_their_batchnorm(kind):
+    """Was: a raw KeyError ("attribute 'weight' already exists") or TypeError from torch's
+    fuse_conv_bn_eval; a Linear under the old weight_norm hook would fold a stale weight."""
+    torch.manual_seed(4)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    _exact(lambda act: WeightNormed(act, kind), x)
+    if kind == "old_weight_norm":  # g changed after the last forward: the stored weight is stale
+        model = _ready(WeightNormed(QCFS, kind), x)
+        with torch.no_grad():
+            model.fc.weight_g.mul_(1.5)
+            model.c1.weight_g.mul_(0.8)
+            expected = model(x)
+        assert torch.allclose(_gn_t1(model, x), expected, atol=1e-10)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import SnnconvError
@@ -64,6 +65,13 @@ class FoldedLinearBN(nn.Linear):
         return self.affine(nn.functional.linear(x, self.unfolded_weight, self.unfolded_bias))
 
 
+def _computes_its_weight(layer: nn.Module) -> bool:
+    """A layer whose weight is computed when it runs (weight / spectral norm, as hooks or
+    parametrizations) or whose output a hook changes: folding a BN into its stored
+    weight would be undone or stale, so the BN stays a per-channel affine after it."""
+    return bool(parametrize.is_parametrized(layer) or layer._forward_pre_hooks or layer._forward_hooks)
+
+
 def _parent_name(target: str) -> tuple[str, str]:
     parent, _, name = target.rpartition(".")
     return parent, name
@@ -79,7 +87,8 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
     addition, a conv whose output is also used elsewhere, a conv or linear layer called
     at several places of ``forward`` or whose weight or bias ``forward`` also reads
     (tied weights), whose shared weights cannot hold one BN's fold, a
-    Linear whose out_features is not the BN's channel count) is the per-channel affine map
+    Linear whose out_features is not the BN's channel count, a layer under weight norm,
+    spectral norm or another hook) is the per-channel affine map
     it is in eval mode, kept as a layer. A Linear -> BatchNorm1d pair becomes a
     :class:`FoldedLinearBN` (folded on ``[batch, features]``, as is on tokens). Folded or not, its shift is a constant drive,
     which wake-sleep conversion switches off during sleep.
@@ -103,8 +112,9 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
             raise SnnconvError(f"BatchNorm {node.target!r} has no running statistics: build it with track_running_stats=True")
         producer = node.args[0]
         layer = modules.get(producer.target) if isinstance(producer, fx.Node) and producer.op == "call_module" else None
-        foldable = isinstance(layer, _CONVS) or (
-            type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d) and bn.num_features == layer.out_features)
+        foldable = (isinstance(layer, _CONVS) or (
+            type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d) and bn.num_features == layer.out_features)) and not (
+            _computes_its_weight(layer))
         if not foldable or len(producer.users) != 1 or calls[producer.target] != 1:
             parent, name = _parent_name(node.target)
             affine = ChannelAffine(bn).to(bn.running_mean.dtype)
