@@ -207,3 +207,30 @@ def test_weight_norm_layers_keep_their_batchnorm(kind):
             model.c1.weight_g.mul_(0.8)
             expected = model(x)
         assert torch.allclose(_gn_t1(model, x), expected, atol=1e-10)
+
+
+# SyncBatchNorm (a model trained with DDP and convert_sync_batchnorm) ------------------------
+
+class Synced(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.c1, self.bn1, self.a1 = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), act(L)
+        self.c2, self.bn2, self.a2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), act(L)
+        self.bn3 = nn.BatchNorm2d(4)
+        self.fc, self.bn4, self.a3, self.out = nn.Linear(4, 4), nn.BatchNorm1d(4), act(L), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.a2(self.bn2(self.c2(self.a1(self.bn1(self.c1(x))))))
+        return self.out(self.a3(self.bn4(self.fc(self.bn3(F.avg_pool2d(h, 2)).mean((2, 3))))))
+
+
+def test_sync_batchnorm_converts_like_batchnorm():
+    """Was refused ("layer 'bn1' (SyncBatchNorm) has no faithful spiking form"); in eval
+    mode it is the BatchNorm it was converted from: folded or a per-channel affine."""
+    torch.manual_seed(5)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    _exact(lambda act: nn.SyncBatchNorm.convert_sync_batchnorm(Synced(act)), x)
+    plain = _ready(Synced(QCFS), x)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(Synced(QCFS)).double().eval()
+    synced.load_state_dict(plain.state_dict())
+    assert torch.equal(convert(synced, "if")(x, 8), convert(plain, "if")(x, 8))
