@@ -234,3 +234,33 @@ def test_sync_batchnorm_converts_like_batchnorm():
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(Synced(QCFS)).double().eval()
     synced.load_state_dict(plain.state_dict())
     assert torch.equal(convert(synced, "if")(x, 8), convert(plain, "if")(x, 8))
+
+
+# a clip at +inf is a ReLU -------------------------------------------------------------------
+
+class ClipAtInfinity(nn.Module):
+    def __init__(self, spelling):
+        super().__init__()
+        self.spelling = spelling
+        self.conv, self.act, self.conv2, self.fc = nn.Conv2d(2, 4, 3, padding=1), QCFS(L), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 3)
+        self.clip = nn.Hardtanh(0.0, float("inf"))
+
+    def forward(self, x):
+        h = self.conv2(self.act(self.conv(x)))
+        h = {"clamp": lambda: h.clamp(0, float("inf")), "hardtanh": lambda: F.hardtanh(h, 0.0, float("inf")),
+             "module": lambda: self.clip(h), "relu": lambda: F.relu(h)}[self.spelling]()
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("spelling", ["clamp", "hardtanh", "module"])
+def test_a_clip_at_infinity_converts_as_a_relu(spelling):
+    """Was refused with "threshold must be finite and > 0, got [inf]" (no layer named),
+    calibration data or not: clamp(x, 0, inf) is relu(x), whose threshold is calibrated."""
+    torch.manual_seed(6)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    relu = _ready(ClipAtInfinity("relu"), x)
+    model = ClipAtInfinity(spelling).double().eval()
+    model.load_state_dict(relu.state_dict())
+    assert torch.equal(model(x), relu(x))
+    kw = dict(calibration=x, threshold="max")
+    assert torch.equal(convert(model, "if", **kw)(x, 8), convert(relu, "if", **kw)(x, 8))

@@ -83,6 +83,13 @@ def _clamp_bounds(node: fx.Node) -> tuple[float, float | None] | None:
 
 
 def _site_for(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | None:
+    site = _site_of(node, modules)
+    if site is not None and site.kind == "clip" and site.upper == float("inf"):  # clamp(x, 0, inf) is a ReLU
+        return ActivationSite(None, "relu", None, 0.0, None)
+    return site
+
+
+def _site_of(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | None:
     module = modules.get(node.target) if node.op == "call_module" else None
     if isinstance(module, QuantizedClip):
         lam = module.threshold.detach().clone()
