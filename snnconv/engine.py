@@ -219,7 +219,15 @@ class _WindowRunner(fx.Interpreter):
     def _fold(self, window: torch.Tensor) -> torch.Tensor:
         return window.reshape(-1, *window.shape[2:])
 
-    def _unfold(self, folded: torch.Tensor) -> torch.Tensor:
+    def _unfold(self, folded: torch.Tensor, node: fx.Node | None = None) -> torch.Tensor:
+        expected = self.schedule.total * self.batch
+        if node is not None and (folded.dim() == 0 or folded.shape[0] != expected):
+            rows = folded.shape[0] if folded.dim() else "no"
+            raise SnnconvError(
+                f"layer {node.name!r} returns {rows} rows along dim 0 where the batch has {expected} "
+                f"({self.schedule.total} steps x {self.batch} samples): a layer before it selects, moves or merges dim 0 "
+                "(the batch, which carries time in the SNN): index, reshape or reduce only dims >= 1, and read the batch size "
+                "off the input (n = x.shape[0]) instead of writing it as a number")
         return folded.reshape(self.schedule.total, self.batch, *folded.shape[1:])
 
     def _batch_sizes(self, value, factor: float):
@@ -314,14 +322,14 @@ class _WindowRunner(fx.Interpreter):
         value = self.env[node]
         if not isinstance(value, torch.Tensor) or node not in self.dynamic:
             return value
-        return self._unfold(value) if node in self.windows else self._as_window(value)
+        return self._unfold(value, node) if node in self.windows else self._as_window(value)
 
     def _run_neuron(self, n: fx.Node) -> torch.Tensor:
         neuron: SpikingNeuron = self.modules[n.target]
         (source,) = n.all_input_nodes
         value = self.env[source]
         owned = source in self.windows and self._owned(source, value)
-        window = self._unfold(value) if source in self.windows else self._as_window(value)
+        window = self._unfold(value, source) if source in self.windows else self._as_window(value)
         wake = self.schedule.steps if self.schedule.sleep_steps else None
         # simulate() validated the input and the parameters, so the window is finite:
         # no per-window scan (validate=False), unlike direct calls.

@@ -264,3 +264,45 @@ def test_a_clip_at_infinity_converts_as_a_relu(spelling):
     assert torch.equal(model(x), relu(x))
     kw = dict(calibration=x, threshold="max")
     assert torch.equal(convert(model, "if", **kw)(x, 8), convert(relu, "if", **kw)(x, 8))
+
+
+# dim 0 reached through an Ellipsis, or a batch size written as a number ----------------------
+
+class BatchByHand(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv, self.act, self.fc = nn.Conv2d(2, 4, 3, padding=1), QCFS(L), nn.Linear(4, 3)
+        self.fc2 = nn.Linear(2, 3)
+
+    def forward(self, x):
+        h = self.act(self.conv(x))
+        if self.how == "ellipsis":  # 4 indices after the Ellipsis of a 4-d h: the first is dim 0
+            return self.fc(h[..., 0:2, :, :, :].mean((2, 3)))
+        if self.how == "ellipsis_ok":  # 3 indices: the Ellipsis stands for dim 0
+            return self.fc2(h[..., 1:3, :, :].mean((2, 3))) + self.fc(h[..., 0:6, :].mean((2, 3)))
+        return self.fc(h.reshape(3, 4, -1).mean(-1))  # the batch size (3) written as a number
+
+
+def test_dim_0_through_an_ellipsis_is_refused_and_one_through_it_is_not():
+    """Was: a raw RuntimeError (shape '[1, 3, 3]' is invalid) from the engine."""
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    model = BatchByHand("ellipsis").double().eval()
+    model(x)
+    with pytest.raises(SnnconvError, match=r"^layer 'getitem' \(getitem over dim 0\) has no faithful spiking form: dim 0 is the batch"):
+        simulate(convert(model, "if"), x, 4)
+    model = _ready(BatchByHand("ellipsis_ok"), x)
+    assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-10)
+
+
+def test_a_batch_size_written_as_a_number_is_named_in_one_line():
+    """Was: a raw RuntimeError from the engine's output reshape (the one-sample probe, or T > 1)."""
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    model = _ready(BatchByHand("number"), x)
+    model(x)
+    for steps in (1, 4):
+        with pytest.raises(SnnconvError, match=(
+                r"^layer 'fc' returns 3 rows along dim 0 where the batch has \d+ \(\d+ steps x \d+ samples\): a layer before "
+                r"it selects, moves or merges dim 0 \(the batch, which carries time in the SNN\): index, reshape or reduce "
+                r"only dims >= 1, and read the batch size off the input \(n = x.shape\[0\]\) instead of writing it as a number$")):
+            simulate(convert(model, "if"), x, steps)

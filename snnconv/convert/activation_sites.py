@@ -284,7 +284,7 @@ def _touches_batch(node: fx.Node, rank: int | None = None) -> bool:
     if name == "flatten":
         return at(args[0] if args else kwargs.get("start_dim", 0)) == 0
     if name == "getitem":
-        return _indexes_batch(node)
+        return _indexes_batch(node, rank)
     if name == "movedim":
         moved = (list(args[:2]) + [kwargs.get("source"), kwargs.get("destination")])
         return any(0 in [at(x) for x in _dims_of(d)] for d in moved if d is not None)
@@ -314,16 +314,23 @@ _CONTAINER_METHODS = {"chunk", "split", "size", "unbind", "split_with_sizes"}
 _CONTAINER_FUNCTIONS = {torch.chunk, torch.split, torch.unbind, getattr}
 
 
-def _indexes_batch(node: fx.Node) -> bool:
+def _indexes_batch(node: fx.Node, rank: int | None = None) -> bool:
     """Does ``value[index]`` select along dim 0 of a tensor (``h[0]``, ``h[1:]``, ``h[None]``,
-    ``h[idx]``)? Indexing a list or tuple (``h.chunk(2, 1)[0]``, ``x.shape[0]``) does not."""
+    ``h[idx]``)? Indexing a list or tuple (``h.chunk(2, 1)[0]``, ``x.shape[0]``) does not.
+    With ``rank`` known, an Ellipsis that covers no dim (``h[..., 0:2, :, :, :]`` of a
+    4-d ``h``) passes dim 0 to the index after it."""
     base, index = node.args[0], node.args[1]
     if not isinstance(base, fx.Node):
         return False
     if (base.op == "call_method" and base.target in _CONTAINER_METHODS) or (
             base.op == "call_function" and base.target in _CONTAINER_FUNCTIONS):
         return False
-    first = index[0] if isinstance(index, tuple) and index else index
+    entries = list(index) if isinstance(index, tuple) else [index]
+    first = entries[0] if entries else slice(None)
+    if first is Ellipsis and rank is not None:
+        consumed = sum(e is not None and e is not Ellipsis for e in entries)
+        if consumed >= rank:  # the Ellipsis stands for no dim: the next entry indexes dim 0
+            first = next((e for e in entries[1:] if e is not Ellipsis), slice(None))
     return not (first is Ellipsis or (isinstance(first, slice) and first == slice(None)))
 
 
