@@ -306,3 +306,47 @@ def test_a_batch_size_written_as_a_number_is_named_in_one_line():
                 r"it selects, moves or merges dim 0 \(the batch, which carries time in the SNN\): index, reshape or reduce "
                 r"only dims >= 1, and read the batch size off the input \(n = x.shape\[0\]\) instead of writing it as a number$")):
             simulate(convert(model, "if"), x, steps)
+
+
+# x.add_(y) is x += y --------------------------------------------------------------------------
+
+class MethodInPlace(nn.Module):
+    """A residual block written with out.add_(identity) (and mul_, sub_, div_), the old
+    torchvision / pytorch-cifar spelling of out += identity."""
+
+    def __init__(self, act, in_place: bool, kept: bool = False):
+        super().__init__()
+        self.in_place, self.kept = in_place, kept
+        self.c0, self.a0 = nn.Conv2d(2, 4, 3, padding=1), act(L)
+        self.c1, self.bn1, self.a1 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), act(L)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        identity = self.a0(self.c0(x))
+        out = self.bn1(self.c1(identity))
+        kept = out.flatten(2)  # a view taken before the update
+        if self.in_place:
+            out.add_(identity, alpha=0.5)
+            out.mul_(1.5).sub_(0.1)
+            out.div_(2.0)
+        else:
+            out = ((out + 0.5 * identity) * 1.5 - 0.1) / 2.0
+        out = self.a1(out)
+        return self.fc(out.mean((2, 3)) + kept.mean(2)) if self.kept else self.fc(out.mean((2, 3)))
+
+
+def test_in_place_tensor_methods_convert_like_augmented_assignment():
+    """Was refused ("layer 'add_' (method .add_()) has no faithful spiking form") though
+    out += identity converted; now the same update, the same rule."""
+    torch.manual_seed(7)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    _exact(lambda act: MethodInPlace(act, True), x)
+    model = _ready(MethodInPlace(QCFS, True), x)
+    plain = MethodInPlace(QCFS, False).double().eval()
+    plain.load_state_dict(model.state_dict())
+    assert torch.allclose(model(x), plain(x), atol=1e-12)
+    assert torch.allclose(convert(model, "if")(x, 8), convert(plain, "if")(x, 8), atol=1e-12)
+    with pytest.raises(SnnconvError) as err:  # the view taken before reads the update in the ANN
+        convert(MethodInPlace(QCFS, True, kept=True), "if")
+    assert str(err.value) == ("MethodInPlace: 'add_' (x.add_(y)) overwrites 'bn1' in place, which 'mean_1' then reads under "
+                              "another name: write x = x + y (out of place) or read the value before the update")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import operator
 
+import torch
 from torch import fx, nn
 
 from ..activations import QuantizedClip
@@ -68,6 +69,8 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
 
 _OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
                  operator.itruediv: operator.truediv}
+# x.add_(y) is x += y (alpha= and rounding_mode= kept): the same update, the same rule
+_METHODS_IN_PLACE = {"add_": torch.add, "sub_": torch.sub, "mul_": torch.mul, "div_": torch.div}
 
 
 def _is_number(node: fx.Node) -> bool:
@@ -81,11 +84,12 @@ def _is_number(node: fx.Node) -> bool:
 def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:
     """``x += y`` overwrites x: in the ANN every later read of x, or of a view of x taken
     before, sees the sum. The update becomes ``x + y`` (which the graph then computes
-    as the ANN does) unless such a later read exists, which is refused.
+    as the ANN does) unless such a later read exists, which is refused. ``x.add_(y)``
+    (``sub_``, ``mul_``, ``div_``) is the same update, and later reads of x itself read it.
 
     Raises:
-        SnnconvError: a value updated in place (``+=``, ``-=``, ``*=``, ``/=``) is read
-            again afterwards under another name.
+        SnnconvError: a value updated in place (``+=``, ``-=``, ``*=``, ``/=``, ``x.add_(y)``, ...)
+            is read again afterwards under another name.
     """
     from .activation_sites import _aliases, _derived_from, user_path  # activation_sites imports ops, not trace
 
@@ -93,21 +97,32 @@ def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:
     modules = dict(graph_module.named_modules())
     order = {n: i for i, n in enumerate(graph.nodes)}
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target not in _OUT_OF_PLACE:
+        method = node.op == "call_method" and node.target in _METHODS_IN_PLACE
+        if not method and (node.op != "call_function" or node.target not in _OUT_OF_PLACE):
             continue
         source = node.args[0]
+        if method and isinstance(source, fx.Node):  # x.add_(y) keeps the name x: its later reads see the update
+            for user in list(source.users):
+                if user is not node and order[user] > order[node]:
+                    user.replace_input_with(source, node)
         if isinstance(source, fx.Node) and not _is_number(source):
             for alias in _aliases(source, modules) | {source}:
                 if _derived_from(alias, (node,), modules):
                     continue
                 later = [u for u in alias.users if u is not node and order[u] > order[node] and not _is_number(u)]
                 if later:
-                    spelling = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/="}[node.target.__name__]
+                    key = node.target if method else node.target.__name__
+                    spelling = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/=", "add_": "+=", "sub_": "-=",
+                                "mul_": "*=", "div_": "/="}[key]
+                    written = f"x.{key}(y)" if method else f"x {spelling} y"
                     raise SnnconvError(
-                        f"{name}: {user_path(node)!r} (x {spelling} y) overwrites {source.name!r} in place, which "
+                        f"{name}: {user_path(node)!r} ({written}) overwrites {source.name!r} in place, which "
                         f"{later[0].name!r} then reads under another name: write x = x {spelling[0]} y (out of place) "
                         "or read the value before the update")
-        node.target = _OUT_OF_PLACE[node.target]
+        if method:
+            node.op, node.target = "call_function", _METHODS_IN_PLACE[node.target]
+        else:
+            node.target = _OUT_OF_PLACE[node.target]
     graph_module.recompile()
 
 
