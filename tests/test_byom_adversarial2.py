@@ -350,3 +350,34 @@ def test_in_place_tensor_methods_convert_like_augmented_assignment():
         convert(MethodInPlace(QCFS, True, kept=True), "if")
     assert str(err.value) == ("MethodInPlace: 'add_' (x.add_(y)) overwrites 'bn1' in place, which 'mean_1' then reads under "
                               "another name: write x = x + y (out of place) or read the value before the update")
+
+
+# layers called with their input by keyword ---------------------------------------------------
+
+class ByKeyword(nn.Module):
+    def __init__(self, keyword: bool):
+        super().__init__()
+        self.keyword = keyword
+        self.conv, self.act = nn.Conv2d(2, 4, 3, padding=1), QCFS(L, 1.0)
+        self.conv2, self.bn, self.act2, self.fc = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), QCFS(L, 0.8), nn.Linear(4, 3)
+
+    def forward(self, x):
+        if self.keyword:
+            h = self.act(z=self.conv(input=x))
+            h = self.act2(z=self.bn(input=self.conv2(h)))
+            return self.fc(torch.clamp(input=self.conv2(h), min=0.0, max=0.7).mean((2, 3)))
+        h = self.act2(self.bn(self.conv2(self.act(self.conv(x)))))
+        return self.fc(torch.clamp(self.conv2(h), 0.0, 0.7).mean((2, 3)))
+
+
+def test_layers_called_with_their_input_by_keyword_convert_like_positional_calls():
+    """Was: a raw IndexError (tuple index out of range) from the BN fold and the activation pass."""
+    torch.manual_seed(8)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    plain = ByKeyword(False).double().eval()
+    randomize_batchnorm(plain, torch.Generator().manual_seed(0))
+    model = ByKeyword(True).double().eval()
+    model.load_state_dict(plain.state_dict())
+    assert torch.equal(model(x), plain(x))
+    for neuron, kw in (("if", {}), ("gn", {"group_size": L})):
+        assert torch.equal(convert(model, neuron, **kw)(x, 4), convert(plain, neuron, **kw)(x, 4))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
 
 import torch
@@ -63,8 +64,29 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
             "data-dependent control flow is not convertible: move it out of forward() or wrap it in a leaf module"
         ) from err
     _check_one_input(traced, type(model).__name__)
+    _input_first(traced)
     _out_of_place_updates(traced, type(model).__name__)
     return traced
+
+
+def _input_first(graph_module: fx.GraphModule) -> None:
+    """A layer called with its input by keyword (``self.bn(input=h)``, ``self.act(z=h)``,
+    ``torch.clamp(input=h, min=0)``) gets it as the first positional argument, where the
+    passes read a layer's input; the call computes the same."""
+    modules = dict(graph_module.named_modules())
+    for node in graph_module.graph.nodes:
+        if node.args or not node.kwargs:
+            continue
+        if node.op == "call_function" and "input" in node.kwargs:
+            kwargs = dict(node.kwargs)
+            node.args, node.kwargs = (kwargs.pop("input"),), kwargs
+        elif node.op == "call_module" and node.target in modules:
+            try:
+                bound = inspect.signature(modules[node.target].forward).bind(**node.kwargs)
+            except (TypeError, ValueError):  # the module's own error when it runs
+                continue
+            node.args, node.kwargs = tuple(bound.args), dict(bound.kwargs)
+    graph_module.recompile()
 
 
 _OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
