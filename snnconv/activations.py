@@ -153,17 +153,29 @@ def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | N
     torch.fx cannot trace has its ReLU modules swapped in place (its call sites cannot
     be seen; such a model cannot be converted either).
 
+    An in-place ReLU (``F.relu(y, inplace=True)``, ``y.relu_()``) whose input ``forward``
+    reads again is followed there too: the later reads read the new activation, as they
+    read the ReLU in the original; ``x += y`` stays the in-place update it is.
+
     Raises:
         SnnconvError: ``kind`` is unknown or ``levels`` / ``threshold`` are invalid (from
-            :func:`make_activation`). A model torch.fx cannot trace is not an error here.
+            :func:`make_activation`); a value updated in place (``x += y``, an in-place
+            ReLU) read afterwards through another name or an older view (as in
+            :func:`snnconv.convert`). A model torch.fx cannot trace is not an error here.
     """
     from .convert.remove_dropout import dropout_as_modules  # convert imports this module
 
+    from .convert.activation_sites import _apply_in_place, _in_place
+    from .convert.trace import _Tracer, _input_first, _out_of_place_updates
+
     model = copy.deepcopy(model)
-    try:
-        graph_module = fx.symbolic_trace(model)
+    try:  # convert()'s tracer: x += y and keyword inputs recorded as they run
+        graph_module = fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception:
         graph_module = None
+    if graph_module is not None:
+        _input_first(graph_module)
+        _out_of_place_updates(graph_module, type(model).__name__)  # refuses a stale read of x after x += y
     if graph_module is None:
         _swap_relu_modules(model, kind, levels, threshold)
         return model
@@ -183,6 +195,8 @@ def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | N
         graph_module.add_submodule(name, make_activation(kind, levels, threshold))
         with graph_module.graph.inserting_after(node):
             new = graph_module.graph.call_module(name, (node.args[0],))
+        if _in_place(node, modules) and isinstance(node.args[0], fx.Node):  # later reads of its input see the activation
+            _apply_in_place(graph_module.graph, node, new, modules)
         node.replace_all_uses_with(new)
         graph_module.graph.erase_node(node)
     dropout_as_modules(graph_module)

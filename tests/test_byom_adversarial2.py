@@ -381,3 +381,45 @@ def test_layers_called_with_their_input_by_keyword_convert_like_positional_calls
     assert torch.equal(model(x), plain(x))
     for neuron, kw in (("if", {}), ("gn", {"group_size": L})):
         assert torch.equal(convert(model, neuron, **kw)(x, 4), convert(plain, neuron, **kw)(x, 4))
+
+
+# swap_relu keeps what an in-place ReLU and x += y do ------------------------------------------
+
+class InPlaceRelu(nn.Module):
+    """A functional in-place ReLU whose input is read again (the ANN reads the activation
+    there), and with ``alias`` a second name of a value updated with +=."""
+
+    def __init__(self, explicit: bool, alias: bool = False):
+        super().__init__()
+        self.explicit, self.alias = explicit, alias
+        self.c1, self.c2, self.fc = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.c1(x)
+        if self.explicit:
+            y = F.relu(y)
+        else:
+            F.relu(y, inplace=True)
+        out = self.c2(y)
+        alias = out
+        out += y
+        return self.fc(F.relu(out).mean((2, 3)) + (alias if self.alias else y).mean((2, 3)))
+
+
+def test_swap_relu_keeps_in_place_semantics():
+    """Was: swap_relu traced with plain torch.fx, so the later read of y got the
+    pre-activation (a different network, silently), and `alias` the value before +=."""
+    from snnconv import swap_relu
+
+    torch.manual_seed(9)
+    x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
+    explicit = InPlaceRelu(True).double().eval()
+    in_place = InPlaceRelu(False).double().eval()
+    in_place.load_state_dict(explicit.state_dict())
+    assert torch.allclose(in_place(x.clone()), explicit(x), atol=1e-12)  # the same ANN
+    a, b = swap_relu(in_place, "qcfs", 4, 1.0).eval(), swap_relu(explicit, "qcfs", 4, 1.0).eval()
+    assert torch.allclose(a(x.clone()), b(x), atol=1e-12)
+    assert torch.allclose(_gn_t1(a, x), b(x), atol=1e-10)
+    with pytest.raises(SnnconvError, match=r"^InPlaceRelu: 'iadd' \(x \+= y\) overwrites 'c2' in place, which 'mean_1' then "
+                                           r"reads under another name: write x = x \+ y"):
+        swap_relu(InPlaceRelu(True, alias=True), "qcfs", 4, 1.0)
