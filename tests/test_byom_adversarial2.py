@@ -423,3 +423,39 @@ def test_swap_relu_keeps_in_place_semantics():
     with pytest.raises(SnnconvError, match=r"^InPlaceRelu: 'iadd' \(x \+= y\) overwrites 'c2' in place, which 'mean_1' then "
                                            r"reads under another name: write x = x \+ y"):
         swap_relu(InPlaceRelu(True, alias=True), "qcfs", 4, 1.0)
+
+
+# F.batch_norm is nn.BatchNorm ------------------------------------------------------------------
+
+class FunctionalBN(nn.Module):
+    def __init__(self, act, spelling: str):
+        super().__init__()
+        self.spelling = spelling
+        self.c1, self.a1, self.c2, self.bn, self.a2, self.fc = (nn.Conv2d(2, 4, 3, padding=1), act(L), nn.Conv2d(4, 4, 3, padding=1),
+                                                                nn.BatchNorm2d(4), act(L), nn.Linear(4, 3))
+
+    def forward(self, x):
+        z, bn = self.c2(self.a1(self.c1(x))), self.bn
+        if self.spelling == "module":
+            z = bn(z)
+        elif self.spelling == "function":
+            z = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, self.training, bn.momentum, bn.eps)
+        else:  # batch statistics even in eval
+            z = F.batch_norm(z, None, None, bn.weight, bn.bias, training=True)
+        return self.fc(self.a2(z).mean((2, 3)))
+
+
+def test_functional_batch_norm_converts_like_the_module():
+    """Was refused ("layer 'batch_norm' (function batch_norm) has no faithful spiking form")
+    though nn.BatchNorm2d converts: with running statistics in eval it is the same affine map."""
+    torch.manual_seed(10)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    _exact(lambda act: FunctionalBN(act, "function"), x)
+    module = _ready(FunctionalBN(QCFS, "module"), x)
+    function = FunctionalBN(QCFS, "function").double().eval()
+    function.load_state_dict(module.state_dict())
+    assert torch.allclose(function(x), module(x), atol=1e-12)
+    assert torch.allclose(convert(function, "if")(x, 8), convert(module, "if")(x, 8), atol=1e-9)
+    with pytest.raises(SnnconvError, match=r"^layer 'batch_norm' \(batch_norm training=True\) has no faithful spiking form: "
+                                           r"pass running statistics"):
+        convert(FunctionalBN(QCFS, "batch"), "if")

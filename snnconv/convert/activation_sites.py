@@ -392,6 +392,13 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
         if node in spiking:
             raise _unsupported(f"{name} after a spiking layer", where, _MAX_POOL_FIX)
         return
+    if node.op == "call_function" and target is F.batch_norm:  # the eval-mode per-channel affine map of nn.BatchNorm
+        stats = [node.args[i] if len(node.args) > i else node.kwargs.get(key) for i, key in ((1, "running_mean"), (2, "running_var"))]
+        training = node.args[5] if len(node.args) > 5 else node.kwargs.get("training", False)
+        if training is False and all(isinstance(a, fx.Node) and a not in dynamic for a in stats):
+            return
+        raise _unsupported(f"batch_norm training={training}", where, "pass running statistics (buffers) and "
+                           "training=False (F.batch_norm(x, mean, var, weight, bias, False)) or use nn.BatchNorm")
     if node.op == "call_function" and target is F.interpolate and node.kwargs.get("mode", "nearest") != "nearest":
         raise _unsupported("interpolate", where, "use mode='nearest'")
     if node.op == "call_function" and target is F.pad:
