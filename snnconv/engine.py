@@ -21,7 +21,7 @@ from torch import fx, nn
 from torch.fx.node import map_arg
 from torch.utils import _pytree as pytree
 
-from .convert.activation_sites import check_batch_dims
+from .convert.activation_sites import check_batch_dims, reads_metadata
 from .convert.max_pool import MaxPoolGate
 from .convert.ops import constant_in_sleep
 from .errors import SnnconvError, check
@@ -159,7 +159,7 @@ def _dynamic_nodes(graph: fx.Graph) -> set[fx.Node]:
     """Nodes whose value depends on the input (and so carries its batch dimension)."""
     dynamic: set[fx.Node] = set()
     for node in graph.nodes:
-        if node.op == "placeholder" or any(i in dynamic for i in node.all_input_nodes):
+        if node.op == "placeholder" or (not reads_metadata(node) and any(i in dynamic for i in node.all_input_nodes)):
             dynamic.add(node)
     return dynamic
 
@@ -243,7 +243,7 @@ class _WindowRunner(fx.Interpreter):
                 self.output_windows = _plain(map_arg(
                     n.args[0], lambda node: node in self.dynamic and isinstance(self.env[node], torch.Tensor)))
                 return _plain(map_arg(n.args[0], self._output_leaf))
-            has_window = any(i in self.windows for i in n.all_input_nodes)
+            has_window = n in self.dynamic and any(i in self.windows for i in n.all_input_nodes)  # not h.dtype
             if n.op == "call_module" and isinstance(self.modules[n.target], SpikingNeuron):
                 return self._run_neuron(n)
             if has_window and n.op == "call_module" and isinstance(self.modules[n.target], MaxPoolGate):

@@ -459,3 +459,27 @@ def test_functional_batch_norm_converts_like_the_module():
     with pytest.raises(SnnconvError, match=r"^layer 'batch_norm' \(batch_norm training=True\) has no faithful spiking form: "
                                            r"pass running statistics"):
         convert(FunctionalBN(QCFS, "batch"), "if")
+
+
+# tensors built in forward with the input's dtype / device are constants -----------------------
+
+class BuiltWithDtype(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.c1, self.a1, self.c2, self.a2, self.fc = (nn.Conv2d(2, 4, 3, padding=1), act(L), nn.Conv2d(4, 4, 3, padding=1), act(L),
+                                                       nn.Linear(4, 3))
+        self.register_buffer("gain", torch.tensor([1.5, 0.5, 1.0, 2.0], dtype=torch.float32))
+
+    def forward(self, x):
+        h = self.a1(self.c1(x))
+        offset = torch.full((1, 4, 1, 1), 0.1, dtype=h.dtype, device=h.device)
+        h = self.a2(self.c2(h) * self.gain.to(h.dtype).view(1, -1, 1, 1) + offset)
+        return self.fc(h.mean((2, 3))) + torch.ones(3, dtype=x.dtype, device=x.device) * (h.dim() - 4)
+
+
+def test_tensors_built_with_the_inputs_dtype_and_device_are_constants():
+    """Was refused ("layer 'full' (function full) has no faithful spiking form"): reading
+    h.dtype / h.device made them input-dependent; they are constants (sleep switches the
+    offset off like a bias)."""
+    torch.manual_seed(11)
+    _exact(BuiltWithDtype, torch.rand(3, 2, 6, 6, dtype=torch.float64))

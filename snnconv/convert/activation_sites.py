@@ -417,11 +417,22 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
     raise _unsupported(what, where, "express it with supported layers (conv, linear, avg-pool, add, cat)")
 
 
+_METADATA = {"dtype", "device", "ndim", "is_cuda", "layout"}
+
+
+def reads_metadata(node: fx.Node) -> bool:
+    """``h.dtype``, ``h.device``, ``h.ndim``, ``h.dim()``: the same for one sample and for
+    a window of steps, never a value of the input. A tensor built with them
+    (``torch.zeros(4, dtype=h.dtype, device=h.device)``) is a constant."""
+    return (node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] in _METADATA) or (
+        node.op == "call_method" and node.target in ("dim", "get_device"))
+
+
 def _downstream(graph: fx.Graph, roots) -> set[fx.Node]:
-    """``roots`` and every node computed from them."""
+    """``roots`` and every node computed from their values (not from their dtype or device)."""
     found = set(roots)
     for node in graph.nodes:
-        if node not in found and any(i in found for i in node.all_input_nodes):
+        if node not in found and not reads_metadata(node) and any(i in found for i in node.all_input_nodes):
             found.add(node)
     return found
 
