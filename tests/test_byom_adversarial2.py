@@ -483,3 +483,20 @@ def test_tensors_built_with_the_inputs_dtype_and_device_are_constants():
     offset off like a bias)."""
     torch.manual_seed(11)
     _exact(BuiltWithDtype, torch.rand(3, 2, 6, 6, dtype=torch.float64))
+
+
+# DataParallel / torch.compile wrappers ---------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's imports
+def test_data_parallel_and_compiled_models_convert_as_the_model_inside():
+    """Was refused with "cannot trace DataParallel with torch.fx (...): data-dependent
+    control flow is not convertible" (and OptimizedModule likewise): the wrappers compute
+    what the wrapped model computes."""
+    torch.manual_seed(12)
+    x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    model = _ready(TiedWeights(QCFS, False), x)
+    expected = convert(model, "if")(x, 8)
+    wrapped = [nn.DataParallel(model), torch.compile(model)]
+    for wrapper in wrapped:
+        assert torch.equal(convert(wrapper, "if")(x, 8), expected), type(wrapper).__name__
+    assert torch.equal(convert(nn.DataParallel(model), "if", activations={QCFS: lambda m: m})(x, 8), expected)

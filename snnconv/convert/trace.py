@@ -39,8 +39,21 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(module, qualified_name)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside ``nn.DataParallel``, ``DistributedDataParallel`` and ``torch.compile``
+    wrappers (which compute what it computes, and which torch.fx cannot trace)."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif type(model).__module__.startswith("torch._dynamo") and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
-    """Return ``model`` as an eval-mode ``GraphModule`` (a deep copy unless ``copy_model=False``).
+    """Return ``model`` as an eval-mode ``GraphModule`` (a deep copy unless ``copy_model=False``);
+    a ``DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` wrapper is unwrapped first.
 
     Raises:
         SnnconvError: ``model`` is not an ``nn.Module``, or torch.fx cannot trace it
@@ -48,6 +61,7 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     """
     if not isinstance(model, nn.Module):
         raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
     model = copy.deepcopy(model) if copy_model else model
     # Trace in eval mode: forward() code that reads self.training (dropout, noise) then
     # takes its inference branch, which is what the SNN must compute.
