@@ -500,3 +500,30 @@ def test_data_parallel_and_compiled_models_convert_as_the_model_inside():
     for wrapper in wrapped:
         assert torch.equal(convert(wrapper, "if")(x, 8), expected), type(wrapper).__name__
     assert torch.equal(convert(nn.DataParallel(model), "if", activations={QCFS: lambda m: m})(x, 8), expected)
+
+
+# a mean written as a sum over the size of the dims ----------------------------------------------
+
+class SumOverSize(nn.Module):
+    def __init__(self, act, batch: bool = False):
+        super().__init__()
+        self.batch = batch
+        self.c1, self.a1, self.c2, self.a2, self.fc = (nn.Conv2d(2, 4, 3, padding=1), act(L), nn.Conv2d(4, 4, 3, padding=1), act(L),
+                                                       nn.Linear(4, 3))
+
+    def forward(self, x):
+        h = self.a2(self.c2(self.a1(self.c1(x))))
+        if self.batch:
+            return self.fc(h.mean((2, 3)) / x.shape[0])  # the batch size: refused
+        B, C, H, W = h.shape
+        pooled = h.sum((2, 3)) / (H * W) + h.sum(dim=(2, 3)) / h.size(2) / h.shape[-1]
+        return self.fc(pooled * C / h.size(1))
+
+
+def test_a_mean_written_as_a_sum_over_the_sizes_converts():
+    """Was refused ("truediv of two input-dependent values"): sizes of dims >= 1 are
+    numbers, the same at every step. Dividing by the batch size is still refused."""
+    torch.manual_seed(13)
+    _exact(SumOverSize, torch.rand(3, 2, 6, 6, dtype=torch.float64))
+    with pytest.raises(SnnconvError, match=r"^layer 'truediv' \(truediv of two input-dependent values\) has no faithful"):
+        convert(SumOverSize(QCFS, batch=True), "if")

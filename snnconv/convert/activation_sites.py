@@ -347,9 +347,32 @@ def _module_touches_batch(module: nn.Module) -> bool:
     return False
 
 
+_SIZE_ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv}
+
+
+def _sample_size(value) -> bool:
+    """A number or a size read off a dim >= 1 (``h.size(2)``, ``h.shape[-1]``, ``C, H, W``
+    of ``B, C, H, W = h.shape``), or arithmetic of them: the same for one sample and for a
+    window of steps. Not the batch size (dim 0), which the engine scales."""
+    if not isinstance(value, fx.Node):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value.op == "call_function" and value.target in _SIZE_ARITHMETIC:
+        return all(_sample_size(a) for a in value.args) and not value.kwargs
+    if value.op == "call_method" and value.target == "size":
+        dim = value.args[1] if len(value.args) > 1 else value.kwargs.get("dim")
+    elif value.op == "call_function" and value.target is operator.getitem and isinstance(value.args[0], fx.Node):
+        shape = value.args[0]
+        reads_shape = (shape.op == "call_function" and shape.target is getattr and shape.args[1:] == ("shape",)) or (
+            shape.op == "call_method" and shape.target == "size" and len(shape.args) == 1 and not shape.kwargs)
+        dim = value.args[1] if reads_shape else None
+    else:
+        return False
+    return isinstance(dim, int) and not isinstance(dim, bool) and (dim >= 1 or dim == -1)
+
+
 def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set, spiking: set, max_pool: str | None = None) -> None:
-    if node.op in ("placeholder", "output", "get_attr") or node not in dynamic:
-        return  # values that do not depend on the input are used as they are
+    if node.op in ("placeholder", "output", "get_attr") or node not in dynamic or _sample_size(node):
+        return  # values that do not depend on the input are used as they are; so are sizes of dims >= 1
     where = _where(node)
     op = lookup(node, modules)
     if op is not None and op.kind == "activation":
@@ -381,8 +404,9 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
         raise _unsupported(what, where, "rounding is not affine (the rounded average of the spikes is not the average of "
                            "rounded spikes): divide without rounding_mode, or round inside an activation (QCFS)")
     if op is not None and op.name in ("mul", "div"):
-        operands = list(node.args) + list(node.kwargs.values())
-        divisor_dynamic = op.name == "div" and len(operands) > 1 and isinstance(operands[1], fx.Node) and operands[1] in dynamic
+        operands = [a for a in list(node.args) + list(node.kwargs.values()) if not _sample_size(a)]  # h / h.size(2): a number
+        divisor = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+        divisor_dynamic = op.name == "div" and isinstance(divisor, fx.Node) and divisor in dynamic and not _sample_size(divisor)
         if sum(isinstance(a, fx.Node) and a in dynamic for a in operands) <= 1 and not divisor_dynamic:
             return
         _refuse_inside_user_module(node, f"a {name} of two input-dependent values")
