@@ -527,3 +527,27 @@ def test_a_mean_written_as_a_sum_over_the_sizes_converts():
     _exact(SumOverSize, torch.rand(3, 2, 6, 6, dtype=torch.float64))
     with pytest.raises(SnnconvError, match=r"^layer 'truediv' \(truediv of two input-dependent values\) has no faithful"):
         convert(SumOverSize(QCFS, batch=True), "if")
+
+
+# x @ W: the fix named is F.linear ------------------------------------------------------------------
+
+@pytest.mark.parametrize("spelling,name", [
+    (lambda h, w: h @ w, "matmul"), (lambda h, w: torch.matmul(h, w), "matmul"), (lambda h, w: h.mm(w), "mm"),
+    (lambda h, w: torch.einsum("bc,cd->bd", h, w), "einsum"), (lambda h, w: torch.addmm(w[0], h, w), "addmm")])
+def test_a_matrix_product_with_a_weight_names_f_linear(spelling, name):
+    """Was: "express it with supported layers (conv, linear, avg-pool, add, cat)"; the
+    fix is F.linear(x, W.T), which converts (checked)."""
+    class Product(nn.Module):
+        def __init__(self, f):
+            super().__init__()
+            self.f, self.fc, self.act, self.w = f, nn.Linear(3, 4), QCFS(L), nn.Parameter(torch.rand(4, 4))
+
+        def forward(self, x):
+            return self.f(self.act(self.fc(x)), self.w)
+
+    with pytest.raises(SnnconvError, match=rf"^layer '{name}' \((function |method \.){name}(\(\))?\) has no faithful spiking form: "
+                                           r"write a product with a weight matrix W as F.linear\(x, W.T\)"):
+        convert(Product(spelling), "if")
+    x = torch.rand(5, 3, dtype=torch.float64)
+    model = _ready(Product(lambda h, w: F.linear(h, w.T)), x)
+    assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-10)

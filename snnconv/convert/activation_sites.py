@@ -437,8 +437,14 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
                                "reduce, concatenate or move only dims >= 1")
         return
     what = f"method .{name}()" if node.op == "call_method" else f"function {name}"
+    if name in _MATRIX_PRODUCTS:  # x @ W, torch.einsum("bc,cd->bd", x, W): a weight matrix written by hand
+        raise _unsupported(what, where, "write a product with a weight matrix W as F.linear(x, W.T) (bias: F.linear(x, W.T, b)) "
+                           "or an nn.Linear; a product of two input-dependent values (attention) has no spiking form")
     _refuse_inside_user_module(node, what)
     raise _unsupported(what, where, "express it with supported layers (conv, linear, avg-pool, add, cat)")
+
+
+_MATRIX_PRODUCTS = {"matmul", "mm", "bmm", "einsum", "addmm", "tensordot", "inner", "mv", "__matmul__"}
 
 
 _METADATA = {"dtype", "device", "ndim", "is_cuda", "layout"}
