@@ -551,3 +551,33 @@ def test_a_matrix_product_with_a_weight_names_f_linear(spelling, name):
     x = torch.rand(5, 3, dtype=torch.float64)
     model = _ready(Product(lambda h, w: F.linear(h, w.T)), x)
     assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-10)
+
+
+# GroupNorm / LayerNorm / InstanceNorm: refused, naming BatchNorm as the fix -------------------------
+
+@pytest.mark.parametrize("norm,name,what", [
+    (lambda: nn.GroupNorm(2, 4), "n", "GroupNorm"), (lambda: nn.LayerNorm([4, 6, 6]), "n", "LayerNorm"),
+    (lambda: nn.InstanceNorm2d(4, affine=True, track_running_stats=True), "n", "InstanceNorm2d"),
+    (lambda: (lambda h: F.group_norm(h, 2)), "group_norm", "function group_norm"),
+    (lambda: (lambda h: F.layer_norm(h, (6,))), "layer_norm", "function layer_norm"),
+    (lambda: (lambda h: F.instance_norm(h)), "instance_norm", "function instance_norm")])
+def test_per_sample_norms_are_refused_naming_batchnorm(norm, name, what):
+    """Refused before too, but with "map a custom activation class" as the fix."""
+    class Normed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            made = norm()
+            self.n = made if isinstance(made, nn.Module) else None
+            self.f = None if isinstance(made, nn.Module) else made
+            self.conv, self.act, self.fc = nn.Conv2d(2, 4, 3, padding=1), QCFS(L), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.act(self.conv(x))
+            return self.fc((self.n(h) if self.n is not None else self.f(h)).mean((2, 3)))
+
+    with pytest.raises(SnnconvError) as err:
+        convert(Normed(), "if")
+    assert str(err.value) == (
+        f"layer '{name}' ({what}) has no faithful spiking form: it divides by statistics of each sample's own values (not a "
+        "fixed affine map), which spike counts cannot carry: use BatchNorm (an affine map in eval, folded into the conv) "
+        "and retrain the source ANN")

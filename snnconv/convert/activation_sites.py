@@ -393,6 +393,8 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
             raise _unsupported(f"Upsample mode={module.mode}", where, "use mode='nearest'")
         if op is not None:
             return
+        if isinstance(module, _SAMPLE_NORMS):
+            raise _unsupported(kind.__name__, where, _SAMPLE_NORM_FIX)
         _refuse_inside_user_module(node, kind.__name__)
         raise _unsupported(kind.__name__, where, "use conv/linear/average-pool layers with ReLU, QCFS or ClipFloor "
                            "activations, or map a custom activation class with convert(..., activations={Class: ...})")
@@ -437,6 +439,8 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
                                "reduce, concatenate or move only dims >= 1")
         return
     what = f"method .{name}()" if node.op == "call_method" else f"function {name}"
+    if node.op == "call_function" and target in _SAMPLE_NORM_FUNCTIONS:
+        raise _unsupported(what, where, _SAMPLE_NORM_FIX)
     if name in _MATRIX_PRODUCTS:  # x @ W, torch.einsum("bc,cd->bd", x, W): a weight matrix written by hand
         raise _unsupported(what, where, "write a product with a weight matrix W as F.linear(x, W.T) (bias: F.linear(x, W.T, b)) "
                            "or an nn.Linear; a product of two input-dependent values (attention) has no spiking form")
@@ -444,6 +448,12 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
     raise _unsupported(what, where, "express it with supported layers (conv, linear, avg-pool, add, cat)")
 
 
+_SAMPLE_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm, nn.RMSNorm) \
+    if hasattr(nn, "RMSNorm") else (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+_SAMPLE_NORM_FUNCTIONS = {F.group_norm, F.layer_norm, F.instance_norm, F.local_response_norm, F.normalize,
+                          *((F.rms_norm,) if hasattr(F, "rms_norm") else ())}
+_SAMPLE_NORM_FIX = ("it divides by statistics of each sample's own values (not a fixed affine map), which spike counts "
+                    "cannot carry: use BatchNorm (an affine map in eval, folded into the conv) and retrain the source ANN")
 _MATRIX_PRODUCTS = {"matmul", "mm", "bmm", "einsum", "addmm", "tensordot", "inner", "mv", "__matmul__"}
 
 
