@@ -4,7 +4,8 @@ Methods: QCFS + IF (baseline), Group Neurons (GN), temporal-misalignment permuta
 the two-phase probabilistic (TPP) neuron, CASC's consistent IF (CIF) neuron with
 wake-sleep conversion. Importing the package has no side effects beyond registration.
 """
-from .activations import ClipFloor, QCFS, swap_relu
+from .activations import ClipFloor, QCFS
+from .convert.relu_swap import swap_relu
 from .convert import convert
 from .engine import simulate
 from .errors import SnnconvError

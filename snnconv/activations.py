@@ -141,57 +141,6 @@ def is_relu_node(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target in ("relu", "relu_")
 
 
-def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | None = None) -> nn.Module:
-    """Return a copy of ``model`` with every ReLU (module, function or method) replaced.
-
-    Every call site gets its own activation (its own trainable lambda): a ReLU module
-    that ``forward`` calls at several places becomes one activation per place. The input
-    model is not modified. The result is a copy of the same class when every ReLU is a
-    module called once; otherwise a ``torch.fx.GraphModule`` in which functional dropout
-    has become dropout modules, so that ``.eval()`` switches it off (a traced
-    ``F.dropout(x, p, self.training)`` would keep the flag it was traced with). A model
-    torch.fx cannot trace has its ReLU modules swapped in place (its call sites cannot
-    be seen; such a model cannot be converted either).
-
-    Raises:
-        SnnconvError: ``kind`` is unknown or ``levels`` / ``threshold`` are invalid (from
-            :func:`make_activation`). A model torch.fx cannot trace is not an error here.
-    """
-    from .convert.remove_dropout import dropout_as_modules  # convert imports this module
-
-    model = copy.deepcopy(model)
-    try:
-        graph_module = fx.symbolic_trace(model)
-    except Exception:
-        graph_module = None
-    if graph_module is None:
-        _swap_relu_modules(model, kind, levels, threshold)
-        return model
-    modules = dict(graph_module.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph_module.graph.nodes:
-        if node.op == "call_module" and isinstance(modules.get(node.target), nn.ReLU):
-            calls[node.target] = calls.get(node.target, 0) + 1
-    functional = any(n.op in ("call_function", "call_method") and is_relu_node(n, {}) for n in graph_module.graph.nodes)
-    if not functional and all(count == 1 for count in calls.values()):
-        _swap_relu_modules(model, kind, levels, threshold)
-        return model
-    for index, node in enumerate(list(graph_module.graph.nodes)):
-        if not is_relu_node(node, modules):
-            continue
-        name = f"activation_{index}"
-        graph_module.add_submodule(name, make_activation(kind, levels, threshold))
-        with graph_module.graph.inserting_after(node):
-            new = graph_module.graph.call_module(name, (node.args[0],))
-        node.replace_all_uses_with(new)
-        graph_module.graph.erase_node(node)
-    dropout_as_modules(graph_module)
-    graph_module.graph.eliminate_dead_code()
-    graph_module.delete_all_unused_submodules()
-    graph_module.recompile()
-    return graph_module.train(model.training)
-
-
 class Clip(nn.Module):
     """lambda * clip(z / lambda, 0, 1) = clamp(z, 0, lambda): the limit IF converges to.
 
@@ -287,14 +236,6 @@ def init_thresholds(model: nn.Module, x: torch.Tensor, percentile: float = 99.9)
     return chosen
 
 
-def _swap_relu_modules(module: nn.Module, kind: str, levels: int, threshold: float | None) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, nn.ReLU):
-            setattr(module, name, make_activation(kind, levels, threshold))
-        else:
-            _swap_relu_modules(child, kind, levels, threshold)
-
-
 __all__ = [
     "ACTIVATION_KINDS",
     "Clip",
@@ -307,5 +248,4 @@ __all__ = [
     "is_relu_node",
     "keep_thresholds_positive",
     "make_activation",
-    "swap_relu",
 ]

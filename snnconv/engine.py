@@ -21,7 +21,7 @@ from torch import fx, nn
 from torch.fx.node import map_arg
 from torch.utils import _pytree as pytree
 
-from .convert.activation_sites import check_batch_dims
+from .convert.activation_sites import check_batch_dims, reads_metadata
 from .convert.max_pool import MaxPoolGate
 from .convert.ops import constant_in_sleep
 from .errors import SnnconvError, check
@@ -159,7 +159,7 @@ def _dynamic_nodes(graph: fx.Graph) -> set[fx.Node]:
     """Nodes whose value depends on the input (and so carries its batch dimension)."""
     dynamic: set[fx.Node] = set()
     for node in graph.nodes:
-        if node.op == "placeholder" or any(i in dynamic for i in node.all_input_nodes):
+        if node.op == "placeholder" or (not reads_metadata(node) and any(i in dynamic for i in node.all_input_nodes)):
             dynamic.add(node)
     return dynamic
 
@@ -170,11 +170,14 @@ def _is_size_read(node: fx.Node) -> bool:
     )
 
 
-def _mark_batch(value, dim_arg, batch: int):
+def _mark_batch(value, dim_arg, batch: int, rank: int | None = None):
     """Tag the batch entry of a size read (a ``torch.Size`` or one int) as
-    :class:`BatchSize` of value ``batch`` (also when read off a folded window)."""
+    :class:`BatchSize` of value ``batch`` (also when read off a folded window);
+    ``x.size(-4)`` of a rank-4 ``x`` is dim 0 too."""
     if isinstance(value, tuple) and dim_arg is None:
         return (BatchSize(batch), *value[1:]) if len(value) else value
+    if isinstance(dim_arg, int) and not isinstance(dim_arg, bool) and dim_arg < 0 and rank is not None:
+        dim_arg += rank
     if isinstance(value, int) and not isinstance(value, bool) and dim_arg in (0,):
         return BatchSize(batch)
     return value
@@ -216,7 +219,15 @@ class _WindowRunner(fx.Interpreter):
     def _fold(self, window: torch.Tensor) -> torch.Tensor:
         return window.reshape(-1, *window.shape[2:])
 
-    def _unfold(self, folded: torch.Tensor) -> torch.Tensor:
+    def _unfold(self, folded: torch.Tensor, node: fx.Node | None = None) -> torch.Tensor:
+        expected = self.schedule.total * self.batch
+        if node is not None and (folded.dim() == 0 or folded.shape[0] != expected):
+            rows = folded.shape[0] if folded.dim() else "no"
+            raise SnnconvError(
+                f"layer {node.name!r} returns {rows} rows along dim 0 where the batch has {expected} "
+                f"({self.schedule.total} steps x {self.batch} samples): a layer before it selects, moves or merges dim 0 "
+                "(the batch, which carries time in the SNN): index, reshape or reduce only dims >= 1, and read the batch size "
+                "off the input (n = x.shape[0]) instead of writing it as a number")
         return folded.reshape(self.schedule.total, self.batch, *folded.shape[1:])
 
     def _batch_sizes(self, value, factor: float):
@@ -232,7 +243,7 @@ class _WindowRunner(fx.Interpreter):
                 self.output_windows = _plain(map_arg(
                     n.args[0], lambda node: node in self.dynamic and isinstance(self.env[node], torch.Tensor)))
                 return _plain(map_arg(n.args[0], self._output_leaf))
-            has_window = any(i in self.windows for i in n.all_input_nodes)
+            has_window = n in self.dynamic and any(i in self.windows for i in n.all_input_nodes)  # not h.dtype
             if n.op == "call_module" and isinstance(self.modules[n.target], SpikingNeuron):
                 return self._run_neuron(n)
             if has_window and n.op == "call_module" and isinstance(self.modules[n.target], MaxPoolGate):
@@ -262,7 +273,7 @@ class _WindowRunner(fx.Interpreter):
                 raise SnnconvError(f"layer {n.name!r} failed on its input ({err}); check the input shape") from err
             if _is_size_read(n) and n.all_input_nodes and n.all_input_nodes[0] in self.dynamic:
                 dim = args[1] if len(args) > 1 and n.op == "call_method" else kwargs.get("dim")
-                result = _mark_batch(result, dim, self.batch)
+                result = _mark_batch(result, dim, self.batch, args[0].dim() if isinstance(args[0], torch.Tensor) else None)
             if has_window:
                 self.windows.add(n)
                 if self.schedule.sleep_steps and isinstance(result, torch.Tensor):
@@ -311,14 +322,14 @@ class _WindowRunner(fx.Interpreter):
         value = self.env[node]
         if not isinstance(value, torch.Tensor) or node not in self.dynamic:
             return value
-        return self._unfold(value) if node in self.windows else self._as_window(value)
+        return self._unfold(value, node) if node in self.windows else self._as_window(value)
 
     def _run_neuron(self, n: fx.Node) -> torch.Tensor:
         neuron: SpikingNeuron = self.modules[n.target]
         (source,) = n.all_input_nodes
         value = self.env[source]
         owned = source in self.windows and self._owned(source, value)
-        window = self._unfold(value) if source in self.windows else self._as_window(value)
+        window = self._unfold(value, source) if source in self.windows else self._as_window(value)
         wake = self.schedule.steps if self.schedule.sleep_steps else None
         # simulate() validated the input and the parameters, so the window is finite:
         # no per-window scan (validate=False), unlike direct calls.

@@ -27,7 +27,7 @@ from .weight_calibration import WeightCalibration
 from .fold_bn import fold_batchnorm
 from .remove_dropout import remove_dropout
 from .swap_neurons import swap_to_neurons
-from .trace import trace
+from .trace import trace, unwrap
 
 
 def prepare(model: nn.Module, activations: Mapping[type, ActivationFactory] | None = None,
@@ -48,7 +48,7 @@ def prepare(model: nn.Module, activations: Mapping[type, ActivationFactory] | No
     if activations:
         if not isinstance(model, nn.Module):
             raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
-        model = map_activations(copy.deepcopy(model), activations)
+        model = map_activations(copy.deepcopy(unwrap(model)), activations)
     graph_module = trace(model, copy_model=not activations)
     remove_dropout(graph_module)
     fold_batchnorm(graph_module)

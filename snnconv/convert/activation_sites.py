@@ -83,6 +83,13 @@ def _clamp_bounds(node: fx.Node) -> tuple[float, float | None] | None:
 
 
 def _site_for(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | None:
+    site = _site_of(node, modules)
+    if site is not None and site.kind == "clip" and site.upper == float("inf"):  # clamp(x, 0, inf) is a ReLU
+        return ActivationSite(None, "relu", None, 0.0, None)
+    return site
+
+
+def _site_of(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | None:
     module = modules.get(node.target) if node.op == "call_module" else None
     if isinstance(module, QuantizedClip):
         lam = module.threshold.detach().clone()
@@ -277,7 +284,7 @@ def _touches_batch(node: fx.Node, rank: int | None = None) -> bool:
     if name == "flatten":
         return at(args[0] if args else kwargs.get("start_dim", 0)) == 0
     if name == "getitem":
-        return _indexes_batch(node)
+        return _indexes_batch(node, rank)
     if name == "movedim":
         moved = (list(args[:2]) + [kwargs.get("source"), kwargs.get("destination")])
         return any(0 in [at(x) for x in _dims_of(d)] for d in moved if d is not None)
@@ -307,16 +314,23 @@ _CONTAINER_METHODS = {"chunk", "split", "size", "unbind", "split_with_sizes"}
 _CONTAINER_FUNCTIONS = {torch.chunk, torch.split, torch.unbind, getattr}
 
 
-def _indexes_batch(node: fx.Node) -> bool:
+def _indexes_batch(node: fx.Node, rank: int | None = None) -> bool:
     """Does ``value[index]`` select along dim 0 of a tensor (``h[0]``, ``h[1:]``, ``h[None]``,
-    ``h[idx]``)? Indexing a list or tuple (``h.chunk(2, 1)[0]``, ``x.shape[0]``) does not."""
+    ``h[idx]``)? Indexing a list or tuple (``h.chunk(2, 1)[0]``, ``x.shape[0]``) does not.
+    With ``rank`` known, an Ellipsis that covers no dim (``h[..., 0:2, :, :, :]`` of a
+    4-d ``h``) passes dim 0 to the index after it."""
     base, index = node.args[0], node.args[1]
     if not isinstance(base, fx.Node):
         return False
     if (base.op == "call_method" and base.target in _CONTAINER_METHODS) or (
             base.op == "call_function" and base.target in _CONTAINER_FUNCTIONS):
         return False
-    first = index[0] if isinstance(index, tuple) and index else index
+    entries = list(index) if isinstance(index, tuple) else [index]
+    first = entries[0] if entries else slice(None)
+    if first is Ellipsis and rank is not None:
+        consumed = sum(e is not None and e is not Ellipsis for e in entries)
+        if consumed >= rank:  # the Ellipsis stands for no dim: the next entry indexes dim 0
+            first = next((e for e in entries[1:] if e is not Ellipsis), slice(None))
     return not (first is Ellipsis or (isinstance(first, slice) and first == slice(None)))
 
 
@@ -333,9 +347,32 @@ def _module_touches_batch(module: nn.Module) -> bool:
     return False
 
 
+_SIZE_ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv}
+
+
+def _sample_size(value) -> bool:
+    """A number or a size read off a dim >= 1 (``h.size(2)``, ``h.shape[-1]``, ``C, H, W``
+    of ``B, C, H, W = h.shape``), or arithmetic of them: the same for one sample and for a
+    window of steps. Not the batch size (dim 0), which the engine scales."""
+    if not isinstance(value, fx.Node):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value.op == "call_function" and value.target in _SIZE_ARITHMETIC:
+        return all(_sample_size(a) for a in value.args) and not value.kwargs
+    if value.op == "call_method" and value.target == "size":
+        dim = value.args[1] if len(value.args) > 1 else value.kwargs.get("dim")
+    elif value.op == "call_function" and value.target is operator.getitem and isinstance(value.args[0], fx.Node):
+        shape = value.args[0]
+        reads_shape = (shape.op == "call_function" and shape.target is getattr and shape.args[1:] == ("shape",)) or (
+            shape.op == "call_method" and shape.target == "size" and len(shape.args) == 1 and not shape.kwargs)
+        dim = value.args[1] if reads_shape else None
+    else:
+        return False
+    return isinstance(dim, int) and not isinstance(dim, bool) and (dim >= 1 or dim == -1)
+
+
 def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set, spiking: set, max_pool: str | None = None) -> None:
-    if node.op in ("placeholder", "output", "get_attr") or node not in dynamic:
-        return  # values that do not depend on the input are used as they are
+    if node.op in ("placeholder", "output", "get_attr") or node not in dynamic or _sample_size(node):
+        return  # values that do not depend on the input are used as they are; so are sizes of dims >= 1
     where = _where(node)
     op = lookup(node, modules)
     if op is not None and op.kind == "activation":
@@ -356,14 +393,22 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
             raise _unsupported(f"Upsample mode={module.mode}", where, "use mode='nearest'")
         if op is not None:
             return
+        if isinstance(module, _SAMPLE_NORMS):
+            raise _unsupported(kind.__name__, where, _SAMPLE_NORM_FIX)
         _refuse_inside_user_module(node, kind.__name__)
         raise _unsupported(kind.__name__, where, "use conv/linear/average-pool layers with ReLU, QCFS or ClipFloor "
                            "activations, or map a custom activation class with convert(..., activations={Class: ...})")
     target = node.target
     name = target if node.op == "call_method" else getattr(target, "__name__", str(target))
+    if op is not None and op.name == "div" and node.kwargs.get("rounding_mode") is not None and node in spiking:
+        what = f"{name} with rounding_mode={node.kwargs['rounding_mode']!r}"
+        _refuse_inside_user_module(node, what)  # a quantiser written by hand: the activations= mapping
+        raise _unsupported(what, where, "rounding is not affine (the rounded average of the spikes is not the average of "
+                           "rounded spikes): divide without rounding_mode, or round inside an activation (QCFS)")
     if op is not None and op.name in ("mul", "div"):
-        operands = list(node.args) + list(node.kwargs.values())
-        divisor_dynamic = op.name == "div" and len(operands) > 1 and isinstance(operands[1], fx.Node) and operands[1] in dynamic
+        operands = [a for a in list(node.args) + list(node.kwargs.values()) if not _sample_size(a)]  # h / h.size(2): a number
+        divisor = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+        divisor_dynamic = op.name == "div" and isinstance(divisor, fx.Node) and divisor in dynamic and not _sample_size(divisor)
         if sum(isinstance(a, fx.Node) and a in dynamic for a in operands) <= 1 and not divisor_dynamic:
             return
         _refuse_inside_user_module(node, f"a {name} of two input-dependent values")
@@ -373,6 +418,13 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
         if node in spiking:
             raise _unsupported(f"{name} after a spiking layer", where, _MAX_POOL_FIX)
         return
+    if node.op == "call_function" and target is F.batch_norm:  # the eval-mode per-channel affine map of nn.BatchNorm
+        stats = [node.args[i] if len(node.args) > i else node.kwargs.get(key) for i, key in ((1, "running_mean"), (2, "running_var"))]
+        training = node.args[5] if len(node.args) > 5 else node.kwargs.get("training", False)
+        if training is False and all(isinstance(a, fx.Node) and a not in dynamic for a in stats):
+            return
+        raise _unsupported(f"batch_norm training={training}", where, "pass running statistics (buffers) and "
+                           "training=False (F.batch_norm(x, mean, var, weight, bias, False)) or use nn.BatchNorm")
     if node.op == "call_function" and target is F.interpolate and node.kwargs.get("mode", "nearest") != "nearest":
         raise _unsupported("interpolate", where, "use mode='nearest'")
     if node.op == "call_function" and target is F.pad:
@@ -387,15 +439,40 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
                                "reduce, concatenate or move only dims >= 1")
         return
     what = f"method .{name}()" if node.op == "call_method" else f"function {name}"
+    if node.op == "call_function" and target in _SAMPLE_NORM_FUNCTIONS:
+        raise _unsupported(what, where, _SAMPLE_NORM_FIX)
+    if name in _MATRIX_PRODUCTS:  # x @ W, torch.einsum("bc,cd->bd", x, W): a weight matrix written by hand
+        raise _unsupported(what, where, "write a product with a weight matrix W as F.linear(x, W.T) (bias: F.linear(x, W.T, b)) "
+                           "or an nn.Linear; a product of two input-dependent values (attention) has no spiking form")
     _refuse_inside_user_module(node, what)
     raise _unsupported(what, where, "express it with supported layers (conv, linear, avg-pool, add, cat)")
 
 
+_SAMPLE_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm, nn.RMSNorm) \
+    if hasattr(nn, "RMSNorm") else (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+_SAMPLE_NORM_FUNCTIONS = {F.group_norm, F.layer_norm, F.instance_norm, F.local_response_norm, F.normalize,
+                          *((F.rms_norm,) if hasattr(F, "rms_norm") else ())}
+_SAMPLE_NORM_FIX = ("it divides by statistics of each sample's own values (not a fixed affine map), which spike counts "
+                    "cannot carry: use BatchNorm (an affine map in eval, folded into the conv) and retrain the source ANN")
+_MATRIX_PRODUCTS = {"matmul", "mm", "bmm", "einsum", "addmm", "tensordot", "inner", "mv", "__matmul__"}
+
+
+_METADATA = {"dtype", "device", "ndim", "is_cuda", "layout"}
+
+
+def reads_metadata(node: fx.Node) -> bool:
+    """``h.dtype``, ``h.device``, ``h.ndim``, ``h.dim()``: the same for one sample and for
+    a window of steps, never a value of the input. A tensor built with them
+    (``torch.zeros(4, dtype=h.dtype, device=h.device)``) is a constant."""
+    return (node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] in _METADATA) or (
+        node.op == "call_method" and node.target in ("dim", "get_device"))
+
+
 def _downstream(graph: fx.Graph, roots) -> set[fx.Node]:
-    """``roots`` and every node computed from them."""
+    """``roots`` and every node computed from their values (not from their dtype or device)."""
     found = set(roots)
     for node in graph.nodes:
-        if node not in found and any(i in found for i in node.all_input_nodes):
+        if node not in found and not reads_metadata(node) and any(i in found for i in node.all_input_nodes):
             found.add(node)
     return found
 

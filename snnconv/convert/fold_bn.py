@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import torch
 from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+from torch.nn.utils import parametrize
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import SnnconvError
 
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)  # SyncBatchNorm: a BN in eval (DDP training)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -48,20 +49,27 @@ class FoldedLinearBN(nn.Linear):
     """
 
     def __init__(self, linear: nn.Linear, bn: nn.modules.batchnorm._BatchNorm) -> None:
-        fused = fuse_linear_bn_eval(linear.eval(), bn.eval())
         super().__init__(linear.in_features, linear.out_features, bias=True,
                          device=linear.weight.device, dtype=linear.weight.dtype)
-        with torch.no_grad():
-            self.weight.copy_(fused.weight)
-            self.bias.copy_(fused.bias)
+        self.affine = ChannelAffine(bn).to(bn.running_mean.dtype)  # gamma and beta optional (affine=False)
+        scale, shift = self.affine.scale, self.affine.shift
+        with torch.no_grad():  # W' = W * scale[:, None], b' = b * scale + shift
+            self.weight.copy_(linear.weight * scale[:, None])
+            self.bias.copy_(shift if linear.bias is None else linear.bias * scale + shift)
         self.register_buffer("unfolded_weight", linear.weight.detach().clone())
         self.register_buffer("unfolded_bias", None if linear.bias is None else linear.bias.detach().clone())
-        self.affine = ChannelAffine(bn).to(bn.running_mean.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() <= 2:
             return super().forward(x)
         return self.affine(nn.functional.linear(x, self.unfolded_weight, self.unfolded_bias))
+
+
+def _computes_its_weight(layer: nn.Module) -> bool:
+    """A layer whose weight is computed when it runs (weight / spectral norm, as hooks or
+    parametrizations) or whose output a hook changes: folding a BN into its stored
+    weight would be undone or stale, so the BN stays a per-channel affine after it."""
+    return bool(parametrize.is_parametrized(layer) or layer._forward_pre_hooks or layer._forward_hooks)
 
 
 def _parent_name(target: str) -> tuple[str, str]:
@@ -77,8 +85,10 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
     W' = W * gamma / sqrt(var + eps) and b' = (b - mu) * gamma / sqrt(var + eps) + beta.
     A BatchNorm after anything else (average pooling, an activation, a residual
     addition, a conv whose output is also used elsewhere, a conv or linear layer called
-    at several places of ``forward``, whose shared weights cannot hold one BN's fold, a
-    Linear whose out_features is not the BN's channel count) is the per-channel affine map
+    at several places of ``forward`` or whose weight or bias ``forward`` also reads
+    (tied weights), whose shared weights cannot hold one BN's fold, a
+    Linear whose out_features is not the BN's channel count, a layer under weight norm,
+    spectral norm or another hook) is the per-channel affine map
     it is in eval mode, kept as a layer. A Linear -> BatchNorm1d pair becomes a
     :class:`FoldedLinearBN` (folded on ``[batch, features]``, as is on tokens). Folded or not, its shift is a constant drive,
     which wake-sleep conversion switches off during sleep.
@@ -91,6 +101,9 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
     for node in graph_module.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
+        elif node.op == "get_attr":  # its weight read in forward (tied weights, F.conv2d(h, self.conv.weight))
+            owner = str(node.target).rpartition(".")[0]
+            calls[owner] = calls.get(owner, 0) + 1
     for node in list(graph_module.graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(node.target), _BATCHNORMS):
             continue
@@ -99,8 +112,9 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
             raise SnnconvError(f"BatchNorm {node.target!r} has no running statistics: build it with track_running_stats=True")
         producer = node.args[0]
         layer = modules.get(producer.target) if isinstance(producer, fx.Node) and producer.op == "call_module" else None
-        foldable = isinstance(layer, _CONVS) or (
-            type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d) and bn.num_features == layer.out_features)
+        foldable = (isinstance(layer, _CONVS) or (
+            type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d) and bn.num_features == layer.out_features)) and not (
+            _computes_its_weight(layer))
         if not foldable or len(producer.users) != 1 or calls[producer.target] != 1:
             parent, name = _parent_name(node.target)
             affine = ChannelAffine(bn).to(bn.running_mean.dtype)

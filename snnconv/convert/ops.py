@@ -140,6 +140,8 @@ OPS: tuple[Op, ...] = (
     # scale: a per-channel affine (folded BatchNorm) or a product / quotient with a constant
     Op("channel_affine", "scale", (ChannelAffine,), cost="pass", constant_in_sleep=True,
        nir_note="a BatchNorm that cannot fold into a conv; fold it (BN after conv) for NIR"),
+    Op("batch_norm", "scale", functions=(F.batch_norm,), cost="pass", constant_in_sleep=True,
+       nir_note="F.batch_norm with running statistics and training=False; use nn.BatchNorm after a conv for NIR"),
     Op("mul", "scale", functions=(operator.mul, torch.mul, torch.multiply), methods=("mul",), cost="pass",
        nir_note=_NO_NIR_GLUE),
     Op("div", "scale", functions=(operator.truediv, torch.div, torch.divide, torch.true_divide),

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
 
+import torch
 from torch import fx, nn
 
 from ..activations import QuantizedClip
@@ -37,8 +39,21 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(module, qualified_name)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside ``nn.DataParallel``, ``DistributedDataParallel`` and ``torch.compile``
+    wrappers (which compute what it computes, and which torch.fx cannot trace)."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif type(model).__module__.startswith("torch._dynamo") and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
-    """Return ``model`` as an eval-mode ``GraphModule`` (a deep copy unless ``copy_model=False``).
+    """Return ``model`` as an eval-mode ``GraphModule`` (a deep copy unless ``copy_model=False``);
+    a ``DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` wrapper is unwrapped first.
 
     Raises:
         SnnconvError: ``model`` is not an ``nn.Module``, or torch.fx cannot trace it
@@ -46,6 +61,7 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     """
     if not isinstance(model, nn.Module):
         raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
     model = copy.deepcopy(model) if copy_model else model
     # Trace in eval mode: forward() code that reads self.training (dropout, noise) then
     # takes its inference branch, which is what the SNN must compute.
@@ -62,12 +78,35 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
             "data-dependent control flow is not convertible: move it out of forward() or wrap it in a leaf module"
         ) from err
     _check_one_input(traced, type(model).__name__)
+    _input_first(traced)
     _out_of_place_updates(traced, type(model).__name__)
     return traced
 
 
+def _input_first(graph_module: fx.GraphModule) -> None:
+    """A layer called with its input by keyword (``self.bn(input=h)``, ``self.act(z=h)``,
+    ``torch.clamp(input=h, min=0)``) gets it as the first positional argument, where the
+    passes read a layer's input; the call computes the same."""
+    modules = dict(graph_module.named_modules())
+    for node in graph_module.graph.nodes:
+        if node.args or not node.kwargs:
+            continue
+        if node.op == "call_function" and "input" in node.kwargs:
+            kwargs = dict(node.kwargs)
+            node.args, node.kwargs = (kwargs.pop("input"),), kwargs
+        elif node.op == "call_module" and node.target in modules:
+            try:
+                bound = inspect.signature(modules[node.target].forward).bind(**node.kwargs)
+            except (TypeError, ValueError):  # the module's own error when it runs
+                continue
+            node.args, node.kwargs = tuple(bound.args), dict(bound.kwargs)
+    graph_module.recompile()
+
+
 _OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
                  operator.itruediv: operator.truediv}
+# x.add_(y) is x += y (alpha= and rounding_mode= kept): the same update, the same rule
+_METHODS_IN_PLACE = {"add_": torch.add, "sub_": torch.sub, "mul_": torch.mul, "div_": torch.div}
 
 
 def _is_number(node: fx.Node) -> bool:
@@ -81,11 +120,12 @@ def _is_number(node: fx.Node) -> bool:
 def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:
     """``x += y`` overwrites x: in the ANN every later read of x, or of a view of x taken
     before, sees the sum. The update becomes ``x + y`` (which the graph then computes
-    as the ANN does) unless such a later read exists, which is refused.
+    as the ANN does) unless such a later read exists, which is refused. ``x.add_(y)``
+    (``sub_``, ``mul_``, ``div_``) is the same update, and later reads of x itself read it.
 
     Raises:
-        SnnconvError: a value updated in place (``+=``, ``-=``, ``*=``, ``/=``) is read
-            again afterwards under another name.
+        SnnconvError: a value updated in place (``+=``, ``-=``, ``*=``, ``/=``, ``x.add_(y)``, ...)
+            is read again afterwards under another name.
     """
     from .activation_sites import _aliases, _derived_from, user_path  # activation_sites imports ops, not trace
 
@@ -93,21 +133,32 @@ def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:
     modules = dict(graph_module.named_modules())
     order = {n: i for i, n in enumerate(graph.nodes)}
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target not in _OUT_OF_PLACE:
+        method = node.op == "call_method" and node.target in _METHODS_IN_PLACE
+        if not method and (node.op != "call_function" or node.target not in _OUT_OF_PLACE):
             continue
         source = node.args[0]
+        if method and isinstance(source, fx.Node):  # x.add_(y) keeps the name x: its later reads see the update
+            for user in list(source.users):
+                if user is not node and order[user] > order[node]:
+                    user.replace_input_with(source, node)
         if isinstance(source, fx.Node) and not _is_number(source):
             for alias in _aliases(source, modules) | {source}:
                 if _derived_from(alias, (node,), modules):
                     continue
                 later = [u for u in alias.users if u is not node and order[u] > order[node] and not _is_number(u)]
                 if later:
-                    spelling = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/="}[node.target.__name__]
+                    key = node.target if method else node.target.__name__
+                    spelling = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/=", "add_": "+=", "sub_": "-=",
+                                "mul_": "*=", "div_": "/="}[key]
+                    written = f"x.{key}(y)" if method else f"x {spelling} y"
                     raise SnnconvError(
-                        f"{name}: {user_path(node)!r} (x {spelling} y) overwrites {source.name!r} in place, which "
+                        f"{name}: {user_path(node)!r} ({written}) overwrites {source.name!r} in place, which "
                         f"{later[0].name!r} then reads under another name: write x = x {spelling[0]} y (out of place) "
                         "or read the value before the update")
-        node.target = _OUT_OF_PLACE[node.target]
+        if method:
+            node.op, node.target = "call_function", _METHODS_IN_PLACE[node.target]
+        else:
+            node.target = _OUT_OF_PLACE[node.target]
     graph_module.recompile()
 
 
