@@ -68,3 +68,30 @@ def spread_positive_thresholds(model, x, minimum: float = 0.05):
             if isinstance(m, (QCFS, ClipFloor)):
                 m.threshold.clamp_(min=minimum)
     return model
+
+
+ADVERSARIAL_LEVELS = 4
+
+
+def ready_for_exactness(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
+    """float64, eval, random BN statistics, data-spread positive lambdas (the adversarial tests' set-up)."""
+    model = model.double().eval()
+    randomize_batchnorm(model, torch.Generator().manual_seed(seed))
+    return spread_positive_thresholds(model, x)
+
+
+def gn_at_t1(model: nn.Module, x: torch.Tensor, **options) -> torch.Tensor:
+    """GN with tau = L at T = 1: a QCFS (L = 4) source's output exactly."""
+    from snnconv import convert
+
+    return convert(model, "gn", group_size=ADVERSARIAL_LEVELS, **options)(x, 1)[0]
+
+
+def cif_readout(model: nn.Module, x: torch.Tensor, sleep: int = 48) -> torch.Tensor:
+    """CIF with T = L wake steps and ``sleep`` sleep steps: a clip-floor (L = 4) source's output exactly."""
+    from snnconv import convert, simulate
+    from snnconv.metrics import running_average
+
+    out = simulate(convert(model, "cif"), x, ADVERSARIAL_LEVELS, sleep_steps=sleep)
+    return running_average(out, wake_steps=ADVERSARIAL_LEVELS)[-1]
+

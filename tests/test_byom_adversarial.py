@@ -12,27 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import randomize_batchnorm, spread_positive_thresholds
+from helpers import ADVERSARIAL_LEVELS as L
+from helpers import cif_readout, gn_at_t1, ready_for_exactness
 from snnconv import ClipFloor, QCFS, convert, simulate
 from snnconv.errors import SnnconvError
 from snnconv.metrics import running_average
-
-L = 4
-
-
-def _ready(model, x, seed=0):
-    """float64, eval, random BN statistics, data-spread positive lambdas."""
-    model = model.double().eval()
-    randomize_batchnorm(model, torch.Generator().manual_seed(seed))
-    return spread_positive_thresholds(model, x)
-
-
-def _gn_t1(model, x, **kw):
-    return convert(model, "gn", group_size=L, **kw)(x, 1)[0]
-
-
-def _cif(model, x, sleep=48):
-    return running_average(simulate(convert(model, "cif"), x, L, sleep_steps=sleep), wake_steps=L)[-1]
 
 
 # a conv called at two places (shared weights), each call with its own BatchNorm ------
@@ -59,8 +43,8 @@ class SharedConv(nn.Module):
 def test_a_shared_conv_keeps_each_calls_batchnorm(second_bn):
     torch.manual_seed(0)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
-    model = _ready(SharedConv(second_bn), x)
-    assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-9)
+    model = ready_for_exactness(SharedConv(second_bn), x)
+    assert torch.allclose(gn_at_t1(model, x), model(x), atol=1e-9)
 
 
 # Linear -> BatchNorm1d on tokens [B, N, C]: BN normalises dim 1 (N), not the features --
@@ -80,8 +64,8 @@ class TokenBatchNorm(nn.Module):
 def test_batchnorm1d_over_tokens_after_a_linear(tokens):
     torch.manual_seed(1)
     x = torch.rand(3, tokens, 4, dtype=torch.float64)
-    model = _ready(TokenBatchNorm(tokens), x)
-    assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-9)
+    model = ready_for_exactness(TokenBatchNorm(tokens), x)
+    assert torch.allclose(gn_at_t1(model, x), model(x), atol=1e-9)
 
 
 # an in-place activation whose input is read again afterwards --------------------------
@@ -112,7 +96,7 @@ class InPlace(nn.Module):
 def test_in_place_activation_overwrites_its_input(spelling):
     torch.manual_seed(2)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
-    model = _ready(InPlace(spelling), x)
+    model = ready_for_exactness(InPlace(spelling), x)
     snn = convert(model, "if", calibration=x, threshold="max")
     threshold = float(snn.graph.get_submodule("site_1").threshold)
     # the same network with the ReLU as a QCFS of that threshold, which GN at T = 1 computes exactly
@@ -172,8 +156,8 @@ class ClassToken(nn.Module):
 def test_cif_class_token_is_a_constant_off_in_sleep(size_of):
     torch.manual_seed(3)
     x = torch.rand(3, 5, 4, dtype=torch.float64)
-    model = _ready(ClassToken(size_of), x)
-    assert torch.allclose(_cif(model, x), model(x), atol=1e-9)
+    model = ready_for_exactness(ClassToken(size_of), x)
+    assert torch.allclose(cif_readout(model, x), model(x), atol=1e-9)
 
 
 # a QCFS subclass whose forward() computes something else ------------------------------
@@ -239,8 +223,8 @@ def test_squeeze_and_indexing_after_pooling_keep_the_batch(tail):
     torch.manual_seed(4)
     for batch in (3, 1):
         x = torch.rand(batch, 2, 6, 6, dtype=torch.float64)
-        model = _ready(Head(tail), torch.rand(3, 2, 6, 6, dtype=torch.float64))
-        out = _gn_t1(model, x)
+        model = ready_for_exactness(Head(tail), torch.rand(3, 2, 6, 6, dtype=torch.float64))
+        out = gn_at_t1(model, x)
         assert out.shape == (batch, 3)
         assert torch.allclose(out, model(x).reshape(batch, 3), atol=1e-9)
         assert simulate(convert(model, "if"), x, 4).shape == (4, batch, 3)
@@ -338,11 +322,11 @@ def test_clone_and_detach_are_identities():
 
     torch.manual_seed(6)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
-    plain = _ready(Copies("none"), x)
+    plain = ready_for_exactness(Copies("none"), x)
     for spelling in ("method", "function"):  # was: refused ("method .clone() has no faithful spiking form")
         model = Copies(spelling).double().eval()
         model.load_state_dict(plain.state_dict())
-        assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-9)
+        assert torch.allclose(gn_at_t1(model, x), model(x), atol=1e-9)
         assert torch.equal(convert(model, "if")(x, 8), convert(plain, "if")(x, 8))
 
 
@@ -364,7 +348,7 @@ def test_in_place_activation_after_a_size_read_is_not_a_view_read():
 
     torch.manual_seed(7)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
-    plain = _ready(SizeFirst(False), x)
+    plain = ready_for_exactness(SizeFirst(False), x)
     model = SizeFirst(True).double().eval()
     model.load_state_dict(plain.state_dict())
     assert torch.equal(model(x.clone()), plain(x))
@@ -417,8 +401,8 @@ class TorchvisionBlock(nn.Module):
 def test_in_place_relu_read_by_the_next_layer_converts_like_out_of_place():
     torch.manual_seed(3)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
-    in_place = _ready(TorchvisionBlock(True), x)
-    out_of_place = _ready(TorchvisionBlock(False), x)
+    in_place = ready_for_exactness(TorchvisionBlock(True), x)
+    out_of_place = ready_for_exactness(TorchvisionBlock(False), x)
     out_of_place.load_state_dict(in_place.state_dict())
     assert torch.allclose(in_place(x.clone()), out_of_place(x.clone()), atol=1e-12)  # the same ANN
     kw = dict(group_size=L, calibration=x, threshold="max")
@@ -472,8 +456,8 @@ class AddInPlace(nn.Module):
 def test_an_in_place_add_read_under_another_name_is_refused_and_a_plain_one_is_exact():
     torch.manual_seed(4)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
-    model = _ready(AddInPlace(False), x)
-    assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-9)
+    model = ready_for_exactness(AddInPlace(False), x)
+    assert torch.allclose(gn_at_t1(model, x), model(x), atol=1e-9)
     with pytest.raises(SnnconvError) as err:
         convert(AddInPlace(True), "gn", group_size=L)
     assert str(err.value) == ("AddInPlace: 'iadd' (x += y) overwrites 'c2' in place, which 'add' then reads under another "

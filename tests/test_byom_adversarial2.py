@@ -13,34 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import randomize_batchnorm, spread_positive_thresholds
+from helpers import ADVERSARIAL_LEVELS as L
+from helpers import cif_readout, gn_at_t1, randomize_batchnorm, ready_for_exactness, spread_positive_thresholds
 from snnconv import ClipFloor, QCFS, convert, simulate
 from snnconv.errors import SnnconvError
-from snnconv.metrics import running_average
-
-L = 4
-
-
-def _ready(model, x, seed=0):
-    """float64, eval, random BN statistics, data-spread positive lambdas."""
-    model = model.double().eval()
-    randomize_batchnorm(model, torch.Generator().manual_seed(seed))
-    return spread_positive_thresholds(model, x)
-
-
-def _gn_t1(model, x, **kw):
-    return convert(model, "gn", group_size=L, **kw)(x, 1)[0]
-
-
-def _cif(model, x, sleep=48):
-    return running_average(simulate(convert(model, "cif"), x, L, sleep_steps=sleep), wake_steps=L)[-1]
 
 
 def _exact(build, x, seed=0):
     """GN (QCFS source, T = 1) and CIF (clip-floor source, wake-sleep) reproduce the ANN."""
-    for act, run in ((QCFS, _gn_t1), (ClipFloor, _cif)):
+    for act, run in ((QCFS, gn_at_t1), (ClipFloor, cif_readout)):
         torch.manual_seed(seed)
-        model = _ready(build(act), x)
+        model = ready_for_exactness(build(act), x)
         with torch.no_grad():
             expected = model(x.clone())
         assert torch.allclose(run(model, x), expected, atol=1e-10), (act.__name__, (run(model, x) - expected).abs().max())
@@ -149,7 +132,7 @@ def test_batchnorm_without_affine_parameters_folds():
     Linear -> BatchNorm1d(affine=False)."""
     torch.manual_seed(2)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
-    for act, run in ((QCFS, _gn_t1), (ClipFloor, _cif)):
+    for act, run in ((QCFS, gn_at_t1), (ClipFloor, cif_readout)):
         model = _ready_no_affine(NoAffine(act), x)
         assert torch.allclose(run(model, x), model(x), atol=1e-10)
 
@@ -173,7 +156,7 @@ def test_a_batch_size_read_with_a_negative_dim_follows_the_batch():
     torch.manual_seed(3)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
     _exact(NegativeSizeRead, x)
-    model = _ready(NegativeSizeRead(QCFS), x)
+    model = ready_for_exactness(NegativeSizeRead(QCFS), x)
     assert simulate(convert(model, "if"), x, 4).shape == (4, 3, 3)
 
 
@@ -201,12 +184,12 @@ def test_weight_norm_layers_keep_their_batchnorm(kind):
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
     _exact(lambda act: WeightNormed(act, kind), x)
     if kind == "old_weight_norm":  # g changed after the last forward: the stored weight is stale
-        model = _ready(WeightNormed(QCFS, kind), x)
+        model = ready_for_exactness(WeightNormed(QCFS, kind), x)
         with torch.no_grad():
             model.fc.weight_g.mul_(1.5)
             model.c1.weight_g.mul_(0.8)
             expected = model(x)
-        assert torch.allclose(_gn_t1(model, x), expected, atol=1e-10)
+        assert torch.allclose(gn_at_t1(model, x), expected, atol=1e-10)
 
 
 # SyncBatchNorm (a model trained with DDP and convert_sync_batchnorm) ------------------------
@@ -230,7 +213,7 @@ def test_sync_batchnorm_converts_like_batchnorm():
     torch.manual_seed(5)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
     _exact(lambda act: nn.SyncBatchNorm.convert_sync_batchnorm(Synced(act)), x)
-    plain = _ready(Synced(QCFS), x)
+    plain = ready_for_exactness(Synced(QCFS), x)
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(Synced(QCFS)).double().eval()
     synced.load_state_dict(plain.state_dict())
     assert torch.equal(convert(synced, "if")(x, 8), convert(plain, "if")(x, 8))
@@ -258,7 +241,7 @@ def test_a_clip_at_infinity_converts_as_a_relu(spelling):
     calibration data or not: clamp(x, 0, inf) is relu(x), whose threshold is calibrated."""
     torch.manual_seed(6)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
-    relu = _ready(ClipAtInfinity("relu"), x)
+    relu = ready_for_exactness(ClipAtInfinity("relu"), x)
     model = ClipAtInfinity(spelling).double().eval()
     model.load_state_dict(relu.state_dict())
     assert torch.equal(model(x), relu(x))
@@ -291,14 +274,14 @@ def test_dim_0_through_an_ellipsis_is_refused_and_one_through_it_is_not():
     model(x)
     with pytest.raises(SnnconvError, match=r"^layer 'getitem' \(getitem over dim 0\) has no faithful spiking form: dim 0 is the batch"):
         simulate(convert(model, "if"), x, 4)
-    model = _ready(BatchByHand("ellipsis_ok"), x)
-    assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-10)
+    model = ready_for_exactness(BatchByHand("ellipsis_ok"), x)
+    assert torch.allclose(gn_at_t1(model, x), model(x), atol=1e-10)
 
 
 def test_a_batch_size_written_as_a_number_is_named_in_one_line():
     """Was: a raw RuntimeError from the engine's output reshape (the one-sample probe, or T > 1)."""
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
-    model = _ready(BatchByHand("number"), x)
+    model = ready_for_exactness(BatchByHand("number"), x)
     model(x)
     for steps in (1, 4):
         with pytest.raises(SnnconvError, match=(
@@ -341,7 +324,7 @@ def test_in_place_tensor_methods_convert_like_augmented_assignment():
     torch.manual_seed(7)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
     _exact(lambda act: MethodInPlace(act, True), x)
-    model = _ready(MethodInPlace(QCFS, True), x)
+    model = ready_for_exactness(MethodInPlace(QCFS, True), x)
     plain = MethodInPlace(QCFS, False).double().eval()
     plain.load_state_dict(model.state_dict())
     assert torch.allclose(model(x), plain(x), atol=1e-12)
@@ -419,7 +402,7 @@ def test_swap_relu_keeps_in_place_semantics():
     assert torch.allclose(in_place(x.clone()), explicit(x), atol=1e-12)  # the same ANN
     a, b = swap_relu(in_place, "qcfs", 4, 1.0).eval(), swap_relu(explicit, "qcfs", 4, 1.0).eval()
     assert torch.allclose(a(x.clone()), b(x), atol=1e-12)
-    assert torch.allclose(_gn_t1(a, x), b(x), atol=1e-10)
+    assert torch.allclose(gn_at_t1(a, x), b(x), atol=1e-10)
     with pytest.raises(SnnconvError, match=r"^InPlaceRelu: 'iadd' \(x \+= y\) overwrites 'c2' in place, which 'mean_1' then "
                                            r"reads under another name: write x = x \+ y"):
         swap_relu(InPlaceRelu(True, alias=True), "qcfs", 4, 1.0)
@@ -451,7 +434,7 @@ def test_functional_batch_norm_converts_like_the_module():
     torch.manual_seed(10)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
     _exact(lambda act: FunctionalBN(act, "function"), x)
-    module = _ready(FunctionalBN(QCFS, "module"), x)
+    module = ready_for_exactness(FunctionalBN(QCFS, "module"), x)
     function = FunctionalBN(QCFS, "function").double().eval()
     function.load_state_dict(module.state_dict())
     assert torch.allclose(function(x), module(x), atol=1e-12)
@@ -494,7 +477,7 @@ def test_data_parallel_and_compiled_models_convert_as_the_model_inside():
     what the wrapped model computes."""
     torch.manual_seed(12)
     x = torch.rand(3, 2, 6, 6, dtype=torch.float64)
-    model = _ready(TiedWeights(QCFS, False), x)
+    model = ready_for_exactness(TiedWeights(QCFS, False), x)
     expected = convert(model, "if")(x, 8)
     wrapped = [nn.DataParallel(model), torch.compile(model)]
     for wrapper in wrapped:
@@ -549,8 +532,8 @@ def test_a_matrix_product_with_a_weight_names_f_linear(spelling, name):
                                            r"write a product with a weight matrix W as F.linear\(x, W.T\)"):
         convert(Product(spelling), "if")
     x = torch.rand(5, 3, dtype=torch.float64)
-    model = _ready(Product(lambda h, w: F.linear(h, w.T)), x)
-    assert torch.allclose(_gn_t1(model, x), model(x), atol=1e-10)
+    model = ready_for_exactness(Product(lambda h, w: F.linear(h, w.T)), x)
+    assert torch.allclose(gn_at_t1(model, x), model(x), atol=1e-10)
 
 
 # GroupNorm / LayerNorm / InstanceNorm: refused, naming BatchNorm as the fix -------------------------
