@@ -215,15 +215,15 @@ def init_thresholds(model: nn.Module, x: torch.Tensor, percentile: float = 99.9)
     was_training = model.training
     chosen: list[float] = []
 
-    def fit(module: QuantizedClip, inputs: tuple) -> None:
-        z = inputs[0].detach().float().flatten()
+    def fit(module: QuantizedClip, inputs: tuple, kwargs: dict) -> None:
+        z = (inputs[0] if inputs else next(iter(kwargs.values()))).detach().float().flatten()  # act(h) or act(z=h)
         positive = z[z > 0]
         value = float(torch.quantile(positive[:16_000_000], percentile / 100)) if positive.numel() else 1.0
         value = value if value > 0 and math.isfinite(value) else 1.0
         module.threshold.fill_(value)
         chosen.append(value)
 
-    handles = [m.register_forward_pre_hook(fit) for m in sites]
+    handles = [m.register_forward_pre_hook(fit, with_kwargs=True) for m in sites]
     try:
         model.train()
         model(x)

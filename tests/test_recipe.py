@@ -38,6 +38,21 @@ def test_init_thresholds_takes_the_percentile_of_positive_pre_activations_layer_
         assert torch.equal(model.state_dict()[key], value), key
 
 
+def test_init_thresholds_reads_an_activation_called_by_keyword():
+    class ByKeyword(nn.Module):  # self.act(z=h): the input arrives in kwargs (was a raw IndexError)
+        def __init__(self, keyword: bool):
+            super().__init__()
+            self.keyword, self.body, self.act = keyword, _net()[:2], QCFS(4)
+
+        def forward(self, x):
+            h = self.body(x)
+            return self.act(z=h) if self.keyword else self.act(h)
+
+    x = torch.randn(32, 1, 6, 6)
+    chosen = [init_thresholds(ByKeyword(keyword), x, percentile=80) for keyword in (True, False)]
+    assert chosen[0] == chosen[1] and chosen[0][0] != 8.0
+
+
 def test_init_thresholds_refuses_bad_input():
     with pytest.raises(SnnconvError, match="the batch used to initialise lambda holds NaN or inf"):
         init_thresholds(_net(), torch.full((4, 1, 6, 6), float("nan")))
