@@ -448,8 +448,8 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
     raise _unsupported(what, where, "express it with supported layers (conv, linear, avg-pool, add, cat)")
 
 
-_SAMPLE_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm, nn.RMSNorm) \
-    if hasattr(nn, "RMSNorm") else (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+_SAMPLE_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm,
+                 *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 _SAMPLE_NORM_FUNCTIONS = {F.group_norm, F.layer_norm, F.instance_norm, F.local_response_norm, F.normalize,
                           *((F.rms_norm,) if hasattr(F, "rms_norm") else ())}
 _SAMPLE_NORM_FIX = ("it divides by statistics of each sample's own values (not a fixed affine map), which spike counts "
