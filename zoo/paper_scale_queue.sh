@@ -3,7 +3,8 @@
 # resumes where it stopped or is skipped when done, so the same command goes on after a
 # session ends mid-way.  Usage: bash zoo/paper_scale_queue.sh DATA_DIR [STEP...]
 # (DATA_DIR: the folder with cifar10_jpeg_q75_fullorder.npz; STEP: run only these of
-#  qcfs-train qcfs-card qcfs-table qcfs-layer-error clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table)
+#  qcfs-train qcfs-card qcfs-table qcfs-layer-error clipfloor-train clipfloor-card clipfloor-table relu-train relu-card
+#  relu-table qcfs-permute)
 #
 # Sources: the QCFS authors' recipe (300 epochs, AutoAugment + Cutout 16); clip-floor and
 # ReLU are fine-tuned from it (--init-from: same weights, new activation) for
@@ -12,7 +13,7 @@
 set -euo pipefail
 data=${1:?give the CIFAR-10 data folder, e.g. ../shared/data/cifar10}
 shift
-steps=${*:-qcfs-train qcfs-card qcfs-table qcfs-layer-error clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table}
+steps=${*:-qcfs-train qcfs-card qcfs-table qcfs-layer-error clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table qcfs-permute}
 qcfs=resnet20_qcfs4_aa_cifar10jpeg
 clipfloor=resnet20_clipfloor4_aa_cifar10jpeg
 relu=resnet20_relu_aa_cifar10jpeg
@@ -32,8 +33,9 @@ if done != planned:
 PY
   python bench/zoo_card.py "$1" --import-from "zoo/$1" --data-dir "$data"
 }
-table() {  # one source's rows, saved after every row; --resume keeps the rows already made on these weights
-  python bench/paper_scale.py --sources "$1" --source "$1=$2" --data-dir "$data" --resume --no-progress --out "$out"
+table() {  # KIND NAME [ROWS]: one source's rows, saved after every row; --resume keeps the rows already made on these weights
+  python bench/paper_scale.py --sources "$1" --source "$1=$2" --data-dir "$data" --resume --no-progress --out "$out" \
+    ${3:+--methods "$3"}
 }
 fine_tune() {  # ACTIVATION NAME EPOCHS: fine-tune from the finished QCFS source
   EPOCHS=$3 bash zoo/train_resnet20.sh "$1" "zoo/$2" "$data" "${augment[@]}" --lr 0.01 \
@@ -43,9 +45,10 @@ fine_tune() {  # ACTIVATION NAME EPOCHS: fine-tune from the finished QCFS source
 if wants qcfs-train; then EPOCHS=300 bash zoo/train_resnet20.sh qcfs "zoo/$qcfs" "$data" "${augment[@]}"; fi
 if wants qcfs-card; then card "$qcfs"; fi
 if wants qcfs-table; then
-  # the tables of the 60-epoch (QCFS) and 30-epoch (clip-floor, ReLU) sources stay beside the new ones
-  [[ -f ${out}_e60.json ]] || for ext in json md png; do cp "$out.$ext" "${out}_e60.$ext"; done
-  table qcfs "$qcfs"
+  # the tables of the 60-epoch (QCFS) and 30-epoch (clip-floor, ReLU) sources move aside: the new table has only new sources
+  [[ -f ${out}_e60.json ]] || for ext in json md png; do mv "$out.$ext" "${out}_e60.$ext"; done
+  # permutation at T = 1-64 with 3 seeds is the longest part (about 4 h here): it comes last (qcfs-permute)
+  table qcfs "$qcfs" "IF,GN*,TPP"
 fi
 if wants qcfs-layer-error && [[ ! -f bench/results/resnet20_layer_error.json ]]; then
   # where IF, permutation and TPP lose accuracy at small T, layer by layer (TPP below IF at T = 1?)
@@ -58,4 +61,5 @@ if wants clipfloor-table; then table clipfloor "$clipfloor"; fi
 if wants relu-train; then fine_tune relu "$relu" "${RELU_EPOCHS:-30}"; fi
 if wants relu-card; then card "$relu"; fi
 if wants relu-table; then table relu "$relu"; fi
+if wants qcfs-permute; then table qcfs "$qcfs" "IF + permute*"; fi
 echo "paper-scale queue: done ($steps)"
