@@ -3,7 +3,7 @@
 # resumes where it stopped or is skipped when done, so the same command goes on after a
 # session ends mid-way.  Usage: bash zoo/paper_scale_queue.sh DATA_DIR [STEP...]
 # (DATA_DIR: the folder with cifar10_jpeg_q75_fullorder.npz; STEP: run only these of
-#  qcfs-train qcfs-card qcfs-table qcfs-layer-error clipfloor-train clipfloor-card clipfloor-table relu-train relu-card
+#  qcfs-train qcfs-card qcfs-table qcfs-layer-error qcfs-if-gap clipfloor-train clipfloor-card clipfloor-table relu-train relu-card
 #  relu-table qcfs-permute)
 #
 # Sources: the QCFS authors' recipe (300 epochs, AutoAugment + Cutout 16); clip-floor and
@@ -13,7 +13,7 @@
 set -euo pipefail
 data=${1:?give the CIFAR-10 data folder, e.g. ../shared/data/cifar10}
 shift
-steps=${*:-qcfs-train qcfs-card qcfs-table qcfs-layer-error clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table qcfs-permute}
+steps=${*:-qcfs-train qcfs-card qcfs-table qcfs-layer-error qcfs-if-gap clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table qcfs-permute}
 qcfs=resnet20_qcfs4_aa_cifar10jpeg
 clipfloor=resnet20_clipfloor4_aa_cifar10jpeg
 relu=resnet20_relu_aa_cifar10jpeg
@@ -54,6 +54,12 @@ if wants qcfs-layer-error && [[ ! -f bench/results/resnet20_layer_error.json ]];
   # where IF, permutation and TPP lose accuracy at small T, layer by layer (TPP below IF at T = 1?)
   python bench/layer_error.py --checkpoint "zoo/$qcfs/checkpoint.safetensors" --data-dir "$data" --limit 500 \
     --steps 1,2,4,8 --out bench/results/resnet20_layer_error
+fi
+if wants qcfs-if-gap && [[ ! -f bench/results/if_gap_e300.json ]]; then
+  # IF's flips against the ANN's decision margin on the 300-epoch source, beside the 60-epoch one
+  # (bench/results/if_gap.md): is IF's gap at small T smaller on a source with firmer decisions?
+  python bench/if_gap.py --sources "$qcfs,resnet20_qcfs4_cifar10jpeg" \
+    --data-dir "$data" --out bench/results/if_gap_e300
 fi
 if wants clipfloor-train; then fine_tune clipfloor "$clipfloor" "${CLIPFLOOR_EPOCHS:-10}"; fi
 if wants clipfloor-card; then card "$clipfloor"; fi
