@@ -4,7 +4,7 @@
 # session ends mid-way.  Usage: bash zoo/paper_scale_queue.sh DATA_DIR [STEP...]
 # (DATA_DIR: the folder with cifar10_jpeg_q75_fullorder.npz; STEP: run only these of
 #  qcfs-train qcfs-card qcfs-table qcfs-layer-error qcfs-if-gap clipfloor-train clipfloor-card clipfloor-table relu-train relu-card
-#  relu-table qcfs-permute)
+#  relu-table qcfs-tpp qcfs-permute)
 #
 # Sources: the QCFS authors' recipe (300 epochs, AutoAugment + Cutout 16); clip-floor and
 # ReLU are fine-tuned from it (--init-from: same weights, new activation) for
@@ -13,7 +13,7 @@
 set -euo pipefail
 data=${1:?give the CIFAR-10 data folder, e.g. ../shared/data/cifar10}
 shift
-steps=${*:-qcfs-train qcfs-card qcfs-table qcfs-layer-error qcfs-if-gap clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table qcfs-permute}
+steps=${*:-qcfs-train qcfs-card qcfs-table qcfs-layer-error qcfs-if-gap clipfloor-train clipfloor-card clipfloor-table relu-train relu-card relu-table qcfs-tpp qcfs-permute}
 qcfs=resnet20_qcfs4_aa_cifar10jpeg
 clipfloor=resnet20_clipfloor4_aa_cifar10jpeg
 relu=resnet20_relu_aa_cifar10jpeg
@@ -47,8 +47,9 @@ if wants qcfs-card; then card "$qcfs"; fi
 if wants qcfs-table; then
   # the tables of the 60-epoch (QCFS) and 30-epoch (clip-floor, ReLU) sources move aside: the new table has only new sources
   [[ -f ${out}_e60.json ]] || for ext in json md png; do mv "$out.$ext" "${out}_e60.$ext"; done
-  # permutation at T = 1-64 with 3 seeds is the longest part (about 4 h here): it comes last (qcfs-permute)
-  table qcfs "$qcfs" "IF,GN*,TPP"
+  # the window methods come last: TPP at T = 1-64 with 3 seeds is about 1 h here (qcfs-tpp), permutation
+  # about 4 h (qcfs-permute); each is one row, saved when all its T and seeds are done
+  table qcfs "$qcfs" "IF,GN*"
 fi
 if wants qcfs-layer-error && [[ ! -f bench/results/resnet20_layer_error.json ]]; then
   # where IF, permutation and TPP lose accuracy at small T, layer by layer (TPP below IF at T = 1?)
@@ -67,5 +68,6 @@ if wants clipfloor-table; then table clipfloor "$clipfloor"; fi
 if wants relu-train; then fine_tune relu "$relu" "${RELU_EPOCHS:-30}"; fi
 if wants relu-card; then card "$relu"; fi
 if wants relu-table; then table relu "$relu"; fi
+if wants qcfs-tpp; then table qcfs "$qcfs" TPP; fi
 if wants qcfs-permute; then table qcfs "$qcfs" "IF + permute*"; fi
 echo "paper-scale queue: done ($steps)"
