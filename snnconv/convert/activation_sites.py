@@ -270,10 +270,10 @@ def _touches_batch(node: fx.Node, rank: int | None = None) -> bool:
         return d
 
     if name in ("mean", "sum"):
-        dims = _dim_list(args[0] if args else kwargs.get("dim"))
-        return any(d is None or at(d) == 0 for d in dims)
+        dims = _dim_list(args[0] if args else kwargs.get("dim", kwargs.get("axis")))  # axis=: numpy's name
+        return not dims or any(d is None or at(d) == 0 for d in dims)  # dim=() is every dim, as None
     if name in ("cat", "concat", "stack"):
-        return at(node.args[1] if len(node.args) > 1 else kwargs.get("dim", 0), int(name == "stack")) == 0
+        return at(node.args[1] if len(node.args) > 1 else kwargs.get("dim", kwargs.get("axis", 0)), int(name == "stack")) == 0
     if name in ("chunk", "split"):
         return at(node.args[2] if len(node.args) > 2 else kwargs.get("dim", 0)) == 0
     if name == "transpose":
