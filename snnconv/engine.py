@@ -312,7 +312,11 @@ class _WindowRunner(fx.Interpreter):
         if any(isinstance(self.env.get(i), torch.Tensor) and self.env[i].untyped_storage().data_ptr() == storage
                for i in n.all_input_nodes):
             folded = folded.clone()  # never write into a value another node still holds
-        window = self._unfold(folded)
+        # rows are step-major, steps x (batch x k) when a reshape merged k positions per
+        # sample into dim 0 (h.reshape(-1, C)): sleep rows are the last sleep_steps x B x k
+        total = self.schedule.total
+        window = folded.reshape(total, -1, *folded.shape[1:]) if folded.dim() and folded.shape[0] % total == 0 \
+            else self._unfold(folded, n)
         window[self.schedule.steps :] -= constant
         return folded
 

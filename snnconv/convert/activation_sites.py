@@ -405,6 +405,13 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
         _refuse_inside_user_module(node, what)  # a quantiser written by hand: the activations= mapping
         raise _unsupported(what, where, "rounding is not affine (the rounded average of the spikes is not the average of "
                            "rounded spikes): divide without rounding_mode, or round inside an activation (QCFS)")
+    if op is not None and op.kind == "synaptic" and node.op == "call_function":
+        weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        if isinstance(weight, fx.Node) and weight in dynamic:  # conv(h, W(x)): a product of two input-dependent values
+            raise _unsupported(f"{name} with an input-dependent weight", where,
+                               "a product of two input-dependent values has no spiking form: give it a weight that is a "
+                               "parameter or buffer (nn.Conv2d / nn.Linear, or F.conv2d(x, self.weight)); an "
+                               "input-dependent bias is fine")
     if op is not None and op.name in ("mul", "div"):
         operands = [a for a in list(node.args) + list(node.kwargs.values()) if not _sample_size(a)]  # h / h.size(2): a number
         divisor = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")

@@ -7,6 +7,9 @@ import operator
 
 import torch
 from torch import fx, nn
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from ..activations import QuantizedClip
 from ..errors import SnnconvError
@@ -68,6 +71,7 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     model.eval()
     if isinstance(model, fx.GraphModule):
         _check_one_input(model, type(model).__name__)
+        _check_hooks(model, model)
         return model
     try:
         graph = _Tracer().trace(model)
@@ -78,9 +82,43 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
             "data-dependent control flow is not convertible: move it out of forward() or wrap it in a leaf module"
         ) from err
     _check_one_input(traced, type(model).__name__)
+    _check_hooks(model, traced)
     _input_first(traced)
     _out_of_place_updates(traced, type(model).__name__)
     return traced
+
+
+# Pre-hooks that recompute a layer's weight from its parameters (weight * mask, g * v / |v|),
+# not its values: they run whenever the kept layer runs, which is what the ANN does.
+_WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
+
+
+def _check_hooks(model: nn.Module, traced: fx.GraphModule) -> None:
+    """Refuse a forward (pre-)hook that torch.fx would drop or misapply.
+
+    fx traces ``model.forward`` itself (the model's own hooks never run) and records
+    each leaf module as one call: a hook on an activation, a BatchNorm or a dropout
+    vanishes when the passes replace, fold or remove that call, and a hook on a kept
+    layer (conv, pooling) would run on whole windows of time steps, right only when
+    it is affine. Hooks on the user's own (non-leaf) modules are traced with them and
+    converted like the rest of forward(); weight / spectral norm and pruning pre-hooks
+    recompute weights and are kept.
+
+    Raises:
+        SnnconvError: the model or a module the graph calls has such a hook (named, with the fix).
+    """
+    called = [(str(n.target), traced.get_submodule(str(n.target))) for n in traced.graph.nodes if n.op == "call_module"]
+    for path, module in [("", model), *called]:
+        for kind, hooks in (("forward", module._forward_hooks), ("forward pre", module._forward_pre_hooks)):
+            for hook in hooks.values():
+                if kind == "forward pre" and isinstance(hook, _WEIGHT_HOOKS):
+                    continue
+                where = repr(path) if path else "the model"
+                raise SnnconvError(
+                    f"{where} ({type(module).__name__}) has a {kind} hook ({getattr(hook, '__name__', type(hook).__name__)}), "
+                    "which torch.fx does not trace: the spiking network would compute without it (or run it on whole "
+                    "windows of time steps): remove it (handle.remove()) before convert, or write what it computes "
+                    "into forward()")
 
 
 def _input_first(graph_module: fx.GraphModule) -> None:
