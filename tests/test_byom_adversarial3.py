@@ -167,3 +167,40 @@ def test_tokens_merged_into_dim_0_convert_with_sleep_steps():
     """Was: a raw RuntimeError (shape '[52, 3, 3]' is invalid) in CIF's sleep steps,
     whose bias switch-off assumed dim 0 = steps x batch."""
     _exact(Tokens, X)
+
+
+# dtype casts: the network's own dtype is the identity, another is refused ----------------------
+
+@pytest.mark.parametrize("tail", [
+    lambda s, h, x: s.fc(h.double().mean((2, 3))),
+    lambda s, h, x: s.fc(h.to(torch.float64).mean((2, 3))),
+    lambda s, h, x: s.fc(h.to(dtype=x.dtype).mean((2, 3))),
+    lambda s, h, x: s.fc(h.type_as(s.fc.weight).mean((2, 3))),
+    lambda s, h, x: s.fc(h.to(s.fc.weight).mean((2, 3))),
+    lambda s, h, x: s.fc(h.type(torch.float64).mean((2, 3))),
+    lambda s, h, x: s.fc(h.mean((2, 3))).double() + s.fc(torch.cat([x.double().mean((2, 3))] * 2, 1))])
+def test_a_cast_to_the_networks_own_dtype_converts(tail):
+    """Was refused ("method .double() has no faithful spiking form"), though a cast to the
+    dtype the tensor has returns it unchanged."""
+    _exact(lambda act: Tail(act, tail), X)
+
+
+def test_a_removed_cast_follows_the_network_to_another_dtype():
+    model = ready_for_exactness(Tail(QCFS, lambda s, h, x: s.fc(h.double().mean((2, 3)))), X)
+    snn = convert(model, "gn", group_size=L).float()
+    out = snn(X.float(), 1)[0]
+    assert out.dtype == torch.float32 and torch.allclose(out.double(), model(X), atol=1e-5)
+
+
+def test_a_cast_to_another_dtype_or_an_update_through_it_is_refused():
+    """A float32 cast in a float64 network changes precision mid-network; ``y = h.double();
+    y += 1`` updates h itself (the cast returned h), which a later read of h would miss."""
+    _refused(Tail(QCFS, lambda s, h, x: s.fc(h.float().double().mean((2, 3)))).double(),
+             r"^layer 'float_1' \(.float\(\) to torch.float32\) casts a value of a torch.float64 network to another dtype, "
+             r"which changes its precision mid-network: convert the model in one dtype")
+
+    def update(s, h, x):
+        y = h.double()
+        y += 1
+        return s.fc((y + h).mean((2, 3)))
+    _refused(Tail(QCFS, update).double(), r"^Tail: 'iadd' \(x \+= y\) overwrites 'double' in place, which 'add' then reads")

@@ -124,9 +124,10 @@ def _site_of(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | N
     return None
 
 
+# casts too: a cast to the same dtype returns the tensor itself (x += 1 on it updates x)
 _VIEW_METHODS = {"view", "view_as", "reshape", "flatten", "unflatten", "transpose", "permute", "squeeze", "unsqueeze",
                  "expand", "expand_as", "contiguous", "movedim", "chunk", "split", "narrow", "select", "t", "unbind",
-                 "relu_", "detach"}
+                 "relu_", "detach", "float", "double", "half", "bfloat16", "to", "type", "type_as"}
 _VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
                    torch.movedim, torch.chunk, torch.split, torch.narrow, torch.select, torch.t, torch.unbind,
                    operator.getitem, torch.relu_, F.relu_, torch.detach}
