@@ -204,3 +204,49 @@ def test_a_cast_to_another_dtype_or_an_update_through_it_is_refused():
         y += 1
         return s.fc((y + h).mean((2, 3)))
     _refused(Tail(QCFS, update).double(), r"^Tail: 'iadd' \(x \+= y\) overwrites 'double' in place, which 'add' then reads")
+
+
+# in-place and one-sided clamp spellings are the activations they compute --------------------------
+
+def _clip_in_place(h):
+    h.clamp_(0, 1.5)
+    return h
+
+
+@pytest.mark.parametrize("spelling", [
+    lambda h: F.hardtanh_(h, 0.0, 1.5), _clip_in_place, lambda h: torch.clamp_(h, min=0, max=1.5),
+    lambda h: h.clip_(0.0, 1.5), lambda h: torch.clip_(h, 0, 1.5)])
+def test_in_place_clamp_spellings_convert_like_hardtanh(spelling):
+    """Were refused ("method .clamp_() has no faithful spiking form"), though
+    clamp(h, 0, 1.5) and F.hardtanh(h, 0, 1.5) convert."""
+    _same_snn_as(lambda h: F.hardtanh(h, 0.0, 1.5), spelling)
+
+
+@pytest.mark.parametrize("spelling", [lambda h: h.clamp_min(0), lambda h: torch.clamp_min(h, 0.0), lambda h: h.clamp_min_(0)])
+def test_clamp_min_at_zero_converts_like_relu(spelling):
+    _same_snn_as(F.relu, spelling)
+
+
+class _Clipped(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.act, self.a, self.b = act, nn.Linear(3, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(self.act(self.a(x)))
+
+
+def _same_snn_as(reference, spelling):
+    torch.manual_seed(5)
+    x = torch.randn(16, 3, dtype=torch.float64)
+    module = _Clipped(reference).double().eval()
+    model = _Clipped(spelling).double().eval()
+    model.load_state_dict(module.state_dict())
+    assert torch.equal(model(x.clone()), module(x))
+    expected = convert(module, "if", calibration=x, threshold="max")(x, 32)
+    assert torch.equal(convert(model, "if", calibration=x, threshold="max")(x, 32), expected)
+
+
+def test_a_clip_at_zero_is_named():
+    """Was: "threshold must be finite and > 0, got [0.0]", naming no layer."""
+    _refused(_Clipped(lambda h: h.clamp(0, 0)), r"^layer 'clamp' \(clamp\(0, 0\)\) has no faithful spiking form: a clip at max <= 0")

@@ -72,8 +72,11 @@ def _unsupported(what: str, name: str, fix: str) -> SnnconvError:
 
 def _clamp_bounds(node: fx.Node) -> tuple[float, float | None] | None:
     """(min, max) if the node is a clamp/clip with constant bounds, else None."""
-    is_clamp = (node.op == "call_function" and node.target in (torch.clamp, torch.clip)) or (
-        node.op == "call_method" and node.target in ("clamp", "clip")
+    if (node.op == "call_function" and node.target in (torch.clamp_min, torch.clamp_min_)) or (
+            node.op == "call_method" and node.target in ("clamp_min", "clamp_min_")):
+        return node.args[1] if len(node.args) > 1 else node.kwargs.get("min"), None  # clamp_min(x, 0): a ReLU
+    is_clamp = (node.op == "call_function" and node.target in (torch.clamp, torch.clip, torch.clamp_, torch.clip_)) or (
+        node.op == "call_method" and node.target in ("clamp", "clip", "clamp_", "clip_")
     )
     if not is_clamp:
         return None
@@ -105,7 +108,7 @@ def _site_of(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | N
         return ActivationSite(None, "clip", None, 0.0, 6.0, upper=6.0)
     if isinstance(module, nn.Hardtanh) and module.min_val == 0:
         return ActivationSite(None, "clip", None, 0.0, float(module.max_val), upper=float(module.max_val))
-    if node.op == "call_function" and node.target is F.hardtanh:  # F.hardtanh(x, 0, m): nn.Hardtanh(0, m)
+    if node.op == "call_function" and node.target in (F.hardtanh, F.hardtanh_):  # F.hardtanh(x, 0, m): nn.Hardtanh(0, m)
         low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
         high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
         if low == 0 and isinstance(high, (int, float)) and not isinstance(high, bool) and high > 0:
@@ -120,6 +123,9 @@ def _site_of(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | N
             raise _unsupported(f"clamp({low}, {high})", _where(node), "only clamp(x, 0, max) is an activation; use min=0")
         if high is None:
             return ActivationSite(None, "relu", None, 0.0, None)
+        if not high > 0:
+            raise _unsupported(f"clamp({low}, {high})", _where(node), "a clip at max <= 0 is zero everywhere: give it a "
+                               "positive max, or drop the layer")
         return ActivationSite(None, "clip", None, 0.0, float(high), upper=float(high))
     return None
 

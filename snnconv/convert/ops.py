@@ -182,9 +182,10 @@ OPS: tuple[Op, ...] = (
     Op("relu", "activation", (nn.ReLU,), (F.relu, torch.relu, torch.relu_, F.relu_), ("relu", "relu_"), cost="neuron",
        nir="IF", nir_note="IF conversions only"),
     Op("relu6", "activation", (nn.ReLU6,), (F.relu6,), cost="neuron", nir="IF", nir_note="IF conversions only"),
-    Op("hardtanh", "activation", (nn.Hardtanh,), (F.hardtanh,), cost="neuron", nir="IF", nir_note="min_val=0 only; IF conversions only"),
-    Op("clamp", "activation", functions=(torch.clamp, torch.clip), methods=("clamp", "clip"), cost="neuron", nir="IF",
-       nir_note="clamp(x, 0, max) only; IF conversions only"),
+    Op("hardtanh", "activation", (nn.Hardtanh,), (F.hardtanh, F.hardtanh_), cost="neuron", nir="IF", nir_note="min_val=0 only; IF conversions only"),
+    Op("clamp", "activation", functions=(torch.clamp, torch.clip, torch.clamp_, torch.clip_, torch.clamp_min, torch.clamp_min_),
+       methods=("clamp", "clip", "clamp_", "clip_", "clamp_min", "clamp_min_"), cost="neuron", nir="IF",
+       nir_note="clamp(x, 0, max) and clamp_min(x, 0) only; IF conversions only"),
 )
 
 OPS_BY_NAME: dict[str, Op] = {op.name: op for op in OPS}
