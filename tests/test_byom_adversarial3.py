@@ -250,3 +250,31 @@ def _same_snn_as(reference, spelling):
 def test_a_clip_at_zero_is_named():
     """Was: "threshold must be finite and > 0, got [0.0]", naming no layer."""
     _refused(_Clipped(lambda h: h.clamp(0, 0)), r"^layer 'clamp' \(clamp\(0, 0\)\) has no faithful spiking form: a clip at max <= 0")
+
+
+# a namedtuple output keeps its type ------------------------------------------------------------------
+
+from collections import namedtuple  # noqa: E402
+
+Heads = namedtuple("Heads", "logits features")
+
+
+def test_a_namedtuple_output_converts_and_keeps_its_type():
+    """Was refused: "layer 'heads' (function Heads) has no faithful spiking form"."""
+    from snnconv import simulate
+    from snnconv.metrics import running_average
+
+    for act in (QCFS, ClipFloor):
+        torch.manual_seed(0)
+        model = ready_for_exactness(Tail(act, lambda s, h, x: Heads(s.fc(h.mean((2, 3))), features=h.sum(1))), X)
+        with torch.no_grad():
+            expected = model(X.clone())
+        if act is QCFS:
+            out = convert(model, "gn", group_size=L)(X, 1)
+            got = Heads(*(v[0] for v in out))
+        else:
+            out = simulate(convert(model, "cif"), X, L, sleep_steps=48)
+            got = Heads(*(v[-1] for v in running_average(out, wake_steps=L)))
+        assert type(out) is Heads and out.logits.shape == (1 if act is QCFS else L + 48, 3, 3)
+        for field in Heads._fields:
+            assert torch.allclose(getattr(got, field), getattr(expected, field), atol=1e-10), (act.__name__, field)

@@ -83,6 +83,7 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
         ) from err
     _check_one_input(traced, type(model).__name__)
     _check_hooks(model, traced)
+    _namedtuple_outputs(traced)
     _input_first(traced)
     _out_of_place_updates(traced, type(model).__name__)
     return traced
@@ -119,6 +120,32 @@ def _check_hooks(model: nn.Module, traced: fx.GraphModule) -> None:
                     "which torch.fx does not trace: the spiking network would compute without it (or run it on whole "
                     "windows of time steps): remove it (handle.remove()) before convert, or write what it computes "
                     "into forward()")
+
+
+def _is_namedtuple_class(target) -> bool:
+    return isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields")
+
+
+def _namedtuple_outputs(graph_module: fx.GraphModule) -> None:
+    """``return Out(logits, features)`` (a namedtuple): fx records the constructor as a call;
+    the output becomes the namedtuple of its fields' nodes, so ``simulate()`` returns the
+    same namedtuple with ``[T, B, ...]`` per field (as it does for a tuple or dict). A
+    namedtuple used inside forward() stays a call (refused by name)."""
+    output = next(n for n in graph_module.graph.nodes if n.op == "output")
+    built = [n for n in output.all_input_nodes
+             if n.op == "call_function" and _is_namedtuple_class(n.target) and set(n.users) == {output}]
+    if not built:
+        return
+    swap = {}
+    for node in built:
+        try:
+            swap[node] = node.target(*node.args, **node.kwargs)
+        except TypeError:  # wrong field count: the model's own error when it runs
+            continue
+    output.args = fx.node.map_arg(output.args, lambda n: swap.get(n, n))
+    for node in swap:
+        graph_module.graph.erase_node(node)
+    graph_module.recompile()
 
 
 def _input_first(graph_module: fx.GraphModule) -> None:
