@@ -278,3 +278,23 @@ def test_a_namedtuple_output_converts_and_keeps_its_type():
         assert type(out) is Heads and out.logits.shape == (1 if act is QCFS else L + 48, 3, 3)
         for field in Heads._fields:
             assert torch.allclose(getattr(got, field), getattr(expected, field), atol=1e-10), (act.__name__, field)
+
+
+# out= writes into another tensor --------------------------------------------------------------------
+
+@pytest.mark.parametrize("spelling", [lambda z: torch.clamp(z, 0, 1.5, out=z), lambda z: torch.add(z, 1.0, out=z)])
+def test_a_result_written_with_out_is_refused(spelling):
+    """Was: torch.clamp(z, 0, m, out=z) became a neuron whose output z's later readers
+    never saw (the site dropped out=): off by 1.3, no error."""
+    class Out(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            z = self.a(x)
+            y = spelling(z)
+            return self.b(torch.relu(z)) + self.b(torch.relu(y))
+
+    _refused(Out().eval(), r"^Out: '(clamp|add)' writes its result into 'a' \(out=a\), which the converter cannot follow: "
+                           r"assign the result instead")

@@ -85,6 +85,7 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     _check_hooks(model, traced)
     _namedtuple_outputs(traced)
     _input_first(traced)
+    _refuse_out_arguments(traced, type(model).__name__)
     _out_of_place_updates(traced, type(model).__name__)
     return traced
 
@@ -225,6 +226,23 @@ def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:
         else:
             node.target = _OUT_OF_PLACE[node.target]
     graph_module.recompile()
+
+
+def _refuse_out_arguments(graph_module: fx.GraphModule, name: str) -> None:
+    """``torch.clamp(z, 0, m, out=z)`` writes into z, which the passes cannot follow (an
+    activation becomes a neuron with its own output; a window is not z's storage).
+
+    Raises:
+        SnnconvError: a call with an ``out=`` tensor.
+    """
+    from .activation_sites import user_path  # activation_sites imports ops, not trace
+
+    for node in graph_module.graph.nodes:
+        out = node.kwargs.get("out") if node.op in ("call_function", "call_method") else None
+        if isinstance(out, fx.Node):
+            raise SnnconvError(
+                f"{name}: {user_path(node)!r} writes its result into {out.name!r} (out={out.name}), which the converter "
+                f"cannot follow: assign the result instead ({out.name} = {getattr(node.target, '__name__', node.target)}(...))")
 
 
 def _check_one_input(graph_module: fx.GraphModule, name: str) -> None:
