@@ -298,3 +298,23 @@ def test_a_result_written_with_out_is_refused(spelling):
 
     _refused(Out().eval(), r"^Out: '(clamp|add)' writes its result into 'a' \(out=a\), which the converter cannot follow: "
                            r"assign the result instead")
+
+
+# view_as / reshape_as / expand_as are view / reshape / expand -----------------------------------------
+
+@pytest.mark.parametrize("spelling,reference", [
+    (lambda h, x: h.flatten(2).view_as(h), lambda h, x: h.flatten(2).view(-1, 4, 6, 6)),
+    (lambda h, x: h.reshape_as(h.transpose(2, 3)), lambda h, x: h.reshape(-1, 4, 6, 6)),
+    (lambda h, x: h.mean((2, 3), keepdim=True).expand_as(h), lambda h, x: h.mean((2, 3), keepdim=True).expand(-1, -1, 6, 6)),
+    (lambda h, x: h[:, :2].expand_as(x) + x, lambda h, x: h[:, :2].expand(-1, -1, 6, 6) + x)])
+def test_shape_as_spellings_convert_and_count_like_their_forms(spelling, reference):
+    """Were refused ("method .view_as() has no faithful spiking form")."""
+    from snnconv.insight import cost_profile
+
+    _exact(lambda act: Tail(act, lambda s, h, x: s.fc(torch.cat([spelling(h, x).mean((2, 3))] * 2, 1)[:, :4])), X)
+    profiles = []
+    for f in (spelling, reference):
+        model = ready_for_exactness(Tail(QCFS, lambda s, h, x, f=f: s.fc(torch.cat([f(h, x).mean((2, 3))] * 2, 1)[:, :4])), X)
+        profiles.append(cost_profile(convert(model, "if"), X))
+    assert profiles[0].ann_macs == profiles[1].ann_macs
+    assert all(torch.equal(profiles[0].fanout[k], profiles[1].fanout[k]) for k in profiles[0].fanout)

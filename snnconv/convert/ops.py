@@ -154,7 +154,7 @@ OPS: tuple[Op, ...] = (
     Op("neg", "structural", functions=(operator.neg, torch.neg), methods=("neg",), cost="unsigned_sum",
        nir_note=_NO_NIR_GLUE),
     Op("flatten", "structural", (nn.Flatten,), (torch.flatten,), ("flatten",), nir="Flatten"),
-    Op("reshape", "structural", functions=(torch.reshape,), methods=("reshape", "view"), nir="Flatten",
+    Op("reshape", "structural", functions=(torch.reshape,), methods=("reshape", "view", "reshape_as", "view_as"), nir="Flatten",
        nir_note="only to one vector per sample"),
     Op("unflatten", "structural", (nn.Unflatten,), methods=("unflatten",), nir_note=_NO_NIR_GLUE),
     Op("identity", "structural", (nn.Identity,), (torch.clone, torch.detach), ("contiguous", "clone", "detach"), nir="identity",
@@ -176,7 +176,7 @@ OPS: tuple[Op, ...] = (
     Op("movedim", "structural", functions=(torch.movedim,), methods=("movedim",), nir_note=_NO_NIR_GLUE),
     Op("chunk", "structural", functions=(torch.chunk,), methods=("chunk",), nir_note=_NO_NIR_GLUE),
     Op("split", "structural", functions=(torch.split,), methods=("split",), nir_note=_NO_NIR_GLUE),
-    Op("expand", "structural", methods=("expand",), nir_note=_NO_NIR_GLUE),
+    Op("expand", "structural", methods=("expand", "expand_as"), nir_note=_NO_NIR_GLUE),
     # activations: each becomes a spiking layer (snnconv.convert.activation_sites decides its kind)
     Op("quantized_clip", "activation", (QuantizedClip,), cost="neuron", nir="IF", nir_note="IF conversions only"),
     Op("relu", "activation", (nn.ReLU,), (F.relu, torch.relu, torch.relu_, F.relu_), ("relu", "relu_"), cost="neuron",
