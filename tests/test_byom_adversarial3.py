@@ -318,3 +318,57 @@ def test_shape_as_spellings_convert_and_count_like_their_forms(spelling, referen
         profiles.append(cost_profile(convert(model, "if"), X))
     assert profiles[0].ann_macs == profiles[1].ann_macs
     assert all(torch.equal(profiles[0].fanout[k], profiles[1].fanout[k]) for k in profiles[0].fanout)
+
+
+# SNN Calibration: a layer read by two neurons is not shifted for one of them ----------------------------
+
+class SharedLayers(nn.Module):
+    """A conv applied twice (weight sharing), a conv read by two neurons, and a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a0 = nn.Conv2d(2, 4, 3, padding=1), QCFS(L)
+        self.shared, self.a1, self.a2 = nn.Conv2d(4, 4, 3, padding=1), QCFS(L), QCFS(L)
+        self.fork, self.a3, self.a4 = nn.Conv2d(4, 4, 3, padding=1), QCFS(L), QCFS(L)
+        self.res, self.a5 = nn.Conv2d(4, 4, 3, padding=1), QCFS(L)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.a0(self.stem(x))
+        h = self.a2(self.shared(self.a1(self.shared(h))))
+        f = self.fork(h)
+        h = self.a3(f) + self.a4(f + 0.1)
+        h = self.a5(self.res(h) + h)
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("mode", ["bias", "advanced"])
+def test_snn_calibration_leaves_a_layer_other_neurons_read(mode):
+    """Was: the shared conv's bias (and weights) were calibrated for a1, then shifted
+    again for a2, undoing a1's calibration while the report still said "bias of shared";
+    the fork conv likewise for a3 and a4. Now such layers are left as they are ("none");
+    every layer the report names ends with zero mean pre-activation error per channel."""
+    from snnconv.convert import prepare
+    from snnconv.convert.bias_calibration import per_channel
+    from snnconv.convert.layer_probe import mean_difference
+
+    torch.manual_seed(3)
+    x = torch.rand(12, 2, 6, 6, dtype=torch.float64)
+    model = ready_for_exactness(SharedLayers(), x)
+    snn = convert(model, "if", calibration=x, snn_calibration=mode, calibration_steps=3,
+                  calibration_target="preactivation")
+    paths = {name: neuron.path for name, neuron in snn.spiking_layers()}
+    if mode == "advanced":
+        fitted = {paths[name]: what["layer"] for name, what in snn.calibration["snnc"]["weight_calibration"].items()}
+        assert fitted == {"a0": "stem", "a1": None, "a2": None, "a3": None, "a4": None, "a5": "res"}, fitted
+    else:
+        report = snn.calibration["snnc"]["layers"]
+        shifted = {paths[name]: what for name, what in report.items()}
+        assert shifted == {"a0": "bias of stem", "a1": "none", "a2": "none", "a3": "none", "a4": "none",
+                           "a5": "bias of res"}, shifted
+        ann = prepare(model)
+        for name, what in report.items():
+            if what != "none":
+                layer = snn.graph.get_submodule(what.removeprefix("bias of "))
+                error = per_channel(mean_difference(ann, snn, [x], name, 3, 0, "preactivation"), layer)
+                assert error.abs().max() < 1e-9, (name, error)
