@@ -9,6 +9,8 @@ catches an op that mixes the batch with time).
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -372,3 +374,21 @@ def test_snn_calibration_leaves_a_layer_other_neurons_read(mode):
                 layer = snn.graph.get_submodule(what.removeprefix("bias of "))
                 error = per_channel(mean_difference(ann, snn, [x], name, 3, 0, "preactivation"), layer)
                 assert error.abs().max() < 1e-9, (name, error)
+
+
+# NIR: a Linear on more than one vector per sample has no Affine form -------------------------------------
+
+@pytest.mark.parametrize("layers,shape", [
+    (lambda: [nn.Flatten(2), nn.Linear(64, 3), QCFS(L), nn.Flatten(), nn.Linear(12, 3)], "[4, 64]"),
+    (lambda: [nn.Linear(8, 3), QCFS(L), nn.Flatten(), nn.Linear(96, 3)], "[4, 8, 8]")])
+def test_nir_export_of_a_linear_on_tokens_is_refused_in_one_line(layers, shape, tmp_path):
+    """Was: a raw ValueError from nir's type inference ("type mismatch: _2.output: [[ 4 64]] -> _3.input")."""
+    pytest.importorskip("nir")
+    from snnconv.export.nir import export_nir
+
+    x = torch.rand(2, 2, 8, 8, dtype=torch.float64)
+    model = ready_for_exactness(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), QCFS(L), *layers()), x)
+    with pytest.raises(SnnconvError, match=rf"^layer '_\d' \(Linear\) reads a {re.escape(shape)} input per sample, and NIR's "
+                                           r"Affine reads one vector: flatten before it") as err:
+        export_nir(convert(model, "if"), tmp_path / "net.nir", (2, 8, 8))
+    assert "\n" not in str(err.value)
