@@ -392,3 +392,28 @@ def test_nir_export_of_a_linear_on_tokens_is_refused_in_one_line(layers, shape, 
                                            r"Affine reads one vector: flatten before it") as err:
         export_nir(convert(model, "if"), tmp_path / "net.nir", (2, 8, 8))
     assert "\n" not in str(err.value)
+
+
+# pixel (un)shuffle and nearest-exact upsampling move values: exact ------------------------------------------
+
+@pytest.mark.parametrize("tail", [
+    lambda s, h, x: s.fc(F.pixel_unshuffle(F.pixel_shuffle(h, 2), 2).mean((2, 3))),
+    lambda s, h, x: s.fc(s.shuffle(h).flatten(1)[:, :4] + s.unshuffle(h)[:, 3::4].mean((2, 3))),
+    lambda s, h, x: s.fc(F.interpolate(h, scale_factor=1.5, mode="nearest-exact")[:, :, 1::3, ::2].mean((2, 3))),
+    lambda s, h, x: s.fc(s.up(h)[:, :, 2:, 1:].mean((2, 3)))])
+def test_pixel_shuffle_and_nearest_exact_convert(tail):
+    """Were refused ("PixelShuffle has no faithful spiking form"; "use mode='nearest'"),
+    though each output element is one input element."""
+    def build(act):
+        model = Tail(act, tail)
+        model.shuffle, model.unshuffle = nn.PixelShuffle(2), nn.PixelUnshuffle(2)
+        model.up = nn.Upsample(size=(7, 5), mode="nearest-exact")
+        return model
+    _exact(build, X)
+
+
+@pytest.mark.parametrize("spelling", [lambda h: F.interpolate(h, None, 2, "bilinear"),
+                                      lambda h: F.interpolate(h, scale_factor=2, mode="bilinear")])
+def test_a_positional_interpolation_mode_is_read_like_the_keyword(spelling):
+    """A guard for the mode check, which reads a positional mode too (fx records it either way)."""
+    _refused(Tail(QCFS, lambda s, h, x: s.fc(spelling(h).mean((2, 3)))), r"^layer 'interpolate' \(interpolate\) .*use mode='nearest'")

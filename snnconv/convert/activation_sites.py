@@ -396,7 +396,7 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
         if op is not None and node in spiking and _module_touches_batch(module):
             raise _unsupported(f"{kind.__name__} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
                                "reduce, concatenate or move only dims >= 1")
-        if op is not None and op.name == "upsample" and module.mode != "nearest":
+        if op is not None and op.name == "upsample" and module.mode not in _NEAREST:
             raise _unsupported(f"Upsample mode={module.mode}", where, "use mode='nearest'")
         if op is not None:
             return
@@ -439,7 +439,8 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
             return
         raise _unsupported(f"batch_norm training={training}", where, "pass running statistics (buffers) and "
                            "training=False (F.batch_norm(x, mean, var, weight, bias, False)) or use nn.BatchNorm")
-    if node.op == "call_function" and target is F.interpolate and node.kwargs.get("mode", "nearest") != "nearest":
+    if node.op == "call_function" and target is F.interpolate and (
+            node.args[3] if len(node.args) > 3 else node.kwargs.get("mode", "nearest")) not in _NEAREST:
         raise _unsupported("interpolate", where, "use mode='nearest'")
     if node.op == "call_function" and target is F.pad:
         mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
@@ -462,6 +463,7 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
     raise _unsupported(what, where, "express it with supported layers (conv, linear, avg-pool, add, cat)")
 
 
+_NEAREST = ("nearest", "nearest-exact")  # each output reads one input value: a selection, exact on spikes
 _SAMPLE_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm,
                  *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 _SAMPLE_NORM_FUNCTIONS = {F.group_norm, F.layer_norm, F.instance_norm, F.local_response_norm, F.normalize,

@@ -160,6 +160,8 @@ OPS: tuple[Op, ...] = (
     Op("identity", "structural", (nn.Identity,), (torch.clone, torch.detach), ("contiguous", "clone", "detach"), nir="identity",
        nir_note="no node: its input passes on"),
     Op("upsample", "structural", (nn.Upsample,), (F.interpolate,), nir_note=_NO_NIR_GLUE),
+    Op("pixel_shuffle", "structural", (nn.PixelShuffle, nn.PixelUnshuffle), (F.pixel_shuffle, F.pixel_unshuffle),
+       nir_note=_NO_NIR_GLUE),
     Op("pad", "structural", (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d), (F.pad,), constant_in_sleep=True,
        nir_note=_NO_NIR_GLUE),
     Op("cat", "structural", functions=(torch.cat, torch.concat), nir_note="a concatenation needs θ folded per branch"),
