@@ -417,3 +417,44 @@ def test_pixel_shuffle_and_nearest_exact_convert(tail):
 def test_a_positional_interpolation_mode_is_read_like_the_keyword(spelling):
     """A guard for the mode check, which reads a positional mode too (fx records it either way)."""
     _refused(Tail(QCFS, lambda s, h, x: s.fc(spelling(h).mean((2, 3)))), r"^layer 'interpolate' \(interpolate\) .*use mode='nearest'")
+
+
+# max_pool="gate": the functional max pool is gated like the module ------------------------------------------
+
+class Pooled(nn.Module):
+    def __init__(self, pool):
+        super().__init__()
+        self.pool = pool
+        self.c, self.a, self.fc = nn.Conv2d(2, 4, 3, padding=1), QCFS(L), nn.Linear(4 * 9, 3)
+        self.module, self.adaptive = nn.MaxPool2d(3, 2, padding=1), nn.AdaptiveMaxPool2d(3)
+
+    def forward(self, x):
+        return self.fc(self.pool(self, self.a(self.c(x))).flatten(1))
+
+
+def test_the_max_pool_gate_takes_the_functional_spelling():
+    """Was refused, with "convert with max_pool='gate'" as the fix, under max_pool='gate'."""
+    x = torch.rand(4, 2, 6, 6, dtype=torch.float64)
+    module = ready_for_exactness(Pooled(lambda s, h: s.module(h)), x)
+    expected = convert(module, "if", max_pool="gate")(x, 16)
+    for spelling in (lambda s, h: F.max_pool2d(h, 3, 2, 1), lambda s, h: F.max_pool2d(h, kernel_size=3, stride=2, padding=1)):
+        model = Pooled(spelling).double().eval()
+        model.load_state_dict(module.state_dict())
+        assert torch.equal(model(x), module(x))
+        assert torch.equal(convert(model, "if", max_pool="gate")(x, 16), expected)
+    with pytest.raises(SnnconvError, match=r"^layer 'adaptive' \(AdaptiveMaxPool2d after a spiking layer\) has no faithful "
+                                           r"spiking form: max_pool='gate' gates nn.MaxPool1d/2d/3d and F.max_pool1d/2d/3d"):
+        convert(Pooled(lambda s, h: s.adaptive(h)), "if", max_pool="gate")
+
+
+def test_a_max_pool_subclass_is_gated_without_a_raw_key_error():
+    """Was: KeyError (the gate looked the module's exact class up in a dict)."""
+    class MyPool(nn.MaxPool2d):
+        pass
+
+    x = torch.rand(4, 2, 6, 6, dtype=torch.float64)
+    module = ready_for_exactness(Pooled(lambda s, h: s.module(h)), x)
+    model = Pooled(lambda s, h: s.module(h)).double().eval()
+    model.load_state_dict(module.state_dict())
+    model.module = MyPool(3, 2, padding=1)
+    assert torch.equal(convert(model, "if", max_pool="gate")(x, 16), convert(module, "if", max_pool="gate")(x, 16))

@@ -66,6 +66,13 @@ _MAX_POOL_FIX = (
 )
 
 
+def _max_pool_fix(max_pool: str | None) -> str:
+    if max_pool == "gate":  # asked for, but this spelling has no gate
+        return ("max_pool='gate' gates nn.MaxPool1d/2d/3d and F.max_pool1d/2d/3d without return_indices; write this "
+                "pooling as one of those (an adaptive max pool as nn.MaxPool2d with its kernel), or use average pooling")
+    return _MAX_POOL_FIX
+
+
 def _unsupported(what: str, name: str, fix: str) -> SnnconvError:
     return SnnconvError(f"layer {name!r} ({what}) has no faithful spiking form: {fix}")
 
@@ -391,7 +398,7 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
             return
         if op is not None and op.name in _MAX_POOL_OPS:
             if node in spiking:
-                raise _unsupported(f"{kind.__name__} after a spiking layer", where, _MAX_POOL_FIX)
+                raise _unsupported(f"{kind.__name__} after a spiking layer", where, _max_pool_fix(max_pool))
             return
         if op is not None and node in spiking and _module_touches_batch(module):
             raise _unsupported(f"{kind.__name__} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
@@ -430,7 +437,7 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
                            "multiply or divide only by numbers, parameters or buffers")
     if node.op == "call_function" and op is not None and op.name in _MAX_POOL_OPS:
         if node in spiking:
-            raise _unsupported(f"{name} after a spiking layer", where, _MAX_POOL_FIX)
+            raise _unsupported(f"{name} after a spiking layer", where, _max_pool_fix(max_pool))
         return
     if node.op == "call_function" and target is F.batch_norm:  # the eval-mode per-channel affine map of nn.BatchNorm
         stats = [node.args[i] if len(node.args) > i else node.kwargs.get(key) for i, key in ((1, "running_mean"), (2, "running_var"))]
@@ -493,14 +500,29 @@ def _downstream(graph: fx.Graph, roots) -> set[fx.Node]:
     return found
 
 
+_MAX_POOL_FUNCTIONS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
+
+
 def _gate_max_pools(graph_module: fx.GraphModule, spiking: set) -> None:
-    """Replace each max-pool module after a spiking layer by a :class:`MaxPoolGate`."""
-    for node in graph_module.graph.nodes:
-        if node in spiking and node.op == "call_module":
+    """Replace each max pooling after a spiking layer by a :class:`MaxPoolGate`: a
+    ``nn.MaxPool1d/2d/3d`` module in place, an ``F.max_pool1d/2d/3d`` call by a gate
+    module with its arguments (one that returns indices is left, and refused)."""
+    for index, node in enumerate(list(graph_module.graph.nodes)):
+        if node not in spiking:
+            continue
+        if node.op == "call_module":
             module = graph_module.get_submodule(node.target)
             if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
                 parent, _, name = node.target.rpartition(".")
                 setattr(graph_module.get_submodule(parent) if parent else graph_module, name, MaxPoolGate.from_module(module))
+        elif node.op == "call_function" and node.target in _MAX_POOL_FUNCTIONS and node.args:
+            gate = MaxPoolGate.from_call(_MAX_POOL_FUNCTIONS[node.target], node.args[1:], dict(node.kwargs))
+            if gate is None:
+                continue
+            name = f"max_pool_gate_{index}"
+            graph_module.add_submodule(name, gate)
+            node.op, node.target, node.args, node.kwargs = "call_module", name, node.args[:1], {}
+    graph_module.recompile()
 
 
 def _squeeze_keeps_batch(graph: fx.Graph, dynamic: set) -> None:
@@ -565,7 +587,7 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
     for node in graph.nodes:
         if node.op == "call_module" and isinstance(modules.get(node.target), ActivationSite):
             continue
-        _check_supported(node, modules, dynamic, spiking)
+        _check_supported(node, modules, dynamic, spiking, max_pool)
     _squeeze_keeps_batch(graph, dynamic)
     if not sites:
         raise SnnconvError("the model has no activation to convert: add ReLU, QCFS or ClipFloor activations")
