@@ -458,3 +458,23 @@ def test_a_max_pool_subclass_is_gated_without_a_raw_key_error():
     model.load_state_dict(module.state_dict())
     model.module = MyPool(3, 2, padding=1)
     assert torch.equal(convert(model, "if", max_pool="gate")(x, 16), convert(module, "if", max_pool="gate")(x, 16))
+
+
+# the batch size read as size(-1) of a value with one number per sample -------------------------------------
+
+@pytest.mark.parametrize("tail", [
+    lambda s, h, x: s.fc(h.mean((2, 3))) + (h.sum((1, 2, 3)) / h.sum((1, 2, 3)).size(-1)).unsqueeze(1),
+    lambda s, h, x: s.fc(h.mean((2, 3))) * h.mean((1, 2, 3)).shape[-1],
+    lambda s, h, x: s.fc(h.mean((2, 3))) + h.mean((1, 2, 3)).size(-1)])
+def test_the_batch_size_as_a_number_is_refused_when_read_off_the_last_dim(tail):
+    """Was: size(-1) of a [B] value passed as a size of a sample dim, and the engine
+    scaled it by the steps where it met a window: CIF off by 5.8 to 2.7e3, GN right only at T = 1."""
+    model = ready_for_exactness(Tail(QCFS, tail), X)
+    snn = convert(model, "gn", group_size=L)
+    with pytest.raises(SnnconvError, match=r"^layer '(truediv|mul|add)(_\d)?' uses the batch size \(a size of dim 0\) as a number") as err:
+        snn(X, 2)
+    assert "\n" not in str(err.value)
+
+
+def test_sizes_of_the_last_dim_of_a_feature_map_still_convert():
+    _exact(lambda act: Tail(act, lambda s, h, x: s.fc(h.mean((2, 3)) / h.mean((2, 3)).size(-1) * h.shape[-1])), X)
