@@ -478,3 +478,74 @@ def test_the_batch_size_as_a_number_is_refused_when_read_off_the_last_dim(tail):
 
 def test_sizes_of_the_last_dim_of_a_feature_map_still_convert():
     _exact(lambda act: Tail(act, lambda s, h, x: s.fc(h.mean((2, 3)) / h.mean((2, 3)).size(-1) * h.shape[-1])), X)
+
+
+# activations= mapping: a module the 1-d probe could not run was accepted unchecked ---------------------------
+
+class PerChannelFloor(nn.Module):
+    """A clip-floor written by hand with one lambda per channel ([C, 1, 1])."""
+
+    def __init__(self):
+        super().__init__()
+        self.t, self.up = L, nn.Parameter(torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64).view(4, 1, 1))
+
+    def forward(self, z):
+        return torch.clamp(torch.floor(z * self.t / self.up + 0.5), 0, self.t) * self.up / self.t
+
+
+class FourDFloor(nn.Module):
+    """A QCFS written by hand that unpacks a 4-d input."""
+
+    def __init__(self):
+        super().__init__()
+        self.t, self.up = L, nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+    def forward(self, z):
+        _, _, _, _ = z.shape
+        return torch.clamp(torch.floor(z * self.t / self.up + 0.5), 0, self.t) * self.up / self.t
+
+
+class Mapped(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.c, self.act, self.fc = nn.Conv2d(2, 4, 3, padding=1), act, nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.act(self.c(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("act,factory,right", [
+    (PerChannelFloor, lambda m: QCFS(levels=m.t, threshold=float(m.up.detach().mean())), False),
+    (FourDFloor, lambda m: QCFS(levels=2 * m.t, threshold=float(m.up.detach())), False),
+    (FourDFloor, lambda m: QCFS(levels=m.t, threshold=float(m.up.detach())), True)])
+def test_a_mapping_is_checked_on_the_shapes_the_module_takes(act, factory, right):
+    """Was: a module that failed on (or broadcast) the 1-d probe was swapped unchecked: a
+    per-channel lambda mapped to one lambda (off by 0.010) and a wrong level count for a
+    4-d-only module (off by 0.022) converted without an error."""
+    model = Mapped(act()).double().eval()
+    if right:
+        with torch.no_grad():
+            expected = model(X)
+        assert torch.allclose(gn_at_t1(model, X, activations={act: factory}), expected, atol=1e-10)
+    else:
+        with pytest.raises(SnnconvError, match=rf"^activations mapping for 'act' \({act.__name__}\) gives QCFS that computes a "
+                                               "different function"):
+            convert(model, "gn", group_size=L, activations={act: factory})
+
+
+def test_a_mapping_that_cannot_be_checked_is_refused():
+    class FourChannels(nn.Module):
+        def forward(self, z):
+            return torch.relu(z.view(z.shape[0], 4, -1)).view_as(z)  # runs only where dim 1 holds 4 channels
+
+    with pytest.raises(SnnconvError, match=r"^cannot check the activations mapping for 'act' \(FourChannels\): it does not run "
+                                           r"on probe points") as err:
+        convert(Mapped(FourChannels()).double(), "if", activations={FourChannels: lambda m: nn.ReLU()})
+    assert "\n" not in str(err.value)
+
+
+def test_a_hook_on_a_mapped_activation_is_refused():
+    act = FourDFloor()
+    act.register_forward_hook(lambda m, i, o: o * 2)
+    with pytest.raises(SnnconvError, match=r"^'act' \(FourDFloor\) has a forward hook, which its replacement"):
+        convert(Mapped(act).double(), "gn", group_size=L, activations={FourDFloor: lambda m: QCFS(levels=m.t, threshold=1.0)})
