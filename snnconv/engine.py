@@ -270,7 +270,7 @@ class _WindowRunner(fx.Interpreter):
                 kwargs = self._batch_sizes(kwargs, self.schedule.total)
             try:
                 result = getattr(self, n.op)(n.target, args, kwargs)
-            except RuntimeError as err:
+            except (RuntimeError, IndexError) as err:  # IndexError: a size read off a dim the input lacks (x.shape[2])
                 raise SnnconvError(f"layer {n.name!r} failed on its input ({err}); check the input shape") from err
             if _is_size_read(n) and n.all_input_nodes and n.all_input_nodes[0] in self.dynamic:
                 dim = args[1] if len(args) > 1 and n.op == "call_method" else kwargs.get("dim")

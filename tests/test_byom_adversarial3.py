@@ -549,3 +549,18 @@ def test_a_hook_on_a_mapped_activation_is_refused():
     act.register_forward_hook(lambda m, i, o: o * 2)
     with pytest.raises(SnnconvError, match=r"^'act' \(FourDFloor\) has a forward hook, which its replacement"):
         convert(Mapped(act).double(), "gn", group_size=L, activations={FourDFloor: lambda m: QCFS(levels=m.t, threshold=1.0)})
+
+
+def test_a_size_read_off_a_dim_the_input_lacks_is_named_in_one_line():
+    """Was: a raw IndexError (tuple index out of range) from simulate()."""
+    class ReadsDim2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc0, self.act, self.fc = nn.Linear(8, 8), QCFS(L), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc(self.act(self.fc0(x))) * x.shape[2]
+
+    snn = convert(ReadsDim2(), "if")
+    with pytest.raises(SnnconvError, match=r"^layer 'getitem' failed on its input \(tuple index out of range\); check the input shape"):
+        snn(torch.rand(3, 8), 2)
