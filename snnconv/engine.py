@@ -23,7 +23,7 @@ from torch.utils import _pytree as pytree
 
 from .convert.activation_sites import check_batch_dims, reads_metadata
 from .convert.max_pool import MaxPoolGate
-from .convert.ops import constant_in_sleep
+from .convert.ops import constant_in_sleep, lookup
 from .errors import SnnconvError, check
 from .functional import check_threshold
 from .inputs import check_input
@@ -265,11 +265,12 @@ class _WindowRunner(fx.Interpreter):
             # the batch of a window is steps * batch, in tensor ops; size arithmetic
             # (x.shape[0], n * 4) keeps counting samples, so sleep's one-sample rerun scales it too
             if has_window and any(isinstance(self.env[i], torch.Tensor) for i in n.all_input_nodes):
+                self._refuse_batch_size_as_number(n, args, kwargs)
                 args = self._batch_sizes(args, self.schedule.total)
                 kwargs = self._batch_sizes(kwargs, self.schedule.total)
             try:
                 result = getattr(self, n.op)(n.target, args, kwargs)
-            except RuntimeError as err:
+            except (RuntimeError, IndexError) as err:  # IndexError: a size read off a dim the input lacks (x.shape[2])
                 raise SnnconvError(f"layer {n.name!r} failed on its input ({err}); check the input shape") from err
             if _is_size_read(n) and n.all_input_nodes and n.all_input_nodes[0] in self.dynamic:
                 dim = args[1] if len(args) > 1 and n.op == "call_method" else kwargs.get("dim")
@@ -279,6 +280,24 @@ class _WindowRunner(fx.Interpreter):
                 if self.schedule.sleep_steps and isinstance(result, torch.Tensor):
                     result = self._constants_off_in_sleep(n, result)
             return result
+
+    def _refuse_batch_size_as_number(self, n: fx.Node, args, kwargs) -> None:
+        """A batch size is a shape (``h.reshape(n, -1)``), which the engine scales by the
+        steps; as an operand of arithmetic with a window (``p / p.size(-1)`` of a ``[B]``
+        value, which the converter took for a size of a sample dim) it would be steps x B
+        in the SNN and B in the ANN.
+
+        Raises:
+            SnnconvError: ``n`` multiplies, divides, adds or subtracts a batch size.
+        """
+        op = lookup(n, self.modules)
+        if op is None or not (op.kind == "scale" or op.name in ("add", "sub")):
+            return
+        if any(isinstance(v, BatchSize) for v in pytree.tree_leaves((args, kwargs))):
+            raise SnnconvError(
+                f"layer {n.name!r} uses the batch size (a size of dim 0) as a number: with time folded into the batch "
+                "it differs between the ANN and the SNN; use sizes of dims >= 1 only (h.shape[-1] of a value with one "
+                "number per sample is its batch size)")
 
     def _adds_constant(self, n: fx.Node) -> bool:
         """The sleep rule of the table of operations; and a node that is a window only
@@ -312,7 +331,11 @@ class _WindowRunner(fx.Interpreter):
         if any(isinstance(self.env.get(i), torch.Tensor) and self.env[i].untyped_storage().data_ptr() == storage
                for i in n.all_input_nodes):
             folded = folded.clone()  # never write into a value another node still holds
-        window = self._unfold(folded)
+        # rows are step-major, steps x (batch x k) when a reshape merged k positions per
+        # sample into dim 0 (h.reshape(-1, C)): sleep rows are the last sleep_steps x B x k
+        total = self.schedule.total
+        window = folded.reshape(total, -1, *folded.shape[1:]) if folded.dim() and folded.shape[0] % total == 0 \
+            else self._unfold(folded, n)
         window[self.schedule.steps :] -= constant
         return folded
 

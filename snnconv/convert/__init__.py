@@ -1,6 +1,6 @@
 """Conversion: a chain of small torch.fx passes, each copying nothing but the input once.
 
-    trace -> remove_dropout -> fold_batchnorm -> mark_activation_sites
+    trace -> drop_no_op_casts -> remove_dropout -> fold_batchnorm -> mark_activation_sites
           -> calibrate_thresholds (ReLU sources: max, percentile or MSE, per layer or channel)
           -> swap_to_neurons -> SpikingNetwork
           -> SNN Calibration (optional: bias, potential, weight calibration; snn_calibration.py)
@@ -20,6 +20,7 @@ from ..network import SpikingNetwork
 from ..neurons import list_neurons
 from .activation_sites import ActivationSite, activation_sites, mark_activation_sites
 from .calibrate import calibrate_thresholds, parse_threshold
+from .casts import drop_no_op_casts
 from .calibration_data import check_calibration_data, check_calibration_options
 from .custom import ActivationFactory, map_activations
 from .snn_calibration import calibrate_snn, check_mode
@@ -50,6 +51,7 @@ def prepare(model: nn.Module, activations: Mapping[type, ActivationFactory] | No
             raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
         model = map_activations(copy.deepcopy(unwrap(model)), activations)
     graph_module = trace(model, copy_model=not activations)
+    drop_no_op_casts(graph_module)
     remove_dropout(graph_module)
     fold_batchnorm(graph_module)
     mark_activation_sites(graph_module, max_pool)
@@ -185,6 +187,7 @@ __all__ = [
     "calibrate_thresholds",
     "check_calibration_data",
     "convert",
+    "drop_no_op_casts",
     "fold_batchnorm",
     "map_activations",
     "mark_activation_sites",

@@ -66,14 +66,24 @@ _MAX_POOL_FIX = (
 )
 
 
+def _max_pool_fix(max_pool: str | None) -> str:
+    if max_pool == "gate":  # asked for, but this spelling has no gate
+        return ("max_pool='gate' gates nn.MaxPool1d/2d/3d and F.max_pool1d/2d/3d without return_indices; write this "
+                "pooling as one of those (an adaptive max pool as nn.MaxPool2d with its kernel), or use average pooling")
+    return _MAX_POOL_FIX
+
+
 def _unsupported(what: str, name: str, fix: str) -> SnnconvError:
     return SnnconvError(f"layer {name!r} ({what}) has no faithful spiking form: {fix}")
 
 
 def _clamp_bounds(node: fx.Node) -> tuple[float, float | None] | None:
     """(min, max) if the node is a clamp/clip with constant bounds, else None."""
-    is_clamp = (node.op == "call_function" and node.target in (torch.clamp, torch.clip)) or (
-        node.op == "call_method" and node.target in ("clamp", "clip")
+    if (node.op == "call_function" and node.target in (torch.clamp_min, torch.clamp_min_)) or (
+            node.op == "call_method" and node.target in ("clamp_min", "clamp_min_")):
+        return node.args[1] if len(node.args) > 1 else node.kwargs.get("min"), None  # clamp_min(x, 0): a ReLU
+    is_clamp = (node.op == "call_function" and node.target in (torch.clamp, torch.clip, torch.clamp_, torch.clip_)) or (
+        node.op == "call_method" and node.target in ("clamp", "clip", "clamp_", "clip_")
     )
     if not is_clamp:
         return None
@@ -105,7 +115,7 @@ def _site_of(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | N
         return ActivationSite(None, "clip", None, 0.0, 6.0, upper=6.0)
     if isinstance(module, nn.Hardtanh) and module.min_val == 0:
         return ActivationSite(None, "clip", None, 0.0, float(module.max_val), upper=float(module.max_val))
-    if node.op == "call_function" and node.target is F.hardtanh:  # F.hardtanh(x, 0, m): nn.Hardtanh(0, m)
+    if node.op == "call_function" and node.target in (F.hardtanh, F.hardtanh_):  # F.hardtanh(x, 0, m): nn.Hardtanh(0, m)
         low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
         high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
         if low == 0 and isinstance(high, (int, float)) and not isinstance(high, bool) and high > 0:
@@ -120,13 +130,17 @@ def _site_of(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | N
             raise _unsupported(f"clamp({low}, {high})", _where(node), "only clamp(x, 0, max) is an activation; use min=0")
         if high is None:
             return ActivationSite(None, "relu", None, 0.0, None)
+        if not high > 0:
+            raise _unsupported(f"clamp({low}, {high})", _where(node), "a clip at max <= 0 is zero everywhere: give it a "
+                               "positive max, or drop the layer")
         return ActivationSite(None, "clip", None, 0.0, float(high), upper=float(high))
     return None
 
 
+# casts too: a cast to the same dtype returns the tensor itself (x += 1 on it updates x)
 _VIEW_METHODS = {"view", "view_as", "reshape", "flatten", "unflatten", "transpose", "permute", "squeeze", "unsqueeze",
                  "expand", "expand_as", "contiguous", "movedim", "chunk", "split", "narrow", "select", "t", "unbind",
-                 "relu_", "detach"}
+                 "relu_", "detach", "float", "double", "half", "bfloat16", "to", "type", "type_as"}
 _VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
                    torch.movedim, torch.chunk, torch.split, torch.narrow, torch.select, torch.t, torch.unbind,
                    operator.getitem, torch.relu_, F.relu_, torch.detach}
@@ -270,10 +284,10 @@ def _touches_batch(node: fx.Node, rank: int | None = None) -> bool:
         return d
 
     if name in ("mean", "sum"):
-        dims = _dim_list(args[0] if args else kwargs.get("dim"))
-        return any(d is None or at(d) == 0 for d in dims)
+        dims = _dim_list(args[0] if args else kwargs.get("dim", kwargs.get("axis")))  # axis=: numpy's name
+        return not dims or any(d is None or at(d) == 0 for d in dims)  # dim=() is every dim, as None
     if name in ("cat", "concat", "stack"):
-        return at(node.args[1] if len(node.args) > 1 else kwargs.get("dim", 0), int(name == "stack")) == 0
+        return at(node.args[1] if len(node.args) > 1 else kwargs.get("dim", kwargs.get("axis", 0)), int(name == "stack")) == 0
     if name in ("chunk", "split"):
         return at(node.args[2] if len(node.args) > 2 else kwargs.get("dim", 0)) == 0
     if name == "transpose":
@@ -384,12 +398,12 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
             return
         if op is not None and op.name in _MAX_POOL_OPS:
             if node in spiking:
-                raise _unsupported(f"{kind.__name__} after a spiking layer", where, _MAX_POOL_FIX)
+                raise _unsupported(f"{kind.__name__} after a spiking layer", where, _max_pool_fix(max_pool))
             return
         if op is not None and node in spiking and _module_touches_batch(module):
             raise _unsupported(f"{kind.__name__} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
                                "reduce, concatenate or move only dims >= 1")
-        if op is not None and op.name == "upsample" and module.mode != "nearest":
+        if op is not None and op.name == "upsample" and module.mode not in _NEAREST:
             raise _unsupported(f"Upsample mode={module.mode}", where, "use mode='nearest'")
         if op is not None:
             return
@@ -405,6 +419,13 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
         _refuse_inside_user_module(node, what)  # a quantiser written by hand: the activations= mapping
         raise _unsupported(what, where, "rounding is not affine (the rounded average of the spikes is not the average of "
                            "rounded spikes): divide without rounding_mode, or round inside an activation (QCFS)")
+    if op is not None and op.kind == "synaptic" and node.op == "call_function":
+        weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        if isinstance(weight, fx.Node) and weight in dynamic:  # conv(h, W(x)): a product of two input-dependent values
+            raise _unsupported(f"{name} with an input-dependent weight", where,
+                               "a product of two input-dependent values has no spiking form: give it a weight that is a "
+                               "parameter or buffer (nn.Conv2d / nn.Linear, or F.conv2d(x, self.weight)); an "
+                               "input-dependent bias is fine")
     if op is not None and op.name in ("mul", "div"):
         operands = [a for a in list(node.args) + list(node.kwargs.values()) if not _sample_size(a)]  # h / h.size(2): a number
         divisor = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
@@ -416,7 +437,7 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
                            "multiply or divide only by numbers, parameters or buffers")
     if node.op == "call_function" and op is not None and op.name in _MAX_POOL_OPS:
         if node in spiking:
-            raise _unsupported(f"{name} after a spiking layer", where, _MAX_POOL_FIX)
+            raise _unsupported(f"{name} after a spiking layer", where, _max_pool_fix(max_pool))
         return
     if node.op == "call_function" and target is F.batch_norm:  # the eval-mode per-channel affine map of nn.BatchNorm
         stats = [node.args[i] if len(node.args) > i else node.kwargs.get(key) for i, key in ((1, "running_mean"), (2, "running_var"))]
@@ -425,7 +446,8 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
             return
         raise _unsupported(f"batch_norm training={training}", where, "pass running statistics (buffers) and "
                            "training=False (F.batch_norm(x, mean, var, weight, bias, False)) or use nn.BatchNorm")
-    if node.op == "call_function" and target is F.interpolate and node.kwargs.get("mode", "nearest") != "nearest":
+    if node.op == "call_function" and target is F.interpolate and (
+            node.args[3] if len(node.args) > 3 else node.kwargs.get("mode", "nearest")) not in _NEAREST:
         raise _unsupported("interpolate", where, "use mode='nearest'")
     if node.op == "call_function" and target is F.pad:
         mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
@@ -448,6 +470,7 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
     raise _unsupported(what, where, "express it with supported layers (conv, linear, avg-pool, add, cat)")
 
 
+_NEAREST = ("nearest", "nearest-exact")  # each output reads one input value: a selection, exact on spikes
 _SAMPLE_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm,
                  *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 _SAMPLE_NORM_FUNCTIONS = {F.group_norm, F.layer_norm, F.instance_norm, F.local_response_norm, F.normalize,
@@ -477,14 +500,29 @@ def _downstream(graph: fx.Graph, roots) -> set[fx.Node]:
     return found
 
 
+_MAX_POOL_FUNCTIONS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
+
+
 def _gate_max_pools(graph_module: fx.GraphModule, spiking: set) -> None:
-    """Replace each max-pool module after a spiking layer by a :class:`MaxPoolGate`."""
-    for node in graph_module.graph.nodes:
-        if node in spiking and node.op == "call_module":
+    """Replace each max pooling after a spiking layer by a :class:`MaxPoolGate`: a
+    ``nn.MaxPool1d/2d/3d`` module in place, an ``F.max_pool1d/2d/3d`` call by a gate
+    module with its arguments (one that returns indices is left, and refused)."""
+    for index, node in enumerate(list(graph_module.graph.nodes)):
+        if node not in spiking:
+            continue
+        if node.op == "call_module":
             module = graph_module.get_submodule(node.target)
             if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
                 parent, _, name = node.target.rpartition(".")
                 setattr(graph_module.get_submodule(parent) if parent else graph_module, name, MaxPoolGate.from_module(module))
+        elif node.op == "call_function" and node.target in _MAX_POOL_FUNCTIONS and node.args:
+            gate = MaxPoolGate.from_call(_MAX_POOL_FUNCTIONS[node.target], node.args[1:], dict(node.kwargs))
+            if gate is None:
+                continue
+            name = f"max_pool_gate_{index}"
+            graph_module.add_submodule(name, gate)
+            node.op, node.target, node.args, node.kwargs = "call_module", name, node.args[:1], {}
+    graph_module.recompile()
 
 
 def _squeeze_keeps_batch(graph: fx.Graph, dynamic: set) -> None:
@@ -549,7 +587,7 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
     for node in graph.nodes:
         if node.op == "call_module" and isinstance(modules.get(node.target), ActivationSite):
             continue
-        _check_supported(node, modules, dynamic, spiking)
+        _check_supported(node, modules, dynamic, spiking, max_pool)
     _squeeze_keeps_batch(graph, dynamic)
     if not sites:
         raise SnnconvError("the model has no activation to convert: add ReLU, QCFS or ClipFloor activations")

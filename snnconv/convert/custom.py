@@ -33,27 +33,55 @@ def _probe_scale(replacement: nn.Module) -> float:
     return 1.0
 
 
+# Probe layouts of the same points: a module may take only [B, C, H, W] (unpacks z.shape) or
+# broadcast a per-channel lambda [C, 1, 1] against its input.
+_PROBE_LAYOUTS = ((-1,), (1, -1), (1, 1, -1), (1, 1, 1, -1), (1, 1, 1, 1, -1))
+
+
+def _probe(original: nn.Module, replacement: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both modules' outputs on the probe points ``z``, in the first layout both run on,
+    broadcast to one shape (a per-channel module gives one row per channel).
+
+    Raises:
+        SnnconvError: no layout runs on both, or an output is not one tensor that the
+            other broadcasts to (named, with the fix).
+    """
+    errors = []
+    for layout in _PROBE_LAYOUTS:
+        try:
+            with torch.no_grad():
+                want = copy.deepcopy(original).double().eval()(z.reshape(layout))
+                got = copy.deepcopy(replacement).double().eval()(z.reshape(layout))
+            shape = torch.broadcast_shapes(want.shape, got.shape)
+        except Exception as err:  # any failure: try the next layout
+            errors.append(f"{type(err).__name__}: {err}".splitlines()[0])
+            continue
+        return want.expand(shape), got.expand(shape)
+    raise SnnconvError(f"{errors[-1] if errors else 'no output'}")
+
+
 def _same_function(path: str, original: nn.Module, replacement: nn.Module) -> None:
     """Refuse a replacement that differs from the user's module on a probe from -lambda to 2 lambda."""
     scale = _probe_scale(replacement)
     # points off the level edges k * lambda / L: an odd count over an offset range
     z = (torch.linspace(-1.0, 2.0, _PROBE_POINTS, dtype=torch.float64) + 0.000123) * scale
     try:
-        with torch.no_grad():
-            want = copy.deepcopy(original).double().eval()(z)
-            got = copy.deepcopy(replacement).double().eval()(z)
-    except Exception:  # a module that needs a particular shape cannot be probed this way
-        return
-    if not isinstance(want, torch.Tensor) or want.shape != got.shape:
-        return
-    wrong = (want - got).abs() > 1e-6 * max(1.0, scale)
+        want, got = _probe(original, replacement, z)
+    except SnnconvError as err:
+        raise SnnconvError(
+            f"cannot check the activations mapping for {path!r} ({type(original).__name__}): it does not run on probe "
+            f"points from -lambda to 2 lambda laid out as [N], [1, N], ... [1, 1, 1, 1, N] ({err}), so its replacement "
+            f"{type(replacement).__name__} cannot be checked to compute the same function: make its forward elementwise "
+            "on any shape (per-channel parameters broadcast as [C, 1, 1])") from None
+    wrong = ((want - got).abs() > 1e-6 * max(1.0, scale)).reshape(-1, want.shape[-1])
     if wrong.double().mean() > _MISMATCH_FRACTION:
-        at = int(wrong.nonzero()[0])
+        row, at = (int(i) for i in wrong.nonzero()[0])
         raise SnnconvError(
             f"activations mapping for {path!r} ({type(original).__name__}) gives {type(replacement).__name__} that "
-            f"computes a different function: at z = {float(z[at]):.4g} the model gives {float(want[at]):.4g}, the "
-            f"replacement {float(got[at]):.4g}; check the levels and threshold the factory reads from the module"
-        )
+            f"computes a different function: at z = {float(z[at]):.4g} the model gives "
+            f"{float(want.reshape(-1, want.shape[-1])[row, at]):.4g}, the replacement "
+            f"{float(got.reshape(-1, got.shape[-1])[row, at]):.4g}; check the levels and threshold the factory reads "
+            "from the module")
 
 
 def map_activations(model: nn.Module, activations: Mapping[type, ActivationFactory]) -> nn.Module:
@@ -72,8 +100,10 @@ def map_activations(model: nn.Module, activations: Mapping[type, ActivationFacto
 
     Raises:
         SnnconvError: ``activations`` is not a mapping of classes to factories, ``model``
-            is itself a mapped class, a factory fails or returns no module, or the replacement
-            computes a different function (the first differing probe point is named).
+            is itself a mapped class, a factory fails or returns no module, the replacement
+            computes a different function (the first differing probe point is named), the
+            module does not run on any probe layout (so no check is possible), or it has a
+            forward hook (which the replacement would drop).
     """
     from ..activations import QuantizedClip  # the activations module imports convert
 
@@ -86,6 +116,9 @@ def map_activations(model: nn.Module, activations: Mapping[type, ActivationFacto
         kind = next((k for k in activations if isinstance(module, k)), None)
         if kind is None or not path:
             continue
+        if module._forward_hooks or module._forward_pre_hooks:
+            raise SnnconvError(f"{path!r} ({type(module).__name__}) has a forward hook, which its replacement from the "
+                               "activations mapping would drop: remove the hook (handle.remove()) before convert")
         try:
             replacement = activations[kind](module)
         except Exception as err:

@@ -49,18 +49,26 @@ def bias_layer(snn: SpikingNetwork, name: str) -> tuple[str, nn.Module] | None:
     """The conv/linear layer whose bias shifts neuron ``name``'s input one for one.
 
     Its output must reach the neuron directly or through additions only (a residual
-    sum); the first such layer in the argument order. None if there is none.
+    sum); the first such layer in the argument order. None if there is none, and None
+    when calibrating that layer would move another neuron's input too: the layer is
+    called at several places (shared weights), or its output or an addition on the way
+    is read elsewhere (a conv feeding two neurons). Calibrating it for one neuron would
+    then undo, or spoil, what the other's calibration did.
 
     Raises:
         Nothing.
     """
     modules = dict(snn.graph.named_modules())
-    node = next(n for n in snn.graph.graph.nodes if n.op == "call_module" and n.target == name)
+    nodes = snn.graph.graph.nodes
+    node = next(n for n in nodes if n.op == "call_module" and n.target == name)
     frontier = list(node.all_input_nodes)
     while frontier:
         current = frontier.pop(0)
+        if len(current.users) != 1:
+            continue  # read elsewhere too: a shift here is not this neuron's alone
         if current.op == "call_module" and isinstance(modules.get(current.target), _LAYERS):
-            return current.target, modules[current.target]
+            calls = sum(n.op == "call_module" and n.target == current.target for n in nodes)
+            return (current.target, modules[current.target]) if calls == 1 else None
         if current.op == "call_function" and current.target in _PASS_THROUGH:
             frontier.extend(current.all_input_nodes)
     return None

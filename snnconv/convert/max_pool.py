@@ -41,10 +41,25 @@ class MaxPoolGate(nn.Module):
         """The gate with ``module``'s (an ``nn.MaxPool1d/2d/3d``) pooling arguments.
 
         Raises:
-            KeyError: ``module`` is not a max-pool module (callers pass only those).
+            StopIteration: ``module`` is not a max-pool module (callers pass only those).
         """
-        dims = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(module)]
+        dims = next(d for kind, d in ((nn.MaxPool1d, 1), (nn.MaxPool2d, 2), (nn.MaxPool3d, 3)) if isinstance(module, kind))
         return cls(dims, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
+
+    @classmethod
+    def from_call(cls, dims: int, args: tuple, kwargs: dict) -> "MaxPoolGate | None":
+        """The gate of ``F.max_pool{dims}d(x, *args, **kwargs)`` (``args`` without x), or
+        None when it returns indices (the gate passes values only).
+
+        Raises:
+            Nothing (arguments torch would refuse are refused when the gate runs).
+        """
+        names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+        given = {**dict(zip(names, args)), **kwargs}
+        if given.get("return_indices"):
+            return None
+        return cls(dims, given.get("kernel_size"), given.get("stride"), given.get("padding", 0), given.get("dilation", 1),
+                   bool(given.get("ceil_mode", False)))
 
     def _pool(self, x: torch.Tensor, indices: bool = False):
         return _POOLS[self.dims](x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,

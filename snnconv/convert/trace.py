@@ -7,6 +7,9 @@ import operator
 
 import torch
 from torch import fx, nn
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from ..activations import QuantizedClip
 from ..errors import SnnconvError
@@ -68,6 +71,7 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     model.eval()
     if isinstance(model, fx.GraphModule):
         _check_one_input(model, type(model).__name__)
+        _check_hooks(model, model)
         return model
     try:
         graph = _Tracer().trace(model)
@@ -78,9 +82,71 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
             "data-dependent control flow is not convertible: move it out of forward() or wrap it in a leaf module"
         ) from err
     _check_one_input(traced, type(model).__name__)
+    _check_hooks(model, traced)
+    _namedtuple_outputs(traced)
     _input_first(traced)
+    _refuse_out_arguments(traced, type(model).__name__)
     _out_of_place_updates(traced, type(model).__name__)
     return traced
+
+
+# Pre-hooks that recompute a layer's weight from its parameters (weight * mask, g * v / |v|),
+# not its values: they run whenever the kept layer runs, which is what the ANN does.
+_WEIGHT_HOOKS = (WeightNorm, SpectralNorm, BasePruningMethod)
+
+
+def _check_hooks(model: nn.Module, traced: fx.GraphModule) -> None:
+    """Refuse a forward (pre-)hook that torch.fx would drop or misapply.
+
+    fx traces ``model.forward`` itself (the model's own hooks never run) and records
+    each leaf module as one call: a hook on an activation, a BatchNorm or a dropout
+    vanishes when the passes replace, fold or remove that call, and a hook on a kept
+    layer (conv, pooling) would run on whole windows of time steps, right only when
+    it is affine. Hooks on the user's own (non-leaf) modules are traced with them and
+    converted like the rest of forward(); weight / spectral norm and pruning pre-hooks
+    recompute weights and are kept.
+
+    Raises:
+        SnnconvError: the model or a module the graph calls has such a hook (named, with the fix).
+    """
+    called = [(str(n.target), traced.get_submodule(str(n.target))) for n in traced.graph.nodes if n.op == "call_module"]
+    for path, module in [("", model), *called]:
+        for kind, hooks in (("forward", module._forward_hooks), ("forward pre", module._forward_pre_hooks)):
+            for hook in hooks.values():
+                if kind == "forward pre" and isinstance(hook, _WEIGHT_HOOKS):
+                    continue
+                where = repr(path) if path else "the model"
+                raise SnnconvError(
+                    f"{where} ({type(module).__name__}) has a {kind} hook ({getattr(hook, '__name__', type(hook).__name__)}), "
+                    "which torch.fx does not trace: the spiking network would compute without it (or run it on whole "
+                    "windows of time steps): remove it (handle.remove()) before convert, or write what it computes "
+                    "into forward()")
+
+
+def _is_namedtuple_class(target) -> bool:
+    return isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields")
+
+
+def _namedtuple_outputs(graph_module: fx.GraphModule) -> None:
+    """``return Out(logits, features)`` (a namedtuple): fx records the constructor as a call;
+    the output becomes the namedtuple of its fields' nodes, so ``simulate()`` returns the
+    same namedtuple with ``[T, B, ...]`` per field (as it does for a tuple or dict). A
+    namedtuple used inside forward() stays a call (refused by name)."""
+    output = next(n for n in graph_module.graph.nodes if n.op == "output")
+    built = [n for n in output.all_input_nodes
+             if n.op == "call_function" and _is_namedtuple_class(n.target) and set(n.users) == {output}]
+    if not built:
+        return
+    swap = {}
+    for node in built:
+        try:
+            swap[node] = node.target(*node.args, **node.kwargs)
+        except TypeError:  # wrong field count: the model's own error when it runs
+            continue
+    output.args = fx.node.map_arg(output.args, lambda n: swap.get(n, n))
+    for node in swap:
+        graph_module.graph.erase_node(node)
+    graph_module.recompile()
 
 
 def _input_first(graph_module: fx.GraphModule) -> None:
@@ -160,6 +226,23 @@ def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:
         else:
             node.target = _OUT_OF_PLACE[node.target]
     graph_module.recompile()
+
+
+def _refuse_out_arguments(graph_module: fx.GraphModule, name: str) -> None:
+    """``torch.clamp(z, 0, m, out=z)`` writes into z, which the passes cannot follow (an
+    activation becomes a neuron with its own output; a window is not z's storage).
+
+    Raises:
+        SnnconvError: a call with an ``out=`` tensor.
+    """
+    from .activation_sites import user_path  # activation_sites imports ops, not trace
+
+    for node in graph_module.graph.nodes:
+        out = node.kwargs.get("out") if node.op in ("call_function", "call_method") else None
+        if isinstance(out, fx.Node):
+            raise SnnconvError(
+                f"{name}: {user_path(node)!r} writes its result into {out.name!r} (out={out.name}), which the converter "
+                f"cannot follow: assign the result instead ({out.name} = {getattr(node.target, '__name__', node.target)}(...))")
 
 
 def _check_one_input(graph_module: fx.GraphModule, name: str) -> None:

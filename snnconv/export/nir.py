@@ -134,6 +134,8 @@ def _weights_node(nir, layer: _Layer, factor: float):
     weight = _numpy(module.weight * factor)
     bias = _numpy(module.bias) if module.bias is not None else np.zeros(weight.shape[0], dtype=weight.dtype)
     if form == "Affine":
+        check(len(layer.in_shape) == 1, f"layer {name!r} (Linear) reads a {list(layer.in_shape)} input per sample, and NIR's "
+              "Affine reads one vector: flatten before it (nn.Flatten(), or x.flatten(1)) to export")
         return nir.Affine(weight=weight, bias=bias)
     if form == "Conv2d":
         node = nir.Conv2d(input_shape=layer.in_shape[1:], weight=weight, stride=_pair(module.stride),
