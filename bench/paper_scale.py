@@ -1,6 +1,8 @@
 """Paper-scale accuracy tables: every method on the ResNet-20 CIFAR-10 (JPEG-q75) zoo sources.
 
-Sources (``zoo/``, trained with ``zoo/train_resnet20.sh``):
+Sources (``zoo/``, trained with ``zoo/train_resnet20.sh``; by default the 300-epoch QCFS source with
+the authors' augmentation and the clip-floor and ReLU sources fine-tuned from it, see
+``zoo/paper_scale_queue.sh``; ``--source KIND=NAME`` picks another folder):
 
     qcfs       QCFS L = 4    IF; GN tau = 2 and tau = L; IF + permutation (per-neuron,
                              per-layer; seeds); TPP (seeds)
@@ -46,7 +48,7 @@ from snnconv.files import write_json, write_text  # noqa: E402
 from snnconv.train import accuracy  # noqa: E402
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
-SOURCES = {"qcfs": "resnet20_qcfs4_cifar10jpeg", "relu": "resnet20_relu_cifar10jpeg", "clipfloor": "resnet20_clipfloor4_cifar10jpeg"}
+SOURCES = {"qcfs": "resnet20_qcfs4_aa_cifar10jpeg", "relu": "resnet20_relu_aa_cifar10jpeg", "clipfloor": "resnet20_clipfloor4_aa_cifar10jpeg"}
 QCFS_PAPER = {"citation": "Bu et al., ICLR 2022, Table 1 (ResNet-20, CIFAR-10, QCFS)", "ann": 0.9177,
               "T": [2, 4, 8, 16, 32], "accuracy": [0.7320, 0.8375, 0.8955, 0.9162, 0.9224]}
 
