@@ -21,7 +21,7 @@ from torch import fx, nn
 from torch.fx.node import map_arg
 from torch.utils import _pytree as pytree
 
-from .convert.activation_sites import check_batch_dims, reads_metadata
+from .convert.activation_sites import check_batch_dims, input_dependent
 from .convert.max_pool import MaxPoolGate
 from .convert.ops import constant_in_sleep, lookup
 from .errors import SnnconvError, check
@@ -155,15 +155,6 @@ def _plain(value):
     return value
 
 
-def _dynamic_nodes(graph: fx.Graph) -> set[fx.Node]:
-    """Nodes whose value depends on the input (and so carries its batch dimension)."""
-    dynamic: set[fx.Node] = set()
-    for node in graph.nodes:
-        if node.op == "placeholder" or (not reads_metadata(node) and any(i in dynamic for i in node.all_input_nodes)):
-            dynamic.add(node)
-    return dynamic
-
-
 def _is_size_read(node: fx.Node) -> bool:
     return (node.op == "call_method" and node.target == "size") or (
         node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] == "shape"
@@ -202,7 +193,7 @@ class _WindowRunner(fx.Interpreter):
         self.last_active_step = -1  # last step at which any neuron emitted a spike (if tracked)
         self.track_activity = False
         self.modules = dict(graph_module.named_modules())
-        self.dynamic = _dynamic_nodes(graph_module.graph)
+        self.dynamic = input_dependent(graph_module.graph)
         self.output_windows = None  # the output's structure, True at each window leaf (set by the output node)
 
     def _as_window(self, value: torch.Tensor) -> torch.Tensor:

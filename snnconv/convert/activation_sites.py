@@ -500,6 +500,13 @@ def _downstream(graph: fx.Graph, roots) -> set[fx.Node]:
     return found
 
 
+def input_dependent(graph: fx.Graph) -> set[fx.Node]:
+    """The nodes whose value depends on the input's values (and so carry its batch
+    dimension, a window of steps in the SNN): the placeholders and every node computed
+    from them, except through metadata reads (``h.dtype``, ``h.device``)."""
+    return _downstream(graph, [n for n in graph.nodes if n.op == "placeholder"])
+
+
 _MAX_POOL_FUNCTIONS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
 
 
@@ -577,7 +584,7 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
         sites.append(new)
     modules = dict(graph_module.named_modules())
     graph = graph_module.graph
-    dynamic = _downstream(graph, [n for n in graph.nodes if n.op == "placeholder"])
+    dynamic = input_dependent(graph)
     spiking = _downstream(graph, sites)
     if max_pool not in (None, "gate"):
         raise SnnconvError(f"max_pool must be None or 'gate', got {max_pool!r}")

@@ -16,21 +16,11 @@ import torch
 from torch import fx
 
 from ..errors import SnnconvError
+from .activation_sites import input_dependent
 
 _CAST_METHODS = {"float": torch.float32, "double": torch.float64, "half": torch.float16, "bfloat16": torch.bfloat16}
 _TENSOR_CASTS = ("to", "type", "type_as")
 _HARMLESS_KWARGS = {"non_blocking", "copy", "memory_format"}
-
-
-def _inputs(graph: fx.Graph) -> set[fx.Node]:
-    """Nodes computed from the input's values (not only from its dtype, device or sizes)."""
-    from .activation_sites import reads_metadata  # activation_sites imports the table, which this pass does not need
-
-    found: set[fx.Node] = set()
-    for node in graph.nodes:
-        if node.op == "placeholder" or (not reads_metadata(node) and any(i in found for i in node.all_input_nodes)):
-            found.add(node)
-    return found
 
 
 def _dtype_of_tensor(node, graph_module: fx.GraphModule, dtype: torch.dtype, dynamic: set) -> torch.dtype | None:
@@ -95,7 +85,7 @@ def drop_no_op_casts(graph_module: fx.GraphModule, dtype: torch.dtype | None = N
     if dtype is None:
         dtype = next((p.dtype for p in graph_module.parameters()), torch.float32)
     graph = graph_module.graph
-    dynamic = _inputs(graph)
+    dynamic = input_dependent(graph)
     changed = False
     for node in list(graph.nodes):
         if node.op != "call_method" or node.target not in (*_CAST_METHODS, *_TENSOR_CASTS) or node not in dynamic:
