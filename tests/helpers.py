@@ -95,3 +95,17 @@ def cif_readout(model: nn.Module, x: torch.Tensor, sleep: int = 48) -> torch.Ten
     out = simulate(convert(model, "cif"), x, ADVERSARIAL_LEVELS, sleep_steps=sleep)
     return running_average(out, wake_steps=ADVERSARIAL_LEVELS)[-1]
 
+
+
+def assert_exact(build, x: torch.Tensor, seed: int = 0) -> None:
+    """GN (QCFS source, T = 1) and CIF (clip-floor source, wake-sleep) reproduce the ANN
+    built by ``build(activation_class)`` (float64 ``x``)."""
+    from snnconv import ClipFloor, QCFS
+
+    for act, run in ((QCFS, gn_at_t1), (ClipFloor, cif_readout)):
+        torch.manual_seed(seed)
+        model = ready_for_exactness(build(act), x)
+        with torch.no_grad():
+            expected = model(x.clone())
+        got = run(model, x)
+        assert torch.allclose(got, expected, atol=1e-10), (act.__name__, (got - expected).abs().max())

@@ -13,20 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import ADVERSARIAL_LEVELS as L
+from helpers import assert_exact, ADVERSARIAL_LEVELS as L
 from helpers import cif_readout, gn_at_t1, randomize_batchnorm, ready_for_exactness, spread_positive_thresholds
 from snnconv import ClipFloor, QCFS, convert, simulate
 from snnconv.errors import SnnconvError
 
 
-def _exact(build, x, seed=0):
-    """GN (QCFS source, T = 1) and CIF (clip-floor source, wake-sleep) reproduce the ANN."""
-    for act, run in ((QCFS, gn_at_t1), (ClipFloor, cif_readout)):
-        torch.manual_seed(seed)
-        model = ready_for_exactness(build(act), x)
-        with torch.no_grad():
-            expected = model(x.clone())
-        assert torch.allclose(run(model, x), expected, atol=1e-10), (act.__name__, (run(model, x) - expected).abs().max())
+_exact = assert_exact
 
 
 # tied weights: a conv / linear folded with its BN while forward() reads its weight again --
