@@ -24,7 +24,9 @@ OUT.json. ``--methods PATTERNS`` runs only the rows whose labels match (e.g.
 OUT.json; each row records its own command. OUT.json is saved after every row and names
 the sha256 of the weights each table ran on; ``--resume`` keeps the rows already there for
 the same weights, images, T and seeds, so a run cut short (a session's end) goes on from
-the row it was on. Numbers are "CIFAR-10 (JPEG-q75)".
+the row it was on; rows of methods that draw random numbers (TPP, permutation) run and are
+saved one seed at a time (in the source's ``unfinished`` entry until every seed is done), so
+such a run goes on from the seed it was on. Numbers are "CIFAR-10 (JPEG-q75)".
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -43,8 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from snnconv.activations import clip_limit  # noqa: E402
+from snnconv.evaluate import combine_seed_records  # noqa: E402
 from snnconv.experiments import RunSpec, load_evaluation, run_method  # noqa: E402
 from snnconv.files import write_json, write_text  # noqa: E402
+from snnconv.neurons import create_neuron  # noqa: E402
 from snnconv.train import accuracy  # noqa: E402
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
@@ -180,6 +185,44 @@ def merge_runs(previous: list[dict], fresh: list[dict]) -> list[dict]:
     return [run for run in merged + list(by_label.values()) if not run["label"].startswith("IF (the")]
 
 
+def draws_random(spec: RunSpec) -> bool:
+    """The method's network draws random numbers (permutation, a stochastic neuron): its
+    seeds give different numbers, so its row runs (and is saved) one seed at a time."""
+    return spec.permute is not None or create_neuron(spec.neuron, 1.0).stochastic
+
+
+def run_row(model, x: torch.Tensor, y: torch.Tensor, label: str, spec: RunSpec, calibration, args, record: dict) -> dict:
+    """One row: ``run_method`` once, or for a method that draws random numbers once per
+    seed, saving OUT.json after each seed in ``record["unfinished"][label]`` (a row of
+    TPP or permutation at T = 1-64 takes an hour or more here: a session's end then loses
+    one seed, not the row). The seeds' records combine into exactly the all-seeds record
+    (:func:`snnconv.evaluate.combine_seed_records`); ``wall_seconds`` is their sum."""
+    if len(spec.seeds) == 1 or not draws_random(spec):
+        started = time.perf_counter()
+        run = run_method(model, x, y, spec, calibration, args.batch_size, progress=not args.no_progress)
+        return {**run, "wall_seconds": round(time.perf_counter() - started, 1)}
+    unfinished = record.setdefault("unfinished", {})
+    done = {seed_run["seeds"][0]: seed_run for seed_run in unfinished.get(label, [])
+            if seed_run["requested_T"] == list(spec.steps) and seed_run["samples"] == len(y) and seed_run["seeds"][0] in spec.seeds}
+    for seed in spec.seeds:
+        if seed in done:
+            print(f"{record['source']} / {label}: seed {seed} kept from {args.out.with_suffix('.json')} (--resume)", flush=True)
+            continue
+        started = time.perf_counter()
+        seed_run = run_method(model, x, y, replace(spec, seeds=[seed]), calibration, args.batch_size, progress=not args.no_progress)
+        done[seed] = {**seed_run, "requested_T": list(spec.steps), "samples": len(y),
+                      "wall_seconds": round(time.perf_counter() - started, 1)}
+        unfinished[label] = [done[s] for s in spec.seeds if s in done]
+        print(f"{record['source']} / {label}: seed {seed} done ({done[seed]['wall_seconds']} s)", flush=True)
+        args.save_partial(record, args.previous_of(record["source"]))
+    per_seed = [done[s] for s in spec.seeds]
+    run = combine_seed_records([{k: v for k, v in r.items() if k not in ("requested_T", "samples", "wall_seconds")} for r in per_seed])
+    del unfinished[label]
+    if not unfinished:
+        del record["unfinished"]
+    return {**run, "wall_seconds": round(sum(r["wall_seconds"] for r in per_seed), 1)}
+
+
 def run_source(kind: str, args, previous: dict | None = None) -> dict | None:
     """Every method on one zoo source (with ``--methods``, the selected ones, the other rows
     kept from ``previous``); None when its checkpoint is not there yet."""
@@ -221,6 +264,9 @@ def run_source(kind: str, args, previous: dict | None = None) -> dict | None:
               "clip_limit_accuracy": None if limit_model is None else accuracy(limit_model, x, y), "runs": [],
               "command": args.command, "torch": torch.__version__, "threads": torch.get_num_threads()}
     finished = finished_rows(previous, record) if args.resume else {}
+    if args.resume and previous is not None and previous.get("unfinished") \
+            and (previous.get("checkpoint_sha256"), previous["samples"]) == (digest, len(y)):
+        record["unfinished"] = {label: list(seed_runs) for label, seed_runs in previous["unfinished"].items()}  # seeds done
     for label, spec in specs:
         n = min(len(y), args.permute_limit) if spec.permute is not None else len(y)
         prior = finished.get(label)
@@ -228,10 +274,8 @@ def run_source(kind: str, args, previous: dict | None = None) -> dict | None:
             record["runs"].append(prior)
             print(f"{kind} / {label}: kept from {args.out.with_suffix('.json')} (--resume)", flush=True)
             continue
-        started = time.perf_counter()
-        run = run_method(model, x[:n], y[:n], spec, calibration, args.batch_size, progress=not args.no_progress)
-        run.update(label=label, samples=n, requested_T=list(spec.steps), wall_seconds=round(time.perf_counter() - started, 1),
-                   command=args.command)
+        run = run_row(model, x[:n], y[:n], label, spec, calibration, args, record)
+        run.update(label=label, samples=n, requested_T=list(spec.steps), command=args.command)
         if n < len(y):
             run["ann_accuracy_on_samples"] = accuracy(model, x[:n], y[:n])
         record["runs"].append(run)
@@ -395,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json(json_path, compose())
 
         args.save_partial = save_partial
+        args.previous_of = before.get
         for kind in args.sources.split(","):
             record = run_source(kind, args, before.get(kind))
             if record is not None:

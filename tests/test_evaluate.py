@@ -14,6 +14,7 @@ from snnconv import SnnconvError, convert, create_model
 from snnconv.evaluate import (
     PlannedSimulation,
     RunSpec,
+    combine_seed_records,
     display_name,
     evaluate_classification,
     evaluate_detection,
@@ -83,6 +84,24 @@ def test_per_T_conversions_group_costs_by_seed_not_by_call_order():
     cost = cost_per_step(result.run)
     assert cost["spike_events_per_image"] == pytest.approx([(events[2, 0] + events[2, 1]) / 2, (events[4, 0] + events[4, 1]) / 2])
     assert set(result.record["calibration"]["per_T"]) == {"2", "4"}
+
+
+@pytest.mark.parametrize("spec", [RunSpec("tpp", [1, 2, 4], seeds=[3, 0, 7]), RunSpec("if", [2, 4], permute="per-neuron", seeds=[0, 1])],
+                         ids=["tpp", "permute"])
+def test_a_run_made_one_seed_at_a_time_combines_into_exactly_the_all_seeds_record(spec):
+    model, x = make_source("small_cnn", "qcfs", dtype=torch.float32, batch=12)
+    y = model(x).argmax(1)
+    whole = evaluate_classification(model, x, y, spec, batch_size=5).record
+    parts = [evaluate_classification(model, x, y, RunSpec(**{**vars(spec), "seeds": [s]}), batch_size=5).record for s in spec.seeds]
+    assert combine_seed_records(parts) == whole
+    assert len({(tuple(p["accuracy"]), p["spike_events_per_image"]) for p in parts}) == len(parts)  # every seed draws its own
+    first = spec.seeds[0]
+    with pytest.raises(SnnconvError, match=rf"^a seed appears in two records \(seeds \[{first}, {first}\]\): combine each seed once$"):
+        combine_seed_records([parts[0], parts[0]])
+    with pytest.raises(SnnconvError, match=r"^records of different runs cannot be combined: they differ in T, latency_steps$"):
+        combine_seed_records([parts[0], {**parts[1], "T": [9] * len(parts[1]["T"]), "latency_steps": [9]}])
+    with pytest.raises(SnnconvError, match=r"^give at least one record to combine$"):
+        combine_seed_records([])
 
 
 # --- detection: stop-when-quiet and sharding through the shared runner --------------------

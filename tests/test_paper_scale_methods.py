@@ -133,4 +133,35 @@ def test_an_interrupted_table_resumes_at_the_row_it_was_on(tmp_path, monkeypatch
     assert runs[0] == saved[0] and runs[1] == saved[1]  # kept, not rerun
     calls[:] = []
     paper_scale.main([*base, "--seeds", "0,1"])  # other seeds: the stochastic rows are redone, the others kept
-    assert [(spec.neuron, spec.seeds) for spec in calls] == [("if", [0, 1]), ("if", [0, 1]), ("tpp", [0, 1]), ("if", [0])]
+    assert [(spec.neuron, spec.permute, spec.seeds) for spec in calls] == [  # one seed at a time (saved after each)
+        ("if", "per-neuron", [0]), ("if", "per-neuron", [1]), ("if", "per-layer", [0]), ("if", "per-layer", [1]),
+        ("tpp", None, [0]), ("tpp", None, [1]), ("if", None, [0])]
+
+
+def test_an_interrupted_row_of_random_draws_resumes_at_the_seed_it_was_on(tmp_path, monkeypatch):
+    data = shared_data("cifar10")
+    calls, real = [], paper_scale.run_method
+
+    def flaky(*args, **kwargs):
+        calls.append(args[3].seeds)
+        if len(calls) == 2:
+            raise InterruptedError("the session ends during the second seed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(paper_scale, "run_method", flaky)
+    base = _args(data, tmp_path / "ps", "--sources", "qcfs", "--methods", "TPP", "--seeds", "0,1,2", "--resume")
+    with pytest.raises(InterruptedError):
+        paper_scale.main(base)
+    saved = json.loads((tmp_path / "ps.json").read_text())["sources"][0]
+    assert saved["runs"] == [] and [r["seeds"] for r in saved["unfinished"]["TPP"]] == [[0]]
+    paper_scale.main(base)
+    assert calls == [[0], [1], [1], [2]]  # seed 0 kept, seed 1 redone
+    resumed = json.loads((tmp_path / "ps.json").read_text())["sources"][0]
+    assert "unfinished" not in resumed
+    monkeypatch.setattr(paper_scale, "run_method", real)
+    paper_scale.main(_args(data, tmp_path / "whole", "--sources", "qcfs", "--methods", "TPP", "--seeds", "0,1,2"))
+    (whole,) = json.loads((tmp_path / "whole.json").read_text())["sources"][0]["runs"]
+    (row,) = resumed["runs"]
+    assert row["seeds"] == [0, 1, 2] and len(set(map(tuple, row["accuracy_per_seed"]))) == 3
+    assert {k: v for k, v in row.items() if k not in ("wall_seconds", "command")} == \
+        {k: v for k, v in whole.items() if k not in ("wall_seconds", "command")}

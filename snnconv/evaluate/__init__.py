@@ -20,7 +20,8 @@ from .detection import DetectionReadout, DetectionResult, evaluate_detection
 from .names import display_name, layer_paths
 from .plan import PlannedSimulation, RunSpec, plan_simulations, report_schedule
 from .regression import RegressionReadout, RegressionResult, evaluate_regression
-from .runner import MethodRun, SimulationResult, batch_slices, convert_method, merge_counters, run_method, run_simulation
+from .runner import (MethodRun, SimulationResult, batch_slices, combine_seed_records, convert_method, merge_counters, run_method,
+                     run_simulation)
 
 __all__ = [
     "ClassificationReadout",
@@ -34,6 +35,7 @@ __all__ = [
     "RunSpec",
     "SimulationResult",
     "batch_slices",
+    "combine_seed_records",
     "convert_method",
     "display_name",
     "evaluate_classification",

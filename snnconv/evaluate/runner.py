@@ -156,6 +156,43 @@ def summary_record(run: MethodRun, metric: str, events_key: str) -> dict:
     }
 
 
+def combine_seed_records(records: Sequence[dict], metric: str = "accuracy", events_key: str = "spike_events_per_image") -> dict:
+    """One results-JSON record from records of the same run made one seed at a time.
+
+    Batch b of seed s uses the engine seed ``s * 1_000_003 + b`` whoever runs it, so a
+    run split into one run per seed (to save after each, e.g. a long window method that
+    a session may cut short) combines into exactly the record of one run of all the
+    seeds: ``metric`` per T = mean over seeds, ``<metric>_std`` = population standard
+    deviation, ``<metric>_per_seed`` and ``seeds`` concatenated, ``events_key`` = mean
+    over seeds (as :func:`summary_record`).
+
+    Args:
+        records: one record per seed set, in seed order (each as :func:`summary_record`
+            and the task's record build it; every other field must be equal).
+
+    Raises:
+        SnnconvError: no record, a seed in two records, or records whose other fields
+            differ (another method, T, calibration, ...).
+    """
+    check(len(records) > 0, "give at least one record to combine")
+    merged = {metric, f"{metric}_std", f"{metric}_per_seed", "seeds", events_key}
+    first = {k: v for k, v in records[0].items() if k not in merged}
+    for record in records[1:]:
+        other = {k: v for k, v in record.items() if k not in merged}
+        differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        check(not differ, f"records of different runs cannot be combined: they differ in {', '.join(differ)}")
+    seeds = [s for record in records for s in record["seeds"]]
+    check(len(set(seeds)) == len(seeds), f"a seed appears in two records (seeds {seeds}): combine each seed once")
+    per_seed = [values for record in records for values in record[f"{metric}_per_seed"]]
+    columns = list(zip(*per_seed))
+    events = [record[events_key] for record in records for _ in record["seeds"]]
+    combined = dict(records[0])
+    combined.update({metric: [statistics.fmean(c) for c in columns], "seeds": seeds,
+                     f"{metric}_std": [statistics.pstdev(c) if len(c) > 1 else 0.0 for c in columns],
+                     f"{metric}_per_seed": per_seed, events_key: statistics.fmean(events)})
+    return combined
+
+
 def batch_slices(count: int, batch_size: int) -> list[slice]:
     """Consecutive batches ``[0, b), [b, 2b), ...`` of ``count`` items.
 
