@@ -47,7 +47,7 @@ def test_entry_loads_and_its_card_matches_its_metadata(name):
 @torch.no_grad()
 def test_entry_reproduces_its_exact_conversion_on_500_test_images(name):
     """QCFS: GN tau = L at T = 1 gives the ANN's logits; clip-floor: CIF + wake-sleep does
-    after its sleep steps; ReLU: IF with max calibration approaches the ANN at T = 64."""
+    after its sleep steps; ReLU: IF with 99.9% thresholds approaches the ANN by T = 256."""
     model, meta = load_pretrained(name)
     test = load_dataset(meta["dataset"], "test", shared_data("cifar10"))
     x = test.normalized(slice(0, 500))
@@ -72,6 +72,9 @@ def test_entry_reproduces_its_exact_conversion_on_500_test_images(name):
         assert (readout.argmax(1) == logits[:100].argmax(1)).float().mean() >= 0.99
     else:
         calibration = load_dataset(meta["dataset"], "train", shared_data("cifar10")).normalized(slice(0, 512))
-        out = simulate(convert(model, "if", calibration=calibration), x[:100], 64).mean(0)
-        agree = (out.argmax(1) == logits[:100].argmax(1)).float().mean()
-        assert agree >= 0.9
+        # Not exact: IF's error shrinks as 1/T. Measured on these 100 images: agreement with
+        # the ANN's class 0.94 / 0.98 (30-epoch source) and 0.89 / 0.99 (fine-tuned from the
+        # QCFS source, whose first layers' thresholds sit further out) at T = 64 / 256.
+        average = simulate(convert(model, "if", calibration=calibration), x[:100], 256).cumsum(0)
+        agree = [(average[t - 1].argmax(1) == logits[:100].argmax(1)).float().mean() for t in (64, 256)]
+        assert agree[0] <= agree[1] and agree[1] >= 0.97
