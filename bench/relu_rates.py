@@ -33,6 +33,11 @@ from snnconv.files import write_json, write_text  # noqa: E402
 from snnconv.insight import layerwise_error  # noqa: E402
 
 
+def share(mask: torch.Tensor) -> float:
+    """The fraction of True in ``mask`` (0 when it is empty)."""
+    return float(mask.double().mean()) if mask.numel() else 0.0
+
+
 def layer_rates(model: torch.nn.Module, calibration: torch.Tensor, x: torch.Tensor, threshold: str, steps: list[int]) -> list[dict]:
     """One record per spiking layer of ``convert(model, "if", threshold=...)``: θ, the
     statistics of a/θ over ``x`` and the relative MSE at each T of ``steps`` (module docstring)."""
@@ -52,7 +57,6 @@ def layer_rates(model: torch.nn.Module, calibration: torch.Tensor, x: torch.Tens
         theta = neuron.threshold.double()
         rate = (acts[name] / theta).flatten()
         active = rate[rate > 0]
-        share = (lambda mask: float(mask.double().mean())) if len(active) else (lambda mask: 0.0)
         rows.append({"layer": name, "theta": float(theta.mean()), "active": float((rate > 0).double().mean()),
                      "median_rate": float(active.median()) if len(active) else 0.0,
                      "below_1_16": share(active < 1 / 16), "below_1_64": share(active < 1 / 64), "above_theta": share(active > 1),
