@@ -169,10 +169,16 @@ def check_methods(args) -> None:
                              "so match a label with a comma by a wildcard, e.g. '*max calibration'")
 
 
+def same_weights_and_images(previous: dict | None, record: dict) -> bool:
+    """``previous`` (a source's table in OUT.json) ran on this record's exact weights and images."""
+    return previous is not None and \
+        (previous.get("checkpoint_sha256"), previous["samples"]) == (record["checkpoint_sha256"], record["samples"])
+
+
 def finished_rows(previous: dict | None, record: dict) -> dict[str, dict]:
     """``--resume``: the rows of ``previous`` made on this record's exact weights and images,
     by label (a row is kept when its T, seeds and images are also the ones asked for)."""
-    if previous is None or (previous.get("checkpoint_sha256"), previous["samples"]) != (record["checkpoint_sha256"], record["samples"]):
+    if not same_weights_and_images(previous, record):
         return {}
     return {run["label"]: run for run in previous["runs"] if "requested_T" in run}
 
@@ -264,8 +270,7 @@ def run_source(kind: str, args, previous: dict | None = None) -> dict | None:
               "clip_limit_accuracy": None if limit_model is None else accuracy(limit_model, x, y), "runs": [],
               "command": args.command, "torch": torch.__version__, "threads": torch.get_num_threads()}
     finished = finished_rows(previous, record) if args.resume else {}
-    if args.resume and previous is not None and previous.get("unfinished") \
-            and (previous.get("checkpoint_sha256"), previous["samples"]) == (digest, len(y)):
+    if args.resume and same_weights_and_images(previous, record) and previous.get("unfinished"):
         record["unfinished"] = {label: list(seed_runs) for label, seed_runs in previous["unfinished"].items()}  # seeds done
     for label, spec in specs:
         n = min(len(y), args.permute_limit) if spec.permute is not None else len(y)

@@ -26,11 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from snnconv import convert  # noqa: E402
-from snnconv.convert import prepare  # noqa: E402
-from snnconv.convert.activation_sites import ActivationSite  # noqa: E402
 from snnconv.experiments import load_evaluation  # noqa: E402
 from snnconv.files import write_json, write_text  # noqa: E402
-from snnconv.insight import layerwise_error  # noqa: E402
+from snnconv.insight import ann_activations, layerwise_error  # noqa: E402
 
 
 def share(mask: torch.Tensor) -> float:
@@ -42,14 +40,7 @@ def layer_rates(model: torch.nn.Module, calibration: torch.Tensor, x: torch.Tens
     """One record per spiking layer of ``convert(model, "if", threshold=...)``: θ, the
     statistics of a/θ over ``x`` and the relative MSE at each T of ``steps`` (module docstring)."""
     snn = convert(model, "if", calibration=calibration, threshold=threshold)
-    ann = prepare(model).eval()
-    acts: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: acts.__setitem__(name, o.detach().double()))
-             for name, m in ann.named_modules() if isinstance(m, ActivationSite)]
-    with torch.no_grad():
-        ann(x)
-    for h in hooks:
-        h.remove()
+    acts = ann_activations(model, snn, x)
     with torch.no_grad():
         errors = layerwise_error(model, snn, x, steps)
     rows = []

@@ -460,6 +460,42 @@ def _relative_mse(estimate: torch.Tensor, target: torch.Tensor) -> float | None:
     return numerator / denominator
 
 
+def ann_activations(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, activations=None) -> dict[str, torch.Tensor]:
+    """Each spiking layer's ANN activation a_l on ``x``: the output of the source's
+    QCFS / clip-floor / ReLU at that site, BN folded as in ``snn``, float64 on the CPU.
+
+    Args:
+        model: the source ANN the network was converted from.
+        snn: ``convert(model, ...)``.
+        x: input ``[batch, ...]``.
+        activations: the ``activations=`` mapping ``snn`` was converted with, if any.
+
+    Returns:
+        ``{site name (as in snn.spiking_layers()): activation [batch, ...]}``.
+
+    Raises:
+        SnnconvError: an input that does not fit the network.
+    """
+    from .convert import prepare
+    from .convert.activation_sites import ActivationSite
+
+    x = check_input(snn.graph, x, "input")
+    ann = prepare(model, activations, getattr(snn, "max_pool", None)).eval()
+    ref = next(iter(snn.graph.parameters()), None)
+    if ref is not None:
+        ann.to(device=ref.device, dtype=ref.dtype)
+    recorded: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda mod, i, o, name=name: recorded.__setitem__(name, o.detach().double().cpu()))
+               for name, m in ann.named_modules() if isinstance(m, ActivationSite)]
+    try:
+        with torch.no_grad():
+            ann(x.to(device=ref.device, dtype=ref.dtype) if ref is not None else x)
+    finally:
+        for h in handles:
+            h.remove()
+    return recorded
+
+
 def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, steps: list[int] | int, *,
                     sleep_steps: int = 0, seed: int = 0, activations=None) -> LayerErrors:
     """Relative MSE between each ANN activation and its spiking layer's average output.
@@ -488,27 +524,13 @@ def layerwise_error(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, step
         SnnconvError: bad ``steps`` (not integers >= 1, or several with sleep steps), an
             input that does not fit, or a model that is not the one ``snn`` came from.
     """
-    from .convert import prepare
-    from .convert.activation_sites import ActivationSite
     from .engine import simulate
 
     steps = [steps] if isinstance(steps, int) else sorted(set(steps))
     check(len(steps) >= 1 and all(isinstance(t, int) and t >= 1 for t in steps), f"steps must be integers >= 1, got {steps}")
     check(sleep_steps == 0 or len(steps) == 1, "with sleep steps give one T (the wake steps)")
     x = check_input(snn.graph, x, "input")
-    ann = prepare(model, activations, getattr(snn, "max_pool", None)).eval()
-    ref = next(iter(snn.graph.parameters()), None)
-    if ref is not None:
-        ann.to(device=ref.device, dtype=ref.dtype)
-    activations: dict[str, torch.Tensor] = {}
-    handles = [m.register_forward_hook(lambda mod, i, o, name=name: activations.__setitem__(name, o.detach().double().cpu()))
-               for name, m in ann.named_modules() if isinstance(m, ActivationSite)]
-    try:
-        with torch.no_grad():
-            ann(x.to(device=ref.device, dtype=ref.dtype) if ref is not None else x)
-    finally:
-        for h in handles:
-            h.remove()
+    activations = ann_activations(model, snn, x, activations)
     layer_names = [name for name, _ in snn.spiking_layers()]
     missing = [n for n in layer_names if n not in activations]
     check(not missing, f"spiking layers {missing} have no ANN activation of that name: pass the model the network was converted from")

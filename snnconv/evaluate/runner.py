@@ -132,6 +132,13 @@ class MethodRun:
         return [sims[-1].counter.total_events() / sims[-1].inputs for _, sims in self.by_seed()]
 
 
+def seed_statistics(per_seed: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
+    """Mean and population standard deviation over seeds of each reported value
+    (``per_seed[i][j]``: seed i, value j); the spread is 0.0 for one seed."""
+    columns = list(zip(*per_seed))
+    return [statistics.fmean(c) for c in columns], [statistics.pstdev(c) if len(c) > 1 else 0.0 for c in columns]
+
+
 def summary_record(run: MethodRun, metric: str, events_key: str) -> dict:
     """The results-JSON fields every readout shares: neuron, options, the reported T, the
     ``metric`` per T (mean over seeds, ``<metric>_std`` and ``<metric>_per_seed``),
@@ -140,16 +147,16 @@ def summary_record(run: MethodRun, metric: str, events_key: str) -> dict:
     spec = run.spec
     report_steps, latency = run.schedule()
     seeds, per_seed = run.values_per_seed()
-    columns = list(zip(*per_seed))
+    means, spreads = seed_statistics(per_seed)
     return {
         "neuron": spec.neuron,
         "options": dict(spec.options),
         "T": report_steps,
-        metric: [statistics.fmean(c) for c in columns],
+        metric: means,
         "latency_steps": latency,
         "permute": spec.permute,
         "seeds": spec.seeds[: len(seeds)],
-        f"{metric}_std": [statistics.pstdev(c) if len(c) > 1 else 0.0 for c in columns],
+        f"{metric}_std": spreads,
         f"{metric}_per_seed": per_seed,
         events_key: statistics.fmean(run.events_per_input()),
         "spiking_layers": len(run.network.spiking_layers()),
@@ -184,12 +191,11 @@ def combine_seed_records(records: Sequence[dict], metric: str = "accuracy", even
     seeds = [s for record in records for s in record["seeds"]]
     check(len(set(seeds)) == len(seeds), f"a seed appears in two records (seeds {seeds}): combine each seed once")
     per_seed = [values for record in records for values in record[f"{metric}_per_seed"]]
-    columns = list(zip(*per_seed))
+    means, spreads = seed_statistics(per_seed)
     events = [record[events_key] for record in records for _ in record["seeds"]]
     combined = dict(records[0])
-    combined.update({metric: [statistics.fmean(c) for c in columns], "seeds": seeds,
-                     f"{metric}_std": [statistics.pstdev(c) if len(c) > 1 else 0.0 for c in columns],
-                     f"{metric}_per_seed": per_seed, events_key: statistics.fmean(events)})
+    combined.update({metric: means, "seeds": seeds, f"{metric}_std": spreads, f"{metric}_per_seed": per_seed,
+                     events_key: statistics.fmean(events)})
     return combined
 
 
