@@ -4,7 +4,7 @@
 # session ends mid-way.  Usage: bash zoo/paper_scale_queue.sh DATA_DIR [STEP...]
 # (DATA_DIR: the folder with cifar10_jpeg_q75_fullorder.npz; STEP: run only these of
 #  qcfs-train qcfs-card qcfs-table qcfs-layer-error qcfs-if-gap clipfloor-train clipfloor-card clipfloor-table relu-train relu-card
-#  relu-table qcfs-tpp qcfs-permute)
+#  relu-table qcfs-tpp qcfs-permute qcfs-control)
 #
 # Sources: the QCFS authors' recipe (300 epochs, AutoAugment + Cutout 16); clip-floor and
 # ReLU are fine-tuned from it (--init-from: same weights, new activation) for
@@ -17,6 +17,7 @@ steps=${*:-qcfs-train qcfs-card qcfs-table qcfs-layer-error qcfs-if-gap clipfloo
 qcfs=resnet20_qcfs4_aa_cifar10jpeg
 clipfloor=resnet20_clipfloor4_aa_cifar10jpeg
 relu=resnet20_relu_aa_cifar10jpeg
+control=resnet20_qcfs4_aa_ft30_cifar10jpeg
 out=bench/results/paper_scale
 augment=(--cutout 16 --autoaugment)
 
@@ -70,4 +71,9 @@ if wants relu-card; then card "$relu"; fi
 if wants relu-table; then table relu "$relu"; fi
 if wants qcfs-tpp; then table qcfs "$qcfs" TPP; fi
 if wants qcfs-permute; then table qcfs "$qcfs" "IF + permute*"; fi
+if wants qcfs-control; then
+  # the control for the ReLU source's +2 points: the same 30 epochs at lr 0.01 from the QCFS source, quantiser kept.
+  # Separates what the extra epochs give from what dropping the L = 4 quantiser gives (a training run in zoo/, not a zoo source)
+  fine_tune qcfs "$control" "${CONTROL_EPOCHS:-30}"
+fi
 echo "paper-scale queue: done ($steps)"
