@@ -80,7 +80,7 @@ def timed(runs: dict, x: torch.Tensor, batch: int, reps: int) -> dict[str, float
     return {n: statistics.median(v) for n, v in times.items()}
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-dir", required=True)
@@ -94,24 +94,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", required=True, help="output path without extension")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    load_before = os.getloadavg()
+    return p.parse_args(argv)
 
-    model, meta = load_checkpoint(args.checkpoint)
-    kind, levels = meta["activation"]["kind"], meta["activation"]["levels"]
-    test = load_dataset(meta["dataset"], "test", args.data_dir)
-    n = min(args.limit, len(test))
-    x, y = test.normalized(slice(0, n)), test.labels[:n]
-    with torch.no_grad():
-        ann_acc = float((torch.cat([model(x[s]) for s in batches(n, args.batch)]).argmax(-1) == y).double().mean())
-        relu_model = sj_bridge.relu_copy(model)
-        relu_acc = float((torch.cat([relu_model(x[s]) for s in batches(n, args.batch)]).argmax(-1) == y).double().mean())
-    target = ann_acc - args.margin / 100
-    print(f"{meta['dataset']} {meta['model']} {kind} L={levels}: ANN {100 * ann_acc:.2f}% on {n} images, target {100 * target:.2f}%", flush=True)
 
-    rows: list[dict] = []  # label, side, curve (accuracy at T=1..), needed T, run(xb) at that T
+@torch.no_grad()
+def ann_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
+    return float((torch.cat([model(x[s]) for s in batches(len(y), batch)]).argmax(-1) == y).double().mean())
+
+
+def our_rows(model: torch.nn.Module, kind: str, levels: int, x: torch.Tensor, y: torch.Tensor, target: float,
+             args: argparse.Namespace) -> list[dict]:
+    """IF, GN (tau = 2 and L) and TPP on a quantised source, and CIF + wake-sleep on a clip-floor one.
+    Each row: label, side, T, accuracy at each T, the T needed to reach ``target``, and
+    ``make_run(T)`` (the run to time at that T)."""
+    rows: list[dict] = []
 
     def causal(label: str, snn, steps: int) -> None:
         curve = accuracy_curve(lambda xb, t: simulate(snn, xb, t), x, y, steps, args.batch)
@@ -122,64 +118,83 @@ def main(argv: list[str] | None = None) -> None:
         causal("ours IF", convert(model, "if"), args.max_steps)
         for tau in sorted({2, levels}):
             causal(f"ours GN tau={tau}", convert(model, "gn", group_size=tau), min(args.max_steps, 64))
-        tpp = convert(model, "tpp")
-        tpp_steps = [int(t) for t in args.tpp_steps.split(",")]
-        accs, needed = [], None
-        for t in tpp_steps:
-            accs.append(accuracy_curve(lambda xb, s: simulate(tpp, xb, s, seed=0), x, y, t, args.batch)[-1])
-            if accs[-1] >= target:
-                needed = t
-                break
-        rows.append({"label": "ours TPP (seed 0)", "side": "ours", "T": tpp_steps[: len(accs)], "accuracy": accs, "needed": needed,
-                     "make_run": lambda t: (lambda xb: simulate(tpp, xb, t, seed=0))})
+        rows.append(tpp_row(convert(model, "tpp"), x, y, target, args))
     if kind == "clipfloor":
-        cif = convert(model, "cif")
-        total = levels + args.sleep_steps
-        curve = accuracy_curve(lambda xb, t: simulate(cif, xb, levels, sleep_steps=t - levels), x, y, total, args.batch)
-        curve = [a if t + 1 >= levels else None for t, a in enumerate(curve)]  # readout needs the wake phase
+        rows.append(cif_row(convert(model, "cif"), levels, x, y, target, args))
+    return rows
 
-        def cif_run(t):
-            return lambda xb: simulate(cif, xb, levels, sleep_steps=t - levels)
 
-        needed = next((t + 1 for t, a in enumerate(curve) if t + 1 >= levels and a >= target), None)
-        rows.append({"label": f"ours CIF+WSC (T={levels} wake + sleep)", "side": "ours", "T": list(range(1, total + 1)),
-                     "accuracy": curve, "needed": needed, "make_run": cif_run})
+def tpp_row(tpp, x: torch.Tensor, y: torch.Tensor, target: float, args: argparse.Namespace) -> dict:
+    """TPP depends on T as a whole (not causal): one simulation per T of ``--tpp-steps``, up to the first that reaches ``target``."""
+    tpp_steps = [int(t) for t in args.tpp_steps.split(",")]
+    accs, needed = [], None
+    for t in tpp_steps:
+        accs.append(accuracy_curve(lambda xb, s: simulate(tpp, xb, s, seed=0), x, y, t, args.batch)[-1])
+        if accs[-1] >= target:
+            needed = t
+            break
+    return {"label": "ours TPP (seed 0)", "side": "ours", "T": tpp_steps[: len(accs)], "accuracy": accs, "needed": needed,
+            "make_run": lambda t: (lambda xb: simulate(tpp, xb, t, seed=0))}
 
-    sj_desc = "not installed"
-    if sj_bridge.available():
-        sj_desc = f"spikingjelly 2.0.0 FXConverter(RateCodingRecipe), QCFS -> ReLU, calibrated on {args.calibration} train images"
-        train = load_dataset(meta["dataset"], "train", args.data_dir)
-        calibration = train.normalized(slice(0, args.calibration))
-        relu = sj_bridge.relu_copy(model)
-        from spikingjelly.activation_based import functional
 
-        def sj_rows(label: str, net) -> None:
-            multi = sj_bridge.convert(relu, calibration[:8], "Max")  # a second copy for multi-step mode
-            multi.load_state_dict(net.state_dict())
-            functional.set_step_mode(multi, "m")
+def cif_row(cif, levels: int, x: torch.Tensor, y: torch.Tensor, target: float, args: argparse.Namespace) -> dict:
+    """CIF after T = L wake steps, by total step (wake + sleep); no readout before the wake phase ends."""
+    total = levels + args.sleep_steps
+    curve = accuracy_curve(lambda xb, t: simulate(cif, xb, levels, sleep_steps=t - levels), x, y, total, args.batch)
+    curve = [a if t + 1 >= levels else None for t, a in enumerate(curve)]
 
-            def run_multi(t):
-                def run(xb):
-                    functional.reset_net(multi)
-                    return multi(xb.unsqueeze(0).expand(t, *xb.shape))
-                return run
+    def cif_run(t):
+        return lambda xb: simulate(cif, xb, levels, sleep_steps=t - levels)
 
-            curve = accuracy_curve(lambda xb, t: sj_bridge.simulate(net, xb, t), x, y, args.max_steps, args.batch)
-            rows.append({"label": label, "side": "sj", "T": list(range(1, args.max_steps + 1)), "accuracy": curve,
-                         "needed": first_reaching(curve, target), "thresholds": sj_bridge.thresholds(net),
-                         "make_run": lambda t: (lambda xb: sj_bridge.simulate(net, xb, t)), "make_run_multi": run_multi})
+    needed = next((t + 1 for t, a in enumerate(curve) if t + 1 >= levels and a >= target), None)
+    return {"label": f"ours CIF+WSC (T={levels} wake + sleep)", "side": "ours", "T": list(range(1, total + 1)),
+            "accuracy": curve, "needed": needed, "make_run": cif_run}
 
-        for mode in ("Max", "99.9%"):
-            sj_rows(f"SJ {mode}", sj_bridge.convert(relu, calibration, mode))
-        matched = sj_bridge.convert(relu, calibration, "Max")
-        sj_bridge.match_thresholds(matched, convert(model, "if"))
-        sj_rows("SJ, thresholds = lambda (info)", matched)
-    else:
+
+def spikingjelly_rows(model: torch.nn.Module, meta: dict, x: torch.Tensor, y: torch.Tensor, target: float,
+                      args: argparse.Namespace) -> tuple[list[dict], str]:
+    """SpikingJelly 2.0.0 on the ReLU copy of the source, calibrated with max and 99.9%, plus
+    the informational row with its thresholds set to the source's lambda; each row also has
+    ``make_run_multi`` (its multi-step mode). Returns (rows, description)."""
+    if not sj_bridge.available():
         print("spikingjelly not installed (optional benchmark dependency): only our rows")
+        return [], "not installed"
+    from spikingjelly.activation_based import functional
 
-    # Wall time of the run each needs, interleaved.
-    # A SpikingJelly row that never reaches the target is timed at its longest run: a
-    # lower bound on its time to accuracy (marked as such).
+    train = load_dataset(meta["dataset"], "train", args.data_dir)
+    calibration = train.normalized(slice(0, args.calibration))
+    relu = sj_bridge.relu_copy(model)
+    rows: list[dict] = []
+
+    def sj_row(label: str, net) -> None:
+        multi = sj_bridge.convert(relu, calibration[:8], "Max")  # a second copy for multi-step mode
+        multi.load_state_dict(net.state_dict())
+        functional.set_step_mode(multi, "m")
+
+        def run_multi(t):
+            def run(xb):
+                functional.reset_net(multi)
+                return multi(xb.unsqueeze(0).expand(t, *xb.shape))
+            return run
+
+        curve = accuracy_curve(lambda xb, t: sj_bridge.simulate(net, xb, t), x, y, args.max_steps, args.batch)
+        rows.append({"label": label, "side": "sj", "T": list(range(1, args.max_steps + 1)), "accuracy": curve,
+                     "needed": first_reaching(curve, target), "thresholds": sj_bridge.thresholds(net),
+                     "make_run": lambda t: (lambda xb: sj_bridge.simulate(net, xb, t)), "make_run_multi": run_multi})
+
+    for mode in ("Max", "99.9%"):
+        sj_row(f"SJ {mode}", sj_bridge.convert(relu, calibration, mode))
+    matched = sj_bridge.convert(relu, calibration, "Max")
+    sj_bridge.match_thresholds(matched, convert(model, "if"))
+    sj_row("SJ, thresholds = lambda (info)", matched)
+    desc = f"spikingjelly 2.0.0 FXConverter(RateCodingRecipe), QCFS -> ReLU, calibrated on {args.calibration} train images"
+    return rows, desc
+
+
+def time_rows(rows: list[dict], x: torch.Tensor, args: argparse.Namespace) -> None:
+    """Wall time of the run each row needs, interleaved (adds seconds, seconds_multistep, best_seconds, timed_steps).
+    A SpikingJelly row that never reaches the target is timed at its longest run: a
+    lower bound on its time to accuracy (marked as such)."""
     runs = {}
     for r in rows:
         steps = r["needed"] or (max(r["T"]) if r["side"] == "sj" else None)
@@ -195,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
         r["best_seconds"] = min((s for s in (r["seconds"], r["seconds_multistep"]) if s is not None), default=None)
         r.pop("make_run"), r.pop("make_run_multi", None)
 
+
+def summarize(rows: list[dict], max_steps: int) -> dict:
+    """The fastest row of each side that reaches the target, and SpikingJelly / ours wall time."""
     def best(side: str, reached: bool) -> dict | None:
         cands = [r for r in rows if r["side"] == side and r["best_seconds"] is not None and "(info)" not in r["label"]
                  and (r["needed"] is not None) == reached]
@@ -208,13 +226,36 @@ def main(argv: list[str] | None = None) -> None:
         bound = best("sj", False)
         if bound:
             summary.update(sj_best=bound["label"], speedup=bound["best_seconds"] / ours["best_seconds"], speedup_is_lower_bound=True,
-                           note=f"SpikingJelly did not reach the target within T={args.max_steps}; its time at T={args.max_steps} "
+                           note=f"SpikingJelly did not reach the target within T={max_steps}; its time at T={max_steps} "
                                 "is a lower bound on its time to accuracy")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+
+    model, meta = load_checkpoint(args.checkpoint)
+    kind, levels = meta["activation"]["kind"], meta["activation"]["levels"]
+    test = load_dataset(meta["dataset"], "test", args.data_dir)
+    n = min(args.limit, len(test))
+    x, y = test.normalized(slice(0, n)), test.labels[:n]
+    ann_acc = ann_accuracy(model, x, y, args.batch)
+    relu_acc = ann_accuracy(sj_bridge.relu_copy(model), x, y, args.batch)
+    target = ann_acc - args.margin / 100
+    print(f"{meta['dataset']} {meta['model']} {kind} L={levels}: ANN {100 * ann_acc:.2f}% on {n} images, target {100 * target:.2f}%", flush=True)
+
+    rows = our_rows(model, kind, levels, x, y, target, args)
+    theirs, sj_desc = spikingjelly_rows(model, meta, x, y, target, args)
+    rows += theirs
+    time_rows(rows, x, args)
     results = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
                "checkpoint": args.checkpoint, "dataset": meta["dataset"], "model": meta["model"], "activation": meta["activation"],
                "images": n, "ann_accuracy": ann_acc, "relu_ann_accuracy": relu_acc, "target": target, "batch": args.batch, "threads": args.threads,
                "reps": args.reps, "spikingjelly": sj_desc, "load_before": load_before, "load_after": os.getloadavg(),
-               "wall_seconds_total": round(time.perf_counter() - started, 1), "rows": rows, "summary": summary}
+               "wall_seconds_total": round(time.perf_counter() - started, 1), "rows": rows, "summary": summarize(rows, args.max_steps)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
