@@ -305,9 +305,17 @@ def _touches_batch(node: fx.Node, rank: int | None = None) -> bool:
     if name in ("squeeze", "unsqueeze", "unflatten"):
         dim = args[0] if args else kwargs.get("dim")
         return dim is not None and 0 in [at(x, int(name == "unsqueeze")) for x in _dims_of(dim)]
-    if name == "getattr":
-        return len(node.args) > 1 and node.args[1] in ("T", "H")
+    if name == "getattr":  # h.T; h.mT / h.mH swap the last two dims, which are dims 0 and 1 of a [B, C] value
+        attribute = node.args[1] if len(node.args) > 1 else None
+        return attribute in ("T", "H") or (attribute in ("mT", "mH") and rank == 2)
     return False
+
+
+def _batch_op_name(node: fx.Node) -> str:
+    """The op's name in a dim-0 error: the method or function, ``.mT`` for an attribute read."""
+    if node.op == "call_function" and node.target is getattr and len(node.args) > 1:
+        return f".{node.args[1]}"
+    return node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
 
 
 def check_batch_dims(node: fx.Node, value: torch.Tensor) -> None:
@@ -319,8 +327,7 @@ def check_batch_dims(node: fx.Node, value: torch.Tensor) -> None:
         SnnconvError: the node acts on dim 0 of ``value``.
     """
     if node.op in ("call_function", "call_method") and _touches_batch(node, value.dim()):
-        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
-        raise _unsupported(f"{name} over dim 0", node.name, "dim 0 is the batch (it carries time in the SNN): "
+        raise _unsupported(f"{_batch_op_name(node)} over dim 0", node.name, "dim 0 is the batch (it carries time in the SNN): "
                            "reduce, concatenate or move only dims >= 1")
 
 
@@ -457,7 +464,7 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
         raise _unsupported(f"pad mode={mode} value={value}", where, "pad with zeros only (mode='constant', value=0)")
     if op is not None:
         if node in spiking and _touches_batch(node):
-            raise _unsupported(f"{name} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
+            raise _unsupported(f"{_batch_op_name(node)} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
                                "reduce, concatenate or move only dims >= 1")
         return
     what = f"method .{name}()" if node.op == "call_method" else f"function {name}"

@@ -1,0 +1,61 @@
+"""Hand-written models that once converted to a silently wrong SNN: each is now refused in
+one line naming the layer and the fix, or converts exactly (checked against the ANN)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers import assert_exact
+from snnconv import SnnconvError, convert, simulate
+from snnconv.metrics import running_average
+
+
+def _x(batch: int = 5, seed: int = 1) -> torch.Tensor:
+    return torch.rand(batch, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+class _TwoLayers(nn.Module):
+    """conv -> act -> conv -> act -> ``self.glue(h, x)`` -> linear."""
+
+    def __init__(self, act, glue) -> None:
+        super().__init__()
+        self.c1, self.a1 = nn.Conv2d(3, 4, 3, padding=1), act(4) if act else nn.ReLU()
+        self.c2, self.a2 = nn.Conv2d(4, 4, 3, padding=1), act(4) if act else nn.ReLU()
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+        self.glue = glue
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a2(self.c2(self.a1(self.c1(x))))
+        return self.fc(self.glue(h, x).flatten(1))
+
+
+def _relu_if_output(model: nn.Module, x: torch.Tensor, steps: int = 256) -> torch.Tensor:
+    snn = convert(model.double().eval(), "if", calibration=x, threshold="max")
+    return running_average(simulate(snn, x, steps))[-1]
+
+
+def test_mT_over_the_batch_of_a_2d_value_is_refused_and_over_tokens_converts():
+    """``h.mT`` of a ``[B, C]`` value swaps the batch (which carries time) with C, like
+    ``h.T``; it once ran on the folded window: ``f - f.mT[:, :1].mT`` subtracted the first
+    step of sample 0 instead of sample 0's value (ReLU source at T = 256: error 0.019 on
+    outputs of 0.055). On tokens ``[B, N, C]`` it is a transpose of dims >= 1."""
+    for attribute in ("mT", "mH"):
+        def glue(h, x, attribute=attribute):
+            f = h.flatten(1)
+            first = getattr(getattr(f, attribute)[:, :1], attribute)  # sample 0 in the ANN
+            return f - first
+
+        torch.manual_seed(0)
+        model = _TwoLayers(None, glue)
+        x = _x()
+        with pytest.raises(SnnconvError, match=rf"{attribute} over dim 0.*dims >= 1") as err:
+            _relu_if_output(model, x)
+        assert "\n" not in str(err.value)
+
+    def tokens(h, x):  # [B, 4, 64] -> [B, 64, 4] -> back: exact
+        t = h.flatten(2)
+        return (t.mT * 2.0).mT.reshape(h.shape)
+
+    assert_exact(lambda act: _TwoLayers(act, tokens), _x())
