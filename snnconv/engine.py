@@ -249,10 +249,10 @@ class _WindowRunner(fx.Interpreter):
                 return value
 
             args, kwargs = map_arg(n.args, load), map_arg(n.kwargs, load)
-            if has_window:  # a negative dim that resolves to the batch (the converter saw no rank)
+            if n in self.dynamic:  # a negative dim that resolves to the batch (the converter saw no rank)
                 first = next((v for v in pytree.tree_leaves(args) if isinstance(v, torch.Tensor)), None)
                 if first is not None:
-                    check_batch_dims(n, first)
+                    check_batch_dims(n, first, window=has_window)
             # the batch of a window is steps * batch, in tensor ops; size arithmetic
             # (x.shape[0], n * 4) keeps counting samples, so sleep's one-sample rerun scales it too
             if has_window and any(isinstance(self.env[i], torch.Tensor) for i in n.all_input_nodes):

@@ -59,3 +59,40 @@ def test_mT_over_the_batch_of_a_2d_value_is_refused_and_over_tokens_converts():
         return (t.mT * 2.0).mT.reshape(h.shape)
 
     assert_exact(lambda act: _TwoLayers(act, tokens), _x())
+
+
+class _Centred(nn.Module):
+    """Centres the analog input over the batch before the first layer: ``centre(x)``."""
+
+    def __init__(self, act, centre) -> None:
+        super().__init__()
+        self.body = _TwoLayers(act, lambda h, x: h)
+        self.centre = centre
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.centre(x))
+
+
+@pytest.mark.parametrize("centre, spelled", [
+    (lambda x: x - x.mean(0, keepdim=True), "mean over dim 0"),
+    (lambda x: x - x.mean(), "mean over dim 0"),
+    (lambda x: x - torch.sum(x, dim=0) / 40, "sum over dim 0"),
+    (lambda x: x - x[:1], "getitem over dim 0"),
+])
+def test_a_reduction_over_the_batch_of_the_analog_input_is_refused(centre, spelled):
+    """Before the first activation a value is computed once per chunk of the batch that
+    simulate() runs (8 MiB windows on CPU): ``x - x.mean(0)`` there once centred each
+    chunk on its own mean, so one sample's output depended on the chunking (GN at T = 1:
+    exact on 40 samples in one chunk, error 0.016 in chunks of a few), silently."""
+    from snnconv import QCFS
+
+    torch.manual_seed(0)
+    model = _Centred(QCFS, centre).double().eval()
+    with pytest.raises(SnnconvError, match=rf"{spelled}.*mixes the samples.*dims >= 1") as err:
+        convert(model, "gn", group_size=4)
+    assert "\n" not in str(err.value)
+
+
+def test_per_sample_reductions_of_the_analog_input_still_convert():
+    """Centring each sample on its own mean (dims >= 1) is affine per sample: exact."""
+    assert_exact(lambda act: _Centred(act, lambda x: x - x.mean((1, 2, 3), keepdim=True)), _x())

@@ -318,17 +318,26 @@ def _batch_op_name(node: fx.Node) -> str:
     return node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
 
 
-def check_batch_dims(node: fx.Node, value: torch.Tensor) -> None:
+def _batch_fix(window: bool) -> str:
+    """Why an op over dim 0 is refused, and the fix: after a spiking layer dim 0 carries
+    time; before one (the analog input) the op mixes the samples of a chunk."""
+    if window:
+        return "dim 0 is the batch (it carries time in the SNN): reduce, concatenate or move only dims >= 1"
+    return ("dim 0 is the batch: an op over it mixes the samples, which simulate() and calibration run in chunks, so "
+            "a sample's output would depend on the others in its chunk: reduce, concatenate or move only dims >= 1")
+
+
+def check_batch_dims(node: fx.Node, value: torch.Tensor, window: bool = True) -> None:
     """At run time, with ``value`` (the node's tensor input) known: refuse a negative dim
-    that resolves to dim 0 (``torch.cat([a, b], -2)`` of ``[B, C]`` values), which the
-    converter could not see. Called by the engine on nodes that read a spiking window.
+    that resolves to dim 0 (``torch.cat([a, b], -2)`` of ``[B, C]`` values, ``h.mT`` of a
+    ``[B, C]`` value), which the converter could not see. Called by the engine on every
+    input-dependent node; ``window``: the node reads a spiking window (else the analog input).
 
     Raises:
         SnnconvError: the node acts on dim 0 of ``value``.
     """
     if node.op in ("call_function", "call_method") and _touches_batch(node, value.dim()):
-        raise _unsupported(f"{_batch_op_name(node)} over dim 0", node.name, "dim 0 is the batch (it carries time in the SNN): "
-                           "reduce, concatenate or move only dims >= 1")
+        raise _unsupported(f"{_batch_op_name(node)} over dim 0", node.name, _batch_fix(window))
 
 
 _CONTAINER_METHODS = {"chunk", "split", "size", "unbind", "split_with_sizes"}
@@ -407,9 +416,8 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
             if node in spiking:
                 raise _unsupported(f"{kind.__name__} after a spiking layer", where, _max_pool_fix(max_pool))
             return
-        if op is not None and node in spiking and _module_touches_batch(module):
-            raise _unsupported(f"{kind.__name__} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
-                               "reduce, concatenate or move only dims >= 1")
+        if op is not None and _module_touches_batch(module):
+            raise _unsupported(f"{kind.__name__} over dim 0", where, _batch_fix(node in spiking))
         if op is not None and op.name == "upsample" and module.mode not in _NEAREST:
             raise _unsupported(f"Upsample mode={module.mode}", where, "use mode='nearest'")
         if op is not None:
@@ -463,9 +471,8 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
             return
         raise _unsupported(f"pad mode={mode} value={value}", where, "pad with zeros only (mode='constant', value=0)")
     if op is not None:
-        if node in spiking and _touches_batch(node):
-            raise _unsupported(f"{_batch_op_name(node)} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
-                               "reduce, concatenate or move only dims >= 1")
+        if _touches_batch(node):
+            raise _unsupported(f"{_batch_op_name(node)} over dim 0", where, _batch_fix(node in spiking))
         return
     what = f"method .{name}()" if node.op == "call_method" else f"function {name}"
     if node.op == "call_function" and target in _SAMPLE_NORM_FUNCTIONS:
