@@ -96,3 +96,14 @@ def test_a_reduction_over_the_batch_of_the_analog_input_is_refused(centre, spell
 def test_per_sample_reductions_of_the_analog_input_still_convert():
     """Centring each sample on its own mean (dims >= 1) is affine per sample: exact."""
     assert_exact(lambda act: _Centred(act, lambda x: x - x.mean((1, 2, 3), keepdim=True)), _x())
+
+
+def test_a_model_on_the_meta_device_is_refused_in_one_line():
+    """A model built on ``meta`` (shapes, no weights) once failed deep inside the converter
+    with torch's RuntimeError (``Tensor.item() cannot be called on meta tensors``)."""
+    from snnconv import QCFS
+
+    model = _TwoLayers(QCFS, lambda h, x: h).to("meta")
+    with pytest.raises(SnnconvError, match=r"'c1.weight' is on the meta device.*load_state_dict") as err:
+        convert(model, "if")
+    assert "\n" not in str(err.value)

@@ -59,12 +59,13 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     a ``DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` wrapper is unwrapped first.
 
     Raises:
-        SnnconvError: ``model`` is not an ``nn.Module``, or torch.fx cannot trace it
-            (data-dependent control flow; the tracer's message and the fix are given).
+        SnnconvError: ``model`` is not an ``nn.Module``, has weights on the meta device, or
+            torch.fx cannot trace it (data-dependent control flow; the tracer's message and the fix are given).
     """
     if not isinstance(model, nn.Module):
         raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
     model = unwrap(model)
+    _refuse_meta(model)
     model = copy.deepcopy(model) if copy_model else model
     # Trace in eval mode: forward() code that reads self.training (dropout, noise) then
     # takes its inference branch, which is what the SNN must compute.
@@ -88,6 +89,20 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     _refuse_out_arguments(traced, type(model).__name__)
     _out_of_place_updates(traced, type(model).__name__)
     return traced
+
+
+def _refuse_meta(model: nn.Module) -> None:
+    """A model built on the ``meta`` device has shapes but no values to convert.
+
+    Raises:
+        SnnconvError: a parameter or buffer is on the meta device (the first one is named).
+    """
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_meta:
+            raise SnnconvError(
+                f"{type(model).__name__}: {name!r} is on the meta device (shapes, no values), so there are no weights to "
+                "convert: load the trained weights first (model.to_empty(device='cpu') then load_state_dict(state), or "
+                "load_state_dict(state, assign=True))")
 
 
 # Pre-hooks that recompute a layer's weight from its parameters (weight * mask, g * v / |v|),
