@@ -70,18 +70,17 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     # Trace in eval mode: forward() code that reads self.training (dropout, noise) then
     # takes its inference branch, which is what the SNN must compute.
     model.eval()
-    if isinstance(model, fx.GraphModule):
-        _check_one_input(model, type(model).__name__)
-        _check_hooks(model, model)
-        return model
-    try:
-        graph = _Tracer().trace(model)
-        traced = fx.GraphModule(model, graph, type(model).__name__).eval()
-    except Exception as err:  # fx raises many types; the message is what matters
-        raise SnnconvError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err}); "
-            "data-dependent control flow is not convertible: move it out of forward() or wrap it in a leaf module"
-        ) from err
+    if isinstance(model, fx.GraphModule):  # traced already (torch.fx.symbolic_trace): the same checks and rewrites
+        traced = model
+    else:
+        try:
+            graph = _Tracer().trace(model)
+            traced = fx.GraphModule(model, graph, type(model).__name__).eval()
+        except Exception as err:  # fx raises many types; the message is what matters
+            raise SnnconvError(
+                f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err}); "
+                "data-dependent control flow is not convertible: move it out of forward() or wrap it in a leaf module"
+            ) from err
     _check_one_input(traced, type(model).__name__)
     _check_hooks(model, traced)
     _namedtuple_outputs(traced)
