@@ -49,7 +49,8 @@ def bias_layer(snn: SpikingNetwork, name: str) -> tuple[str, nn.Module] | None:
     """The conv/linear layer whose bias shifts neuron ``name``'s input one for one.
 
     Its output must reach the neuron directly or through additions only (a residual
-    sum); the first such layer in the argument order. None if there is none, and None
+    sum; not as the scaled operand b of ``torch.add(a, b, alpha=k)``); the first such
+    layer in the argument order. None if there is none, and None
     when calibrating that layer would move another neuron's input too: the layer is
     called at several places (shared weights), or its output or an addition on the way
     is read elsewhere (a conv feeding two neurons). Calibrating it for one neuron would
@@ -70,7 +71,10 @@ def bias_layer(snn: SpikingNetwork, name: str) -> tuple[str, nn.Module] | None:
             calls = sum(n.op == "call_module" and n.target == current.target for n in nodes)
             return (current.target, modules[current.target]) if calls == 1 else None
         if current.op == "call_function" and current.target in _PASS_THROUGH:
-            frontier.extend(current.all_input_nodes)
+            if current.kwargs.get("alpha", 1) != 1:  # torch.add(a, b, alpha=k): b moves the sum k for one, a one for one
+                frontier.extend(a for a in current.args[:1] if isinstance(a, fx.Node))
+            else:
+                frontier.extend(current.all_input_nodes)
     return None
 
 
