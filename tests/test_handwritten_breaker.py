@@ -233,3 +233,28 @@ def test_bias_calibration_does_not_shift_a_bias_that_reaches_the_neuron_scaled()
     done = bias_calibration(ann, snn, [x], 4, target="preactivation")
     assert done == {"site_0": "bias of c1", "site_1": "none"}
     assert torch.equal(snn.graph.c2.bias, before["c2.bias"])
+
+
+class _PerSampleScore(nn.Module):
+    """A ReLU on one number per sample (``[B]``) after one on tokens ``[B, N, F]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.l2(F.relu(self.l1(x))).sum((1, 2)))
+
+
+def test_per_channel_thresholds_give_a_one_number_activation_one_threshold():
+    """``per_channel=True`` once failed with torch's IndexError on an activation of shape
+    ``[B]`` (no dim 1); it has one channel, so one threshold, and converts like per layer."""
+    x = torch.rand(32, 4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) - 0.3
+    torch.manual_seed(0)
+    model = _PerSampleScore().double().eval()
+    with torch.no_grad():
+        ann = model(x)
+    snn = convert(model, "if", calibration=x, threshold="max", per_channel=True)
+    assert [tuple(n.threshold.shape) for _, n in snn.spiking_layers()] == [(4, 1), ()]
+    out = running_average(simulate(snn, x, 1024))[-1]
+    assert (out - ann).abs().max() < 0.002 * ann.abs().max()
