@@ -258,3 +258,23 @@ def test_per_channel_thresholds_give_a_one_number_activation_one_threshold():
     assert [tuple(n.threshold.shape) for _, n in snn.spiking_layers()] == [(4, 1), ()]
     out = running_average(simulate(snn, x, 1024))[-1]
     assert (out - ann).abs().max() < 0.002 * ann.abs().max()
+
+
+class _TrainedClip(nn.Module):
+    """A clip activation with a trained bound, written by hand: clamp(x, 0, self.up)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, torch.zeros_like(self.up), self.up)
+
+
+def test_a_clamp_with_tensor_bounds_inside_an_activation_class_names_the_class_and_the_mapping():
+    """The refusal said "use min=0" for ``clamp(x, zeros, self.up)`` inside the user's
+    activation class, without naming the class or the ``activations=`` mapping."""
+    model = _TwoLayers(lambda levels: _TrainedClip(), lambda h, x: h).double()
+    with pytest.raises(SnnconvError, match=r"module 'a1' \(_TrainedClip\) computes clamp.*activations=\{_TrainedClip:") as err:
+        convert(model, "if")
+    assert "\n" not in str(err.value)

@@ -127,7 +127,9 @@ def _site_of(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | N
     if bounds is not None:
         low, high = bounds
         if low != 0 or not (high is None or isinstance(high, (int, float))):
-            raise _unsupported(f"clamp({low}, {high})", _where(node), "only clamp(x, 0, max) is an activation; use min=0")
+            _refuse_inside_user_module(node, f"clamp({low}, {high})")  # a clip activation class: the activations= mapping
+            raise _unsupported(f"clamp({low}, {high})", _where(node), "only clamp(x, 0, max) with numbers is an activation: "
+                               "use min=0 and a number max (a trained clip value: QCFS / ClipFloor's lambda)")
         if high is None:
             return ActivationSite(None, "relu", None, 0.0, None)
         if not high > 0:
