@@ -24,6 +24,7 @@ from torch.utils import _pytree as pytree
 from .convert.activation_sites import check_batch_dims, input_dependent
 from .convert.max_pool import MaxPoolGate
 from .convert.ops import constant_in_sleep, lookup
+from .convert.trace import check_global_hooks
 from .errors import SnnconvError, check
 from .functional import check_threshold
 from .inputs import check_input
@@ -398,6 +399,7 @@ def _check_input(snn: nn.Module, x: torch.Tensor, steps, sleep_steps, permute: s
     check(memory_budget > 0, f"memory_budget must be a positive byte count, got {memory_budget}")
     check(permute is None or permute in PERMUTE_MODES, f"permute must be one of {', '.join(PERMUTE_MODES)} or None, got {permute!r}")
     check(not (permute and sleep_steps), "permutation and sleep steps do not combine: use one or the other")
+    check_global_hooks("simulate")
     check(sleep_steps == 0 or snn.sleeps, f"sleep steps need neurons that sleep (cif); {snn.neuron!r} does not")
     return steps, sleep_steps, seed, memory_budget
 
@@ -548,7 +550,7 @@ def simulate(
         SnnconvError: ``snn`` is not a converted network; the input has the wrong shape,
             dtype or non-finite values; T, sleep steps, seed, memory budget or window bytes
             are not valid integers in range; permutation combined with sleep steps, or
-            sleep steps for neurons that do not sleep; NaN/inf weights or bad thresholds;
+            sleep steps for neurons that do not sleep; a global module hook installed; NaN/inf weights or bad thresholds;
             ``stop_when_quiet`` without sleep steps; or one sample needs more than
             ``memory_budget`` bytes at this T.
     """

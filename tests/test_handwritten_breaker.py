@@ -278,3 +278,28 @@ def test_a_clamp_with_tensor_bounds_inside_an_activation_class_names_the_class_a
     with pytest.raises(SnnconvError, match=r"module 'a1' \(_TrainedClip\) computes clamp.*activations=\{_TrainedClip:") as err:
         convert(model, "if")
     assert "\n" not in str(err.value)
+
+
+def test_a_global_module_hook_is_refused_by_convert_and_simulate():
+    """A hook installed for every module (``register_module_forward_hook``) that clamps conv
+    outputs ran on the SNN's windows: GN at T = 1 missed the QCFS source by 0.013 and CIF
+    the clip-floor one by 0.04, silently."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from snnconv import QCFS
+
+    def clamp_convs(module, inputs, output):
+        return output.clamp(max=0.2) if isinstance(module, nn.Conv2d) else None
+
+    torch.manual_seed(0)
+    model = _TwoLayers(QCFS, lambda h, x: h).double()
+    snn = convert(model, "if")
+    handle = register_module_forward_hook(clamp_convs)
+    try:
+        for run in (lambda: convert(model, "if"), lambda: simulate(snn, _x(), 4)):
+            with pytest.raises(SnnconvError, match=r"global forward hook \(clamp_convs.*handle\.remove\(\)") as err:
+                run()
+            assert "\n" not in str(err.value)
+    finally:
+        handle.remove()
+    assert simulate(snn, _x(), 4).shape == (4, 5, 3)

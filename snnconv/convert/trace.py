@@ -59,13 +59,14 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     a ``DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` wrapper is unwrapped first.
 
     Raises:
-        SnnconvError: ``model`` is not an ``nn.Module``, has weights on the meta device, or
-            torch.fx cannot trace it (data-dependent control flow; the tracer's message and the fix are given).
+        SnnconvError: ``model`` is not an ``nn.Module``, has weights on the meta device, a
+            global module hook is installed (:func:`check_global_hooks`), or torch.fx cannot trace it (data-dependent control flow; the tracer's message and the fix are given).
     """
     if not isinstance(model, nn.Module):
         raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
     model = unwrap(model)
     _refuse_meta(model)
+    check_global_hooks("convert")
     model = copy.deepcopy(model) if copy_model else model
     # Trace in eval mode: forward() code that reads self.training (dropout, noise) then
     # takes its inference branch, which is what the SNN must compute.
@@ -88,6 +89,27 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     _refuse_out_arguments(traced, type(model).__name__)
     _out_of_place_updates(traced, type(model).__name__)
     return traced
+
+
+def check_global_hooks(when: str) -> None:
+    """Refuse module hooks installed for every module (``register_module_forward_hook`` /
+    ``register_module_forward_pre_hook``): torch runs them on each layer the spiking
+    network calls, on windows of time steps, where the ANN ran them once per input; a hook
+    that changes a layer's output (a clamp) would then compute something else, silently.
+
+    Raises:
+        SnnconvError: such a hook is installed (named, with the fix).
+    """
+    from torch.nn.modules import module as torch_module
+
+    for kind, hooks in (("forward", torch_module._global_forward_hooks),
+                        ("forward pre", torch_module._global_forward_pre_hooks)):
+        for hook in hooks.values():
+            register = "register_module_forward_hook" if kind == "forward" else "register_module_forward_pre_hook"
+            raise SnnconvError(
+                f"a global {kind} hook ({getattr(hook, '__name__', type(hook).__name__)}, installed with "
+                f"torch.nn.modules.module.{register}) runs on every layer, and in a spiking network on windows of time "
+                f"steps, not as in the ANN: remove it (handle.remove()) before {when}")
 
 
 def _refuse_meta(model: nn.Module) -> None:
