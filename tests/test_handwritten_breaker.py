@@ -303,3 +303,35 @@ def test_a_global_module_hook_is_refused_by_convert_and_simulate():
     finally:
         handle.remove()
     assert simulate(snn, _x(), 4).shape == (4, 5, 3)
+
+
+class _FlattenFromTheEnd(nn.Module):
+    def __init__(self, flatten) -> None:
+        super().__init__()
+        from snnconv import QCFS
+
+        self.c1, self.a1, self.fc = nn.Conv2d(3, 4, 3, padding=1), QCFS(4), nn.Linear(256, 3)
+        self.flatten = flatten
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.a1(self.c1(x))))
+
+
+@pytest.mark.parametrize("flatten", [lambda h: h.flatten(-3), nn.Flatten(-3), lambda h: torch.flatten(h, start_dim=-3, end_dim=3)],
+                         ids=["method", "module", "function"])
+def test_nir_export_of_a_flatten_from_the_end_keeps_its_dims(flatten):
+    """``h.flatten(-3)`` of ``[B, C, H, W]`` is ``h.flatten(1)``; the NIR export wrote its
+    start as -4 (one less, as for a dim counted from the front), which a consumer running
+    batched ``[B, C, H, W]`` data reads as the batch."""
+    pytest.importorskip("nir")
+    import warnings
+
+    from snnconv.export.nir import to_nir
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = to_nir(convert(_FlattenFromTheEnd(flatten).eval(), "if"), (3, 8, 8))
+    (node,) = [v for v in graph.nodes.values() if type(v).__name__ == "Flatten"]
+    assert node.start_dim in (0, -3) and node.end_dim in (-1, 2)
+    assert tuple(node.output_type["output"]) == (256,)
