@@ -147,12 +147,16 @@ _VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute,
                    torch.movedim, torch.chunk, torch.split, torch.narrow, torch.select, torch.t, torch.unbind,
                    operator.getitem, torch.relu_, F.relu_, torch.detach}
 
+_VIEW_ATTRIBUTES = {"data", "T", "mT", "H", "mH", "real"}
+
 
 def _is_view(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """May ``node``'s output share memory with its first input (a view, or an in-place op)?"""
     if node.op == "call_method":
         return node.target in _VIEW_METHODS
     if node.op == "call_function":
+        if node.target is getattr:  # h.data, h.mT, ...: the same memory under another name
+            return len(node.args) > 1 and node.args[1] in _VIEW_ATTRIBUTES
         return node.target in _VIEW_FUNCTIONS or bool(node.kwargs.get("inplace"))
     if node.op == "call_module":
         module = modules.get(node.target)

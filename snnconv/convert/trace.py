@@ -215,8 +215,8 @@ def _is_number(node: fx.Node) -> bool:
     """A size read (``x.shape[0]``, ``x.size(1)``): a Python number, which ``+=`` rebinds."""
     while node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
         node = node.args[0]
-    return (node.op == "call_function" and node.target is getattr) or (
-        node.op == "call_method" and node.target in ("size", "dim", "numel"))
+    return (node.op == "call_function" and node.target is getattr and node.args[1:2] in (("shape",), ("ndim",))) or (
+        node.op == "call_method" and node.target in ("size", "dim", "numel"))  # not h.data: a tensor
 
 
 def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:
