@@ -381,3 +381,36 @@ def test_an_in_place_relu_through_data_is_refused():
     torch.manual_seed(0)
     with pytest.raises(SnnconvError, match=r"activation 'clamp_' overwrites its input in place.*out-of-place form"):
         convert(_ReluThroughData().double(), "if", calibration=x)
+
+
+_SPELLINGS = {  # each glue twice: the table's first spelling, then its other name
+    "concatenate": (lambda h, x: torch.cat([h, -h], 1)[:, ::2], lambda h, x: torch.concatenate([h, -h], axis=1)[:, ::2]),
+    "swapaxes": (lambda h, x: h.transpose(2, 3) * 2, lambda h, x: h.swapaxes(2, 3) * 2),
+    "torch.swapdims": (lambda h, x: torch.transpose(h, 1, 3).contiguous(), lambda h, x: torch.swapdims(h, 1, 3).contiguous()),
+    "moveaxis": (lambda h, x: h.movedim(1, 3).movedim(3, 1), lambda h, x: h.moveaxis(1, 3).moveaxis(3, 1)),
+    "negative": (lambda h, x: 1.0 - h.neg(), lambda h, x: 1.0 - torch.negative(h).negative()),
+    "multiply/divide/subtract": (lambda h, x: h.mul(3).div(2).sub(1), lambda h, x: h.multiply(3).divide(2).subtract(1)),
+}
+
+
+@pytest.mark.parametrize("name", list(_SPELLINGS))
+def test_other_names_of_table_ops_convert_exactly_like_the_first(name):
+    """``torch.concatenate``, ``.swapaxes``/``.swapdims``, ``.moveaxis``, ``.negative``,
+    ``.multiply``/``.divide``/``.subtract`` are the same functions as ``cat``, ``transpose``,
+    ``movedim``, ``neg``, ``mul``/``div``/``sub``, which convert; they were refused as unknown."""
+    x = _x()
+    for glue in _SPELLINGS[name]:
+        assert_exact(lambda act, glue=glue: _TwoLayers(act, glue), x)
+
+
+@pytest.mark.parametrize("glue", [
+    lambda h, x: torch.concatenate([h, h], axis=0)[: h.shape[0]],
+    lambda h, x: h.swapaxes(0, 1).swapaxes(0, 1),
+    lambda h, x: torch.swapdims(h, 1, -4).swapdims(0, 1),
+    lambda h, x: h.moveaxis(0, 1).moveaxis(1, 0),
+], ids=["concatenate", "swapaxes", "swapdims", "moveaxis"])
+def test_other_names_of_table_ops_over_the_batch_are_refused(glue):
+    from snnconv import QCFS
+
+    with pytest.raises(SnnconvError, match=r"over dim 0.*dims >= 1"):
+        convert(_TwoLayers(QCFS, glue).double(), "gn", group_size=4)(_x(), 1)

@@ -141,10 +141,12 @@ def _site_of(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | N
 
 # casts too: a cast to the same dtype returns the tensor itself (x += 1 on it updates x)
 _VIEW_METHODS = {"view", "view_as", "reshape", "flatten", "unflatten", "transpose", "permute", "squeeze", "unsqueeze",
-                 "expand", "expand_as", "contiguous", "movedim", "chunk", "split", "narrow", "select", "t", "unbind",
+                 "expand", "expand_as", "contiguous", "movedim", "moveaxis", "swapaxes", "swapdims", "chunk", "split",
+                 "narrow", "select", "t", "unbind",
                  "relu_", "detach", "float", "double", "half", "bfloat16", "to", "type", "type_as"}
 _VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
-                   torch.movedim, torch.chunk, torch.split, torch.narrow, torch.select, torch.t, torch.unbind,
+                   torch.movedim, torch.moveaxis, torch.swapaxes, torch.swapdims, torch.chunk, torch.split, torch.narrow,
+                   torch.select, torch.t, torch.unbind,
                    operator.getitem, torch.relu_, F.relu_, torch.detach}
 
 _VIEW_ATTRIBUTES = {"data", "T", "mT", "H", "mH", "real"}
@@ -280,7 +282,8 @@ def _touches_batch(node: fx.Node, rank: int | None = None) -> bool:
     """Does a reduction, concatenation, axis move or index act on dim 0 (the batch, which
     carries time)? With ``rank`` (the input's number of dims, known when the graph runs)
     negative dims are resolved too: ``sum(-2)`` of a ``[B, C]`` value is over dim 0."""
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    op = lookup(node, {})  # by the table's op, so every spelling of it (torch.concatenate, .swapaxes) is read alike
+    name = op.name if op is not None else node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     args = node.args[1:]
     kwargs = node.kwargs
 
@@ -292,12 +295,13 @@ def _touches_batch(node: fx.Node, rank: int | None = None) -> bool:
     if name in ("mean", "sum"):
         dims = _dim_list(args[0] if args else kwargs.get("dim", kwargs.get("axis")))  # axis=: numpy's name
         return not dims or any(d is None or at(d) == 0 for d in dims)  # dim=() is every dim, as None
-    if name in ("cat", "concat", "stack"):
+    if name in ("cat", "stack"):
         return at(node.args[1] if len(node.args) > 1 else kwargs.get("dim", kwargs.get("axis", 0)), int(name == "stack")) == 0
     if name in ("chunk", "split"):
         return at(node.args[2] if len(node.args) > 2 else kwargs.get("dim", 0)) == 0
     if name == "transpose":
-        return 0 in [at(a) for a in args[:2] if isinstance(a, int)] or 0 in (at(kwargs.get("dim0")), at(kwargs.get("dim1")))
+        named = [kwargs.get(k) for k in ("dim0", "dim1", "axis0", "axis1")]  # swapaxes: axis0 / axis1
+        return 0 in [at(a) for a in args[:2] if isinstance(a, int)] or 0 in [at(d) for d in named]
     if name == "permute":
         dims = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else list(args or kwargs.get("dims", ()))
         return bool(dims) and at(dims[0]) != 0
