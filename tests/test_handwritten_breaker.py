@@ -414,3 +414,32 @@ def test_other_names_of_table_ops_over_the_batch_are_refused(glue):
 
     with pytest.raises(SnnconvError, match=r"over dim 0.*dims >= 1"):
         convert(_TwoLayers(QCFS, glue).double(), "gn", group_size=4)(_x(), 1)
+
+
+def _doubling_forward(module: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    return type(module).forward(module, z * 2.0)
+
+
+def test_an_activation_whose_forward_was_replaced_on_the_instance_converts_what_it_computes():
+    """``act.forward = MethodType(f, act)`` changes what a QCFS or ReLU computes, but the
+    tracer kept it as one QCFS / ReLU node by its class: GN at T = 1 missed the ANN by
+    0.006 and IF on a ReLU source by 0.034 of 0.12. It is traced into now: the ReLU's
+    F.relu(2 z) converts; the QCFS's floor is named, with the activations= mapping."""
+    import types
+
+    from snnconv import QCFS
+
+    x = _x()
+
+    def build(act):
+        model = _TwoLayers(act, lambda h, x: h)
+        model.a2.forward = types.MethodType(_doubling_forward, model.a2)
+        return model
+
+    torch.manual_seed(0)
+    model = build(None).double().eval()
+    with torch.no_grad():
+        ann = model(x)
+    assert (_relu_if_output(model, x, 512) - ann).abs().max() < 0.01 * ann.abs().max()
+    with pytest.raises(SnnconvError, match=r"module 'a2' \(QCFS\) computes function floor.*activations=\{QCFS:"):
+        convert(build(QCFS).double(), "gn", group_size=4)

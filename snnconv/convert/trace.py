@@ -36,7 +36,10 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         # a subclass that rewrites forward() computes something else: traced into, so the
-        # converter sees (and names) what it computes
+        # converter sees (and names) what it computes; so is a module whose forward was
+        # replaced on the instance (module.forward = ...), whatever its class
+        if "forward" in vars(module):
+            return False
         if isinstance(module, QuantizedClip) and type(module).forward is QuantizedClip.forward:
             return True
         return super().is_leaf_module(module, qualified_name)
