@@ -443,3 +443,30 @@ def test_an_activation_whose_forward_was_replaced_on_the_instance_converts_what_
     assert (_relu_if_output(model, x, 512) - ann).abs().max() < 0.01 * ann.abs().max()
     with pytest.raises(SnnconvError, match=r"module 'a2' \(QCFS\) computes function floor.*activations=\{QCFS:"):
         convert(build(QCFS).double(), "gn", group_size=4)
+
+
+class _TiedConvs(nn.Module):
+    """c3 holds c2's weight and bias (tied weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.c3.weight, self.c3.bias = self.c2.weight, self.c2.bias
+        self.fc = nn.Linear(256, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.c1(x))
+        h = F.relu(self.c2(h))
+        return self.fc(F.relu(self.c3(h)).flatten(1))
+
+
+def test_snn_calibration_leaves_a_tied_layer_alone():
+    """SNN Calibration shifts one layer's bias (or fits its weights) for one neuron; a
+    layer whose weight and bias another layer also holds (``c3.weight = c2.weight``) moved
+    that layer's neuron too, which its own calibration then undid: now neither is
+    calibrated (reported as ``none``), as for a layer called at two places."""
+    x = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(0)
+    snn = convert(_TiedConvs().eval(), "if", calibration=x, snn_calibration="light", calibration_steps=4)
+    assert snn.calibration["snnc"]["layers"] == {"site_0": "bias of c1", "site_1": "none", "site_2": "none"}
+    assert snn.graph.c2.weight is snn.graph.c3.weight
