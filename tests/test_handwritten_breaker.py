@@ -470,3 +470,23 @@ def test_snn_calibration_leaves_a_tied_layer_alone():
     snn = convert(_TiedConvs().eval(), "if", calibration=x, snn_calibration="light", calibration_steps=4)
     assert snn.calibration["snnc"]["layers"] == {"site_0": "bias of c1", "site_1": "none", "site_2": "none"}
     assert snn.graph.c2.weight is snn.graph.c3.weight
+
+
+class _PoolWithIndices(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.pool, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2, return_indices=True), nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values, _ = self.pool(F.relu(self.c1(x)))
+        return self.fc(values.flatten(1))
+
+
+def test_the_max_pool_gate_refuses_a_max_pool_module_that_returns_indices_by_name():
+    """``max_pool='gate'`` swapped an ``nn.MaxPool2d(return_indices=True)`` for a gate that
+    returns values only, so ``values, _ = pool(h)`` unpacked the batch and the error blamed
+    a 'getitem over dim 0' the user never wrote."""
+    x = _x()
+    torch.manual_seed(0)
+    with pytest.raises(SnnconvError, match=r"layer 'pool' \(MaxPool2d after a spiking layer\).*without return_indices"):
+        convert(_PoolWithIndices().double(), "if", calibration=x, max_pool="gate")

@@ -537,13 +537,13 @@ _MAX_POOL_FUNCTIONS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
 def _gate_max_pools(graph_module: fx.GraphModule, spiking: set) -> None:
     """Replace each max pooling after a spiking layer by a :class:`MaxPoolGate`: a
     ``nn.MaxPool1d/2d/3d`` module in place, an ``F.max_pool1d/2d/3d`` call by a gate
-    module with its arguments (one that returns indices is left, and refused)."""
+    module with its arguments (either one that returns indices is left, and refused)."""
     for index, node in enumerate(list(graph_module.graph.nodes)):
         if node not in spiking:
             continue
         if node.op == "call_module":
             module = graph_module.get_submodule(node.target)
-            if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+            if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) and not module.return_indices:
                 parent, _, name = node.target.rpartition(".")
                 setattr(graph_module.get_submodule(parent) if parent else graph_module, name, MaxPoolGate.from_module(module))
         elif node.op == "call_function" and node.target in _MAX_POOL_FUNCTIONS and node.args:
