@@ -490,3 +490,20 @@ def test_the_max_pool_gate_refuses_a_max_pool_module_that_returns_indices_by_nam
     torch.manual_seed(0)
     with pytest.raises(SnnconvError, match=r"layer 'pool' \(MaxPool2d after a spiking layer\).*without return_indices"):
         convert(_PoolWithIndices().double(), "if", calibration=x, max_pool="gate")
+
+
+class _AnalogPoolWithIndices(nn.Module):
+    def __init__(self, act) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.body = _TwoLayers(act, lambda h, x: h)
+        self.body.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values, _ = self.pool(x)  # max pooling of the analog input: exact
+        return self.body(values)
+
+
+def test_max_pooling_with_indices_of_the_analog_input_still_converts_exactly():
+    """Unpacking ``values, indices`` of a max pool is no index over the batch."""
+    assert_exact(_AnalogPoolWithIndices, _x())
