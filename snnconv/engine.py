@@ -267,11 +267,29 @@ class _WindowRunner(fx.Interpreter):
             if _is_size_read(n) and n.all_input_nodes and n.all_input_nodes[0] in self.dynamic:
                 dim = args[1] if len(args) > 1 and n.op == "call_method" else kwargs.get("dim")
                 result = _mark_batch(result, dim, self.batch, args[0].dim() if isinstance(args[0], torch.Tensor) else None)
+            if n in self.dynamic and isinstance(result, torch.Tensor):
+                self._refuse_merged_samples(n, result, self.schedule.total * self.batch if has_window else self.batch)
             if has_window:
                 self.windows.add(n)
                 if self.schedule.sleep_steps and isinstance(result, torch.Tensor):
                     result = self._constants_off_in_sleep(n, result)
             return result
+
+    def _refuse_merged_samples(self, n: fx.Node, result: torch.Tensor, samples: int) -> None:
+        """Each sample (each step of each sample, in a window) must keep whole rows of dim 0:
+        a reshape that merges samples (``h.view(1, -1)``, ``h.reshape(-1, 2 * C)`` of
+        ``[B, C]``) lets a later op over dims >= 1 mix them, which in the SNN mixes steps
+        too and depends on how simulate() chunks the batch.
+
+        Raises:
+            SnnconvError: ``result`` has a number of rows that is not a multiple of ``samples``.
+        """
+        rows = result.shape[0] if result.dim() else 1
+        if samples > 1 and rows % samples:
+            raise SnnconvError(
+                f"layer {n.name!r} returns {rows} rows along dim 0 from {samples} samples (steps x batch): it merges "
+                "samples (a reshape such as h.view(1, -1)), so later layers would mix them: keep dim 0 per sample "
+                "(h.reshape(n, ...) with n = x.shape[0], or h.flatten(1))")
 
     def _refuse_batch_size_as_number(self, n: fx.Node, args, kwargs) -> None:
         """A batch size is a shape (``h.reshape(n, -1)``), which the engine scales by the

@@ -507,3 +507,23 @@ class _AnalogPoolWithIndices(nn.Module):
 def test_max_pooling_with_indices_of_the_analog_input_still_converts_exactly():
     """Unpacking ``values, indices`` of a max pool is no index over the batch."""
     assert_exact(_AnalogPoolWithIndices, _x())
+
+
+@pytest.mark.parametrize("where", ["analog", "spiking"])
+def test_a_reshape_that_merges_samples_is_refused_when_it_runs(where):
+    """``h - h.view(1, -1).mean(1)`` is a batch mean written as a reshape; no dim-0 op
+    appears, so it once converted, and each sample's output depended on the chunk of the
+    batch simulate() ran it in."""
+    from snnconv import QCFS
+
+    def centre(v):
+        return v - v.view(1, -1).mean(1, keepdim=True).view(1, 1, 1, 1)
+
+    glue = (lambda h, x: h) if where == "analog" else (lambda h, x: centre(h))
+    model = _TwoLayers(QCFS, glue)
+    if where == "analog":
+        model = _Centred(QCFS, centre)
+    snn = convert(model.double(), "gn", group_size=4)
+    with pytest.raises(SnnconvError, match=r"returns 1 rows along dim 0 from \d+ samples.*merges samples") as err:
+        simulate(snn, _x(), 2)
+    assert "\n" not in str(err.value)
