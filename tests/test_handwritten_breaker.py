@@ -527,3 +527,19 @@ def test_a_reshape_that_merges_samples_is_refused_when_it_runs(where):
     with pytest.raises(SnnconvError, match=r"returns 1 rows along dim 0 from \d+ samples.*merges samples") as err:
         simulate(snn, _x(), 2)
     assert "\n" not in str(err.value)
+
+
+def test_a_model_on_the_meta_device_is_refused_before_an_activations_mapping_probes_it():
+    from snnconv import QCFS
+
+    class MyClip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, z):
+            return torch.minimum(F.relu(z), self.up)
+
+    model = _TwoLayers(lambda levels: MyClip(), lambda h, x: h).to("meta")
+    with pytest.raises(SnnconvError, match=r"'c1.weight' is on the meta device"):  # not "cannot check the mapping"
+        convert(model, "if", activations={MyClip: lambda m: QCFS(4, 1.0)})

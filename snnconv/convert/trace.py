@@ -68,7 +68,7 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     if not isinstance(model, nn.Module):
         raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
     model = unwrap(model)
-    _refuse_meta(model)
+    refuse_meta(model)
     check_global_hooks("convert")
     model = copy.deepcopy(model) if copy_model else model
     # Trace in eval mode: forward() code that reads self.training (dropout, noise) then
@@ -115,7 +115,7 @@ def check_global_hooks(when: str) -> None:
                 f"steps, not as in the ANN: remove it (handle.remove()) before {when}")
 
 
-def _refuse_meta(model: nn.Module) -> None:
+def refuse_meta(model: nn.Module) -> None:
     """A model built on the ``meta`` device has shapes but no values to convert.
 
     Raises:
