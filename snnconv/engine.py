@@ -164,7 +164,8 @@ def _is_size_read(node: fx.Node) -> bool:
 
 def _mark_batch(value, dim_arg, batch: int, rank: int | None = None):
     """Tag the batch entry of a size read (a ``torch.Size`` or one int) as
-    :class:`BatchSize` of value ``batch`` (also when read off a folded window);
+    :class:`BatchSize` of value ``batch``, the ANN's size of that dim 0 (also when read
+    off a folded window; batch x k when tokens were merged into dim 0);
     ``x.size(-4)`` of a rank-4 ``x`` is dim 0 too."""
     if isinstance(value, tuple) and dim_arg is None:
         return (BatchSize(batch), *value[1:]) if len(value) else value
@@ -266,7 +267,10 @@ class _WindowRunner(fx.Interpreter):
                 raise SnnconvError(f"layer {n.name!r} failed on its input ({err}); check the input shape") from err
             if _is_size_read(n) and n.all_input_nodes and n.all_input_nodes[0] in self.dynamic:
                 dim = args[1] if len(args) > 1 and n.op == "call_method" else kwargs.get("dim")
-                result = _mark_batch(result, dim, self.batch, args[0].dim() if isinstance(args[0], torch.Tensor) else None)
+                source = args[0] if isinstance(args[0], torch.Tensor) else None
+                # the ANN's size of dim 0: the batch, or batch x k when tokens were merged into it (h.reshape(-1, C))
+                rows = self.batch if source is None or not source.dim() else source.shape[0] // (self.schedule.total if has_window else 1)
+                result = _mark_batch(result, dim, rows, source.dim() if source is not None else None)
             if n in self.dynamic and isinstance(result, torch.Tensor):
                 self._refuse_merged_samples(n, result, self.schedule.total * self.batch if has_window else self.batch)
             if has_window:

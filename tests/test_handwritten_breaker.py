@@ -543,3 +543,24 @@ def test_a_model_on_the_meta_device_is_refused_before_an_activations_mapping_pro
     model = _TwoLayers(lambda levels: MyClip(), lambda h, x: h).to("meta")
     with pytest.raises(SnnconvError, match=r"'c1.weight' is on the meta device"):  # not "cannot check the mapping"
         convert(model, "if", activations={MyClip: lambda m: QCFS(4, 1.0)})
+
+
+class _TokenRows(nn.Module):
+    """Tokens merged into dim 0, whose size is then read off the merged rows."""
+
+    def __init__(self, act) -> None:
+        super().__init__()
+        self.c1, self.a1, self.lin, self.fc = nn.Conv2d(3, 4, 3, padding=1), act(4), nn.Linear(4, 6), nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a1(self.c1(x))
+        rows = self.lin(h.flatten(2).transpose(1, 2).reshape(-1, 4))  # [B * 64, 6]
+        first = rows.view(rows.shape[0], 2, 3)[:, 0].sum(-1)  # per token: [B * 64]
+        return self.fc(first.view(x.shape[0], -1))
+
+
+def test_a_size_read_off_tokens_merged_into_dim_0_is_the_anns():
+    """``rows.shape[0]`` of ``[B * 64, 6]`` rows read as the batch B in the SNN (the engine
+    tagged every dim-0 read as the batch), so ``rows.view(rows.shape[0], 2, 3)`` failed with
+    a raw shape error, or regrouped the tokens where the shape allowed it."""
+    assert_exact(_TokenRows, _x())
