@@ -564,3 +564,27 @@ def test_a_size_read_off_tokens_merged_into_dim_0_is_the_anns():
     tagged every dim-0 read as the batch), so ``rows.view(rows.shape[0], 2, 3)`` failed with
     a raw shape error, or regrouped the tokens where the shape allowed it."""
     assert_exact(_TokenRows, _x())
+
+
+class _WithOptions(nn.Module):
+    """forward(x, mask=None, return_features=False, scale=2.0), called with x alone."""
+
+    def __init__(self, act) -> None:
+        super().__init__()
+        self.body = _TwoLayers(act, lambda h, x: h)
+
+    def forward(self, x, mask=None, return_features=False, scale=2.0):
+        h = self.body.a2(self.body.c2(self.body.a1(self.body.c1(x))))
+        if mask is not None:
+            h = h * mask
+        if return_features:
+            return h
+        return self.body.fc(h.flatten(1)) * scale
+
+
+def test_forward_options_with_defaults_take_their_defaults():
+    """A spiking network is driven by the input alone, so forward's other arguments take
+    their defaults; fx traced them as inputs, so ``if return_features:`` was refused as
+    "data-dependent control flow" and ``if mask is not None: h = h * mask`` as "a mul of
+    two input-dependent values", though the ANN called with x never runs either."""
+    assert_exact(_WithOptions, _x())

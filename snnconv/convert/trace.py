@@ -78,7 +78,9 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
         traced = model
     else:
         try:
-            graph = _Tracer().trace(model)
+            defaults = _default_arguments(model)
+            graph = _Tracer().trace(model, concrete_args=defaults or None)
+            _drop_specialisation_checks(graph)
             traced = fx.GraphModule(model, graph, type(model).__name__).eval()
         except Exception as err:  # fx raises many types; the message is what matters
             raise SnnconvError(
@@ -92,6 +94,43 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     _refuse_out_arguments(traced, type(model).__name__)
     _out_of_place_updates(traced, type(model).__name__)
     return traced
+
+
+_CONSTANT_DEFAULTS = (type(None), bool, int, float, str)
+
+
+def _default_arguments(model: nn.Module) -> dict:
+    """forward()'s arguments after the input that have a number, string, bool or None
+    default: the values they always take, since a spiking network is driven by the input
+    alone. Traced with them, ``if mask is not None:`` or ``if return_features:`` follow
+    the branch the ANN takes when called with the input only."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in parameters[1:]
+            if p.kind in kinds and p.default is not inspect.Parameter.empty and type(p.default) in _CONSTANT_DEFAULTS}
+
+
+def _drop_specialisation_checks(graph: fx.Graph) -> None:
+    """Remove the checks fx adds for arguments traced as constants (``assert mask is None``),
+    which only compare a default with itself."""
+    from torch.fx._symbolic_trace import _assert_is_none
+
+    def specialised(value: fx.Node) -> bool:  # a placeholder traced as its default, or default == value
+        if value.op == "call_function" and value.target is operator.eq:
+            return any(specialised(i) for i in value.all_input_nodes)
+        return value.op == "placeholder" and bool(value.args)
+
+    for node in reversed(list(graph.nodes)):
+        if node.op == "call_function" and node.target in (torch._assert, _assert_is_none) and not node.users \
+                and node.all_input_nodes and all(specialised(i) for i in node.all_input_nodes):
+            inputs = node.all_input_nodes
+            graph.erase_node(node)
+            for value in inputs:
+                if value.op == "call_function" and value.target is operator.eq and not value.users:
+                    graph.erase_node(value)
 
 
 def check_global_hooks(when: str) -> None:
