@@ -588,3 +588,27 @@ def test_forward_options_with_defaults_take_their_defaults():
     "data-dependent control flow" and ``if mask is not None: h = h * mask`` as "a mul of
     two input-dependent values", though the ANN called with x never runs either."""
     assert_exact(_WithOptions, _x())
+
+
+class _Lazy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        from snnconv import QCFS
+
+        self.c, self.a, self.fc = nn.LazyConv2d(4, 3), QCFS(4), nn.LazyLinear(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.a(self.c(x)).flatten(1))
+
+
+def test_a_lazy_module_that_never_ran_is_refused_in_one_line_and_converts_once_run():
+    """Was torch's multi-line ValueError from deepcopy (an uninitialized parameter)."""
+    model = _Lazy()
+    with pytest.raises(SnnconvError, match=r"'c.weight' is uninitialized \(a lazy module.*model\(x\)") as err:
+        convert(model, "if")
+    assert "\n" not in str(err.value)
+    x = _x().float()
+    with torch.no_grad():
+        ann = model.eval()(x)
+    out = convert(model, "gn", group_size=4)(x, 1)[0]
+    assert torch.allclose(out, ann, atol=1e-5)

@@ -155,12 +155,19 @@ def check_global_hooks(when: str) -> None:
 
 
 def refuse_meta(model: nn.Module) -> None:
-    """A model built on the ``meta`` device has shapes but no values to convert.
+    """A model built on the ``meta`` device has shapes but no values to convert; a lazy
+    module that never ran has neither.
 
     Raises:
-        SnnconvError: a parameter or buffer is on the meta device (the first one is named).
+        SnnconvError: a parameter or buffer is on the meta device or uninitialized (the
+            first one is named).
     """
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+            raise SnnconvError(
+                f"{type(model).__name__}: {name!r} is uninitialized (a lazy module, e.g. nn.LazyLinear, that has not "
+                "run yet), so there are no weights to convert: run the trained model once on a batch (model(x)) or "
+                "load its weights before convert")
         if tensor.is_meta:
             raise SnnconvError(
                 f"{type(model).__name__}: {name!r} is on the meta device (shapes, no values), so there are no weights to "
