@@ -269,7 +269,8 @@ class _WindowRunner(fx.Interpreter):
                 dim = args[1] if len(args) > 1 and n.op == "call_method" else kwargs.get("dim")
                 source = args[0] if isinstance(args[0], torch.Tensor) else None
                 # the ANN's size of dim 0: the batch, or batch x k when tokens were merged into it (h.reshape(-1, C))
-                rows = self.batch if source is None or not source.dim() else source.shape[0] // (self.schedule.total if has_window else 1)
+                rows = self.batch if source is None or not source.dim() else \
+                    source.shape[0] // (self.schedule.total if has_window else 1)
                 result = _mark_batch(result, dim, rows, source.dim() if source is not None else None)
             if n in self.dynamic and isinstance(result, torch.Tensor):
                 self._refuse_merged_samples(n, result, self.schedule.total * self.batch if has_window else self.batch)

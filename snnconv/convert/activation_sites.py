@@ -365,7 +365,8 @@ def _indexes_batch(node: fx.Node, rank: int | None = None) -> bool:
     if (base.op == "call_method" and base.target in _CONTAINER_METHODS) or (
             base.op == "call_function" and base.target in _CONTAINER_FUNCTIONS):
         return False
-    if base.op == "call_module" and base.graph.owning_module is not None:  # values, indices = nn.MaxPool2d(..., return_indices=True)(x)
+    # values, indices = nn.MaxPool2d(..., return_indices=True)(x): a tuple, not the batch
+    if base.op == "call_module" and base.graph.owning_module is not None:
         try:
             if getattr(base.graph.owning_module.get_submodule(str(base.target)), "return_indices", False):
                 return False

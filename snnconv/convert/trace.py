@@ -62,8 +62,10 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     a ``DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` wrapper is unwrapped first.
 
     Raises:
-        SnnconvError: ``model`` is not an ``nn.Module``, has weights on the meta device, a
-            global module hook is installed (:func:`check_global_hooks`), or torch.fx cannot trace it (data-dependent control flow; the tracer's message and the fix are given).
+        SnnconvError: ``model`` is not an ``nn.Module``, has weights on the meta device or
+            uninitialized ones, a global module hook is installed (:func:`check_global_hooks`),
+            or torch.fx cannot trace it (data-dependent control flow; the tracer's message
+            and the fix are given).
     """
     if not isinstance(model, nn.Module):
         raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
