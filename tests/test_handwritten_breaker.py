@@ -612,3 +612,24 @@ def test_a_lazy_module_that_never_ran_is_refused_in_one_line_and_converts_once_r
         ann = model.eval()(x)
     out = convert(model, "gn", group_size=4)(x, 1)[0]
     assert torch.allclose(out, ann, atol=1e-5)
+
+
+def test_modules_built_inside_forward_convert_as_their_function_or_are_named():
+    """``nn.AdaptiveAvgPool2d(1)(h)`` or ``nn.ReLU()(h)`` written in forward() compute a fixed
+    function; torch.fx refused them ("module is not installed as a submodule"), reported
+    as data-dependent control flow. A module with weights built there gets new ones at every
+    call: named, with the fix."""
+    from snnconv import QCFS
+
+    def pooled(h, x):
+        return h + nn.AdaptiveAvgPool2d((None, 1))(h) + nn.Flatten(2)(h).mean(-1)[..., None, None]
+
+    assert_exact(lambda act: _TwoLayers(act, pooled), _x())
+    torch.manual_seed(0)
+    model = _TwoLayers(None, lambda h, x: nn.ReLU()(h - 0.01)).double().eval()  # a ReLU built in forward: a site
+    with torch.no_grad():
+        ann = model(_x())
+    assert (_relu_if_output(model, _x(), 512) - ann).abs().max() < 0.01 * ann.abs().max()
+    with pytest.raises(SnnconvError, match=r"forward\(\) builds a QCFS at every call \(with 'threshold' new each time\).*__init__") as err:
+        convert(_TwoLayers(QCFS, lambda h, x: QCFS(4)(h)).double(), "if")
+    assert "\n" not in str(err.value)

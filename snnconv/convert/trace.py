@@ -44,6 +44,21 @@ class _Tracer(fx.Tracer):
             return True
         return super().is_leaf_module(module, qualified_name)
 
+    def call_module(self, module: nn.Module, forward, args, kwargs):
+        """A module built inside forward() (``nn.AdaptiveAvgPool2d(1)(h)``, ``nn.ReLU()(h)``)
+        is not one of the model's: one without weights is traced into, as its functional
+        form; one with weights gets fresh ones at every call, which nothing can convert."""
+        try:
+            self.path_of_module(module)
+        except NameError:
+            named = [name for name, _ in [*module.named_parameters(), *module.named_buffers()]]
+            if named:
+                raise SnnconvError(
+                    f"forward() builds a {type(module).__name__} at every call (with {named[0]!r} new each time), which is "
+                    "not a submodule of the model: create it once in __init__ (self.layer = ...) and call that") from None
+            return forward(*args, **kwargs)
+        return super().call_module(module, forward, args, kwargs)
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside ``nn.DataParallel``, ``DistributedDataParallel`` and ``torch.compile``
@@ -84,6 +99,8 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
             graph = _Tracer().trace(model, concrete_args=defaults or None)
             _drop_specialisation_checks(graph)
             traced = fx.GraphModule(model, graph, type(model).__name__).eval()
+        except SnnconvError:
+            raise
         except Exception as err:  # fx raises many types; the message is what matters
             raise SnnconvError(
                 f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err}); "
