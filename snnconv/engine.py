@@ -24,6 +24,7 @@ from torch.utils import _pytree as pytree
 from .convert.activation_sites import check_batch_dims, input_dependent
 from .convert.max_pool import MaxPoolGate
 from .convert.ops import constant_in_sleep, lookup
+from .convert.trace import check_global_hooks
 from .errors import SnnconvError, check
 from .functional import check_threshold
 from .inputs import check_input
@@ -163,7 +164,8 @@ def _is_size_read(node: fx.Node) -> bool:
 
 def _mark_batch(value, dim_arg, batch: int, rank: int | None = None):
     """Tag the batch entry of a size read (a ``torch.Size`` or one int) as
-    :class:`BatchSize` of value ``batch`` (also when read off a folded window);
+    :class:`BatchSize` of value ``batch``, the ANN's size of that dim 0 (also when read
+    off a folded window; batch x k when tokens were merged into dim 0);
     ``x.size(-4)`` of a rank-4 ``x`` is dim 0 too."""
     if isinstance(value, tuple) and dim_arg is None:
         return (BatchSize(batch), *value[1:]) if len(value) else value
@@ -249,10 +251,10 @@ class _WindowRunner(fx.Interpreter):
                 return value
 
             args, kwargs = map_arg(n.args, load), map_arg(n.kwargs, load)
-            if has_window:  # a negative dim that resolves to the batch (the converter saw no rank)
+            if n in self.dynamic:  # a negative dim that resolves to the batch (the converter saw no rank)
                 first = next((v for v in pytree.tree_leaves(args) if isinstance(v, torch.Tensor)), None)
                 if first is not None:
-                    check_batch_dims(n, first)
+                    check_batch_dims(n, first, window=has_window)
             # the batch of a window is steps * batch, in tensor ops; size arithmetic
             # (x.shape[0], n * 4) keeps counting samples, so sleep's one-sample rerun scales it too
             if has_window and any(isinstance(self.env[i], torch.Tensor) for i in n.all_input_nodes):
@@ -265,12 +267,34 @@ class _WindowRunner(fx.Interpreter):
                 raise SnnconvError(f"layer {n.name!r} failed on its input ({err}); check the input shape") from err
             if _is_size_read(n) and n.all_input_nodes and n.all_input_nodes[0] in self.dynamic:
                 dim = args[1] if len(args) > 1 and n.op == "call_method" else kwargs.get("dim")
-                result = _mark_batch(result, dim, self.batch, args[0].dim() if isinstance(args[0], torch.Tensor) else None)
+                source = args[0] if isinstance(args[0], torch.Tensor) else None
+                # the ANN's size of dim 0: the batch, or batch x k when tokens were merged into it (h.reshape(-1, C))
+                rows = self.batch if source is None or not source.dim() else \
+                    source.shape[0] // (self.schedule.total if has_window else 1)
+                result = _mark_batch(result, dim, rows, source.dim() if source is not None else None)
+            if n in self.dynamic and isinstance(result, torch.Tensor):
+                self._refuse_merged_samples(n, result, self.schedule.total * self.batch if has_window else self.batch)
             if has_window:
                 self.windows.add(n)
                 if self.schedule.sleep_steps and isinstance(result, torch.Tensor):
                     result = self._constants_off_in_sleep(n, result)
             return result
+
+    def _refuse_merged_samples(self, n: fx.Node, result: torch.Tensor, samples: int) -> None:
+        """Each sample (each step of each sample, in a window) must keep whole rows of dim 0:
+        a reshape that merges samples (``h.view(1, -1)``, ``h.reshape(-1, 2 * C)`` of
+        ``[B, C]``) lets a later op over dims >= 1 mix them, which in the SNN mixes steps
+        too and depends on how simulate() chunks the batch.
+
+        Raises:
+            SnnconvError: ``result`` has a number of rows that is not a multiple of ``samples``.
+        """
+        rows = result.shape[0] if result.dim() else 1
+        if samples > 1 and rows % samples:
+            raise SnnconvError(
+                f"layer {n.name!r} returns {rows} rows along dim 0 from {samples} samples (steps x batch): it merges "
+                "samples (a reshape such as h.view(1, -1)), so later layers would mix them: keep dim 0 per sample "
+                "(h.reshape(n, ...) with n = x.shape[0], or h.flatten(1))")
 
     def _refuse_batch_size_as_number(self, n: fx.Node, args, kwargs) -> None:
         """A batch size is a shape (``h.reshape(n, -1)``), which the engine scales by the
@@ -398,6 +422,7 @@ def _check_input(snn: nn.Module, x: torch.Tensor, steps, sleep_steps, permute: s
     check(memory_budget > 0, f"memory_budget must be a positive byte count, got {memory_budget}")
     check(permute is None or permute in PERMUTE_MODES, f"permute must be one of {', '.join(PERMUTE_MODES)} or None, got {permute!r}")
     check(not (permute and sleep_steps), "permutation and sleep steps do not combine: use one or the other")
+    check_global_hooks("simulate")
     check(sleep_steps == 0 or snn.sleeps, f"sleep steps need neurons that sleep (cif); {snn.neuron!r} does not")
     return steps, sleep_steps, seed, memory_budget
 
@@ -548,7 +573,7 @@ def simulate(
         SnnconvError: ``snn`` is not a converted network; the input has the wrong shape,
             dtype or non-finite values; T, sleep steps, seed, memory budget or window bytes
             are not valid integers in range; permutation combined with sleep steps, or
-            sleep steps for neurons that do not sleep; NaN/inf weights or bad thresholds;
+            sleep steps for neurons that do not sleep; a global module hook installed; NaN/inf weights or bad thresholds;
             ``stop_when_quiet`` without sleep steps; or one sample needs more than
             ``memory_budget`` bytes at this T.
     """

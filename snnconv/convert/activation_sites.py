@@ -127,7 +127,9 @@ def _site_of(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | N
     if bounds is not None:
         low, high = bounds
         if low != 0 or not (high is None or isinstance(high, (int, float))):
-            raise _unsupported(f"clamp({low}, {high})", _where(node), "only clamp(x, 0, max) is an activation; use min=0")
+            _refuse_inside_user_module(node, f"clamp({low}, {high})")  # a clip activation class: the activations= mapping
+            raise _unsupported(f"clamp({low}, {high})", _where(node), "only clamp(x, 0, max) with numbers is an activation: "
+                               "use min=0 and a number max (a trained clip value: QCFS / ClipFloor's lambda)")
         if high is None:
             return ActivationSite(None, "relu", None, 0.0, None)
         if not high > 0:
@@ -139,11 +141,15 @@ def _site_of(node: fx.Node, modules: dict[str, nn.Module]) -> ActivationSite | N
 
 # casts too: a cast to the same dtype returns the tensor itself (x += 1 on it updates x)
 _VIEW_METHODS = {"view", "view_as", "reshape", "flatten", "unflatten", "transpose", "permute", "squeeze", "unsqueeze",
-                 "expand", "expand_as", "contiguous", "movedim", "chunk", "split", "narrow", "select", "t", "unbind",
+                 "expand", "expand_as", "contiguous", "movedim", "moveaxis", "swapaxes", "swapdims", "chunk", "split",
+                 "narrow", "select", "t", "unbind",
                  "relu_", "detach", "float", "double", "half", "bfloat16", "to", "type", "type_as"}
 _VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
-                   torch.movedim, torch.chunk, torch.split, torch.narrow, torch.select, torch.t, torch.unbind,
+                   torch.movedim, torch.moveaxis, torch.swapaxes, torch.swapdims, torch.chunk, torch.split, torch.narrow,
+                   torch.select, torch.t, torch.unbind,
                    operator.getitem, torch.relu_, F.relu_, torch.detach}
+
+_VIEW_ATTRIBUTES = {"data", "T", "mT", "H", "mH", "real"}
 
 
 def _is_view(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -151,6 +157,8 @@ def _is_view(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_method":
         return node.target in _VIEW_METHODS
     if node.op == "call_function":
+        if node.target is getattr:  # h.data, h.mT, ...: the same memory under another name
+            return len(node.args) > 1 and node.args[1] in _VIEW_ATTRIBUTES
         return node.target in _VIEW_FUNCTIONS or bool(node.kwargs.get("inplace"))
     if node.op == "call_module":
         module = modules.get(node.target)
@@ -274,7 +282,8 @@ def _touches_batch(node: fx.Node, rank: int | None = None) -> bool:
     """Does a reduction, concatenation, axis move or index act on dim 0 (the batch, which
     carries time)? With ``rank`` (the input's number of dims, known when the graph runs)
     negative dims are resolved too: ``sum(-2)`` of a ``[B, C]`` value is over dim 0."""
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    op = lookup(node, {})  # by the table's op, so every spelling of it (torch.concatenate, .swapaxes) is read alike
+    name = op.name if op is not None else node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     args = node.args[1:]
     kwargs = node.kwargs
 
@@ -286,12 +295,13 @@ def _touches_batch(node: fx.Node, rank: int | None = None) -> bool:
     if name in ("mean", "sum"):
         dims = _dim_list(args[0] if args else kwargs.get("dim", kwargs.get("axis")))  # axis=: numpy's name
         return not dims or any(d is None or at(d) == 0 for d in dims)  # dim=() is every dim, as None
-    if name in ("cat", "concat", "stack"):
+    if name in ("cat", "stack"):
         return at(node.args[1] if len(node.args) > 1 else kwargs.get("dim", kwargs.get("axis", 0)), int(name == "stack")) == 0
     if name in ("chunk", "split"):
         return at(node.args[2] if len(node.args) > 2 else kwargs.get("dim", 0)) == 0
     if name == "transpose":
-        return 0 in [at(a) for a in args[:2] if isinstance(a, int)] or 0 in (at(kwargs.get("dim0")), at(kwargs.get("dim1")))
+        named = [kwargs.get(k) for k in ("dim0", "dim1", "axis0", "axis1")]  # swapaxes: axis0 / axis1
+        return 0 in [at(a) for a in args[:2] if isinstance(a, int)] or 0 in [at(d) for d in named]
     if name == "permute":
         dims = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else list(args or kwargs.get("dims", ()))
         return bool(dims) and at(dims[0]) != 0
@@ -305,23 +315,39 @@ def _touches_batch(node: fx.Node, rank: int | None = None) -> bool:
     if name in ("squeeze", "unsqueeze", "unflatten"):
         dim = args[0] if args else kwargs.get("dim")
         return dim is not None and 0 in [at(x, int(name == "unsqueeze")) for x in _dims_of(dim)]
-    if name == "getattr":
-        return len(node.args) > 1 and node.args[1] in ("T", "H")
+    if name == "getattr":  # h.T; h.mT / h.mH swap the last two dims, which are dims 0 and 1 of a [B, C] value
+        attribute = node.args[1] if len(node.args) > 1 else None
+        return attribute in ("T", "H") or (attribute in ("mT", "mH") and rank == 2)
     return False
 
 
-def check_batch_dims(node: fx.Node, value: torch.Tensor) -> None:
+def _batch_op_name(node: fx.Node) -> str:
+    """The op's name in a dim-0 error: the method or function, ``.mT`` for an attribute read."""
+    if node.op == "call_function" and node.target is getattr and len(node.args) > 1:
+        return f".{node.args[1]}"
+    return node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+
+
+def _batch_fix(window: bool) -> str:
+    """Why an op over dim 0 is refused, and the fix: after a spiking layer dim 0 carries
+    time; before one (the analog input) the op mixes the samples of a chunk."""
+    if window:
+        return "dim 0 is the batch (it carries time in the SNN): reduce, concatenate or move only dims >= 1"
+    return ("dim 0 is the batch: an op over it mixes the samples, which simulate() and calibration run in chunks, so "
+            "a sample's output would depend on the others in its chunk: reduce, concatenate or move only dims >= 1")
+
+
+def check_batch_dims(node: fx.Node, value: torch.Tensor, window: bool = True) -> None:
     """At run time, with ``value`` (the node's tensor input) known: refuse a negative dim
-    that resolves to dim 0 (``torch.cat([a, b], -2)`` of ``[B, C]`` values), which the
-    converter could not see. Called by the engine on nodes that read a spiking window.
+    that resolves to dim 0 (``torch.cat([a, b], -2)`` of ``[B, C]`` values, ``h.mT`` of a
+    ``[B, C]`` value), which the converter could not see. Called by the engine on every
+    input-dependent node; ``window``: the node reads a spiking window (else the analog input).
 
     Raises:
         SnnconvError: the node acts on dim 0 of ``value``.
     """
     if node.op in ("call_function", "call_method") and _touches_batch(node, value.dim()):
-        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
-        raise _unsupported(f"{name} over dim 0", node.name, "dim 0 is the batch (it carries time in the SNN): "
-                           "reduce, concatenate or move only dims >= 1")
+        raise _unsupported(f"{_batch_op_name(node)} over dim 0", node.name, _batch_fix(window))
 
 
 _CONTAINER_METHODS = {"chunk", "split", "size", "unbind", "split_with_sizes"}
@@ -339,6 +365,13 @@ def _indexes_batch(node: fx.Node, rank: int | None = None) -> bool:
     if (base.op == "call_method" and base.target in _CONTAINER_METHODS) or (
             base.op == "call_function" and base.target in _CONTAINER_FUNCTIONS):
         return False
+    # values, indices = nn.MaxPool2d(..., return_indices=True)(x): a tuple, not the batch
+    if base.op == "call_module" and base.graph.owning_module is not None:
+        try:
+            if getattr(base.graph.owning_module.get_submodule(str(base.target)), "return_indices", False):
+                return False
+        except AttributeError:
+            pass
     entries = list(index) if isinstance(index, tuple) else [index]
     first = entries[0] if entries else slice(None)
     if first is Ellipsis and rank is not None:
@@ -400,9 +433,8 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
             if node in spiking:
                 raise _unsupported(f"{kind.__name__} after a spiking layer", where, _max_pool_fix(max_pool))
             return
-        if op is not None and node in spiking and _module_touches_batch(module):
-            raise _unsupported(f"{kind.__name__} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
-                               "reduce, concatenate or move only dims >= 1")
+        if op is not None and _module_touches_batch(module):
+            raise _unsupported(f"{kind.__name__} over dim 0", where, _batch_fix(node in spiking))
         if op is not None and op.name == "upsample" and module.mode not in _NEAREST:
             raise _unsupported(f"Upsample mode={module.mode}", where, "use mode='nearest'")
         if op is not None:
@@ -456,9 +488,8 @@ def _check_supported(node: fx.Node, modules: dict[str, nn.Module], dynamic: set,
             return
         raise _unsupported(f"pad mode={mode} value={value}", where, "pad with zeros only (mode='constant', value=0)")
     if op is not None:
-        if node in spiking and _touches_batch(node):
-            raise _unsupported(f"{name} over dim 0", where, "dim 0 is the batch (it carries time in the SNN): "
-                               "reduce, concatenate or move only dims >= 1")
+        if _touches_batch(node):
+            raise _unsupported(f"{_batch_op_name(node)} over dim 0", where, _batch_fix(node in spiking))
         return
     what = f"method .{name}()" if node.op == "call_method" else f"function {name}"
     if node.op == "call_function" and target in _SAMPLE_NORM_FUNCTIONS:
@@ -513,13 +544,13 @@ _MAX_POOL_FUNCTIONS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
 def _gate_max_pools(graph_module: fx.GraphModule, spiking: set) -> None:
     """Replace each max pooling after a spiking layer by a :class:`MaxPoolGate`: a
     ``nn.MaxPool1d/2d/3d`` module in place, an ``F.max_pool1d/2d/3d`` call by a gate
-    module with its arguments (one that returns indices is left, and refused)."""
+    module with its arguments (either one that returns indices is left, and refused)."""
     for index, node in enumerate(list(graph_module.graph.nodes)):
         if node not in spiking:
             continue
         if node.op == "call_module":
             module = graph_module.get_submodule(node.target)
-            if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+            if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) and not module.return_indices:
                 parent, _, name = node.target.rpartition(".")
                 setattr(graph_module.get_submodule(parent) if parent else graph_module, name, MaxPoolGate.from_module(module))
         elif node.op == "call_function" and node.target in _MAX_POOL_FUNCTIONS and node.args:

@@ -107,15 +107,16 @@ def mse_threshold(values: torch.Tensor, levels: int, top: torch.Tensor | None = 
 
 
 def _rows(output: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """An activation ``[B, C, ...]`` as ``[C, B * ...]`` (per channel) or ``[1, numel]``."""
-    if not per_channel:
+    """An activation ``[B, C, ...]`` as ``[C, B * ...]`` (per channel) or ``[1, numel]`` (per
+    layer, and for a ``[B]`` activation, which has no channel dim)."""
+    if not per_channel or output.dim() < 2:
         return output.reshape(1, -1)
     return output.transpose(0, 1).reshape(output.shape[1], -1)
 
 
 def _theta_shape(output_shape: torch.Size, per_channel: bool) -> tuple[int, ...]:
     """Per channel: ``[C, 1, ...]`` so theta broadcasts over the sample's other dims."""
-    return (output_shape[1], *([1] * (len(output_shape) - 2))) if per_channel else ()
+    return (output_shape[1], *([1] * (len(output_shape) - 2))) if per_channel and len(output_shape) > 1 else ()
 
 
 def calibrate_thresholds(

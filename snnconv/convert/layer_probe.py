@@ -45,13 +45,23 @@ def neuron_at(snn: SpikingNetwork, name: str) -> SpikingNeuron:
     return snn.graph.get_submodule(name)
 
 
+def _ties(snn: SpikingNetwork, layer: nn.Module) -> bool:
+    """Does another module of the network hold ``layer``'s weight or bias (tied weights,
+    ``conv2.weight = conv1.weight``)? Changing it would move that module's output too."""
+    own = {id(p) for p in layer.parameters(recurse=False)}
+    return any(module is not layer and any(id(p) in own for p in module.parameters(recurse=False))
+               for module in snn.graph.modules())
+
+
 def bias_layer(snn: SpikingNetwork, name: str) -> tuple[str, nn.Module] | None:
     """The conv/linear layer whose bias shifts neuron ``name``'s input one for one.
 
     Its output must reach the neuron directly or through additions only (a residual
-    sum); the first such layer in the argument order. None if there is none, and None
+    sum; not as the scaled operand b of ``torch.add(a, b, alpha=k)``); the first such
+    layer in the argument order. None if there is none, and None
     when calibrating that layer would move another neuron's input too: the layer is
-    called at several places (shared weights), or its output or an addition on the way
+    called at several places (shared weights) or holds a weight or bias another layer
+    holds too (tied weights), or its output or an addition on the way
     is read elsewhere (a conv feeding two neurons). Calibrating it for one neuron would
     then undo, or spoil, what the other's calibration did.
 
@@ -68,9 +78,13 @@ def bias_layer(snn: SpikingNetwork, name: str) -> tuple[str, nn.Module] | None:
             continue  # read elsewhere too: a shift here is not this neuron's alone
         if current.op == "call_module" and isinstance(modules.get(current.target), _LAYERS):
             calls = sum(n.op == "call_module" and n.target == current.target for n in nodes)
-            return (current.target, modules[current.target]) if calls == 1 else None
+            layer = modules[current.target]
+            return (current.target, layer) if calls == 1 and not _ties(snn, layer) else None
         if current.op == "call_function" and current.target in _PASS_THROUGH:
-            frontier.extend(current.all_input_nodes)
+            if current.kwargs.get("alpha", 1) != 1:  # torch.add(a, b, alpha=k): b moves the sum k for one, a one for one
+                frontier.extend(a for a in current.args[:1] if isinstance(a, fx.Node))
+            else:
+                frontier.extend(current.all_input_nodes)
     return None
 
 

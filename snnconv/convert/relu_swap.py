@@ -66,7 +66,8 @@ def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | N
         node.replace_all_uses_with(new)
         graph_module.graph.erase_node(node)
     dropout_as_modules(graph_module)
-    graph_module.graph.eliminate_dead_code()
+    # no dead-code elimination: it would drop in-place updates made for their effect
+    # (z.clamp_(0, m), z[:, 0] = 0), which the original computes
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
     return graph_module.train(model.training)

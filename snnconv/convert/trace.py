@@ -36,10 +36,28 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         # a subclass that rewrites forward() computes something else: traced into, so the
-        # converter sees (and names) what it computes
+        # converter sees (and names) what it computes; so is a module whose forward was
+        # replaced on the instance (module.forward = ...), whatever its class
+        if "forward" in vars(module):
+            return False
         if isinstance(module, QuantizedClip) and type(module).forward is QuantizedClip.forward:
             return True
         return super().is_leaf_module(module, qualified_name)
+
+    def call_module(self, module: nn.Module, forward, args, kwargs):
+        """A module built inside forward() (``nn.AdaptiveAvgPool2d(1)(h)``, ``nn.ReLU()(h)``)
+        is not one of the model's: one without weights is traced into, as its functional
+        form; one with weights gets fresh ones at every call, which nothing can convert."""
+        try:
+            self.path_of_module(module)
+        except NameError:
+            named = [name for name, _ in [*module.named_parameters(), *module.named_buffers()]]
+            if named:
+                raise SnnconvError(
+                    f"forward() builds a {type(module).__name__} at every call (with {named[0]!r} new each time), which is "
+                    "not a submodule of the model: create it once in __init__ (self.layer = ...) and call that") from None
+            return forward(*args, **kwargs)
+        return super().call_module(module, forward, args, kwargs)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -59,28 +77,35 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     a ``DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` wrapper is unwrapped first.
 
     Raises:
-        SnnconvError: ``model`` is not an ``nn.Module``, or torch.fx cannot trace it
-            (data-dependent control flow; the tracer's message and the fix are given).
+        SnnconvError: ``model`` is not an ``nn.Module``, has weights on the meta device or
+            uninitialized ones, a global module hook is installed (:func:`check_global_hooks`),
+            or torch.fx cannot trace it (data-dependent control flow; the tracer's message
+            and the fix are given).
     """
     if not isinstance(model, nn.Module):
         raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
     model = unwrap(model)
+    refuse_meta(model)
+    check_global_hooks("convert")
     model = copy.deepcopy(model) if copy_model else model
     # Trace in eval mode: forward() code that reads self.training (dropout, noise) then
     # takes its inference branch, which is what the SNN must compute.
     model.eval()
-    if isinstance(model, fx.GraphModule):
-        _check_one_input(model, type(model).__name__)
-        _check_hooks(model, model)
-        return model
-    try:
-        graph = _Tracer().trace(model)
-        traced = fx.GraphModule(model, graph, type(model).__name__).eval()
-    except Exception as err:  # fx raises many types; the message is what matters
-        raise SnnconvError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err}); "
-            "data-dependent control flow is not convertible: move it out of forward() or wrap it in a leaf module"
-        ) from err
+    if isinstance(model, fx.GraphModule):  # traced already (torch.fx.symbolic_trace): the same checks and rewrites
+        traced = model
+    else:
+        try:
+            defaults = _default_arguments(model)
+            graph = _Tracer().trace(model, concrete_args=defaults or None)
+            _drop_specialisation_checks(graph)
+            traced = fx.GraphModule(model, graph, type(model).__name__).eval()
+        except SnnconvError:
+            raise
+        except Exception as err:  # fx raises many types; the message is what matters
+            raise SnnconvError(
+                f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err}); "
+                "data-dependent control flow is not convertible: move it out of forward() or wrap it in a leaf module"
+            ) from err
     _check_one_input(traced, type(model).__name__)
     _check_hooks(model, traced)
     _namedtuple_outputs(traced)
@@ -88,6 +113,85 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     _refuse_out_arguments(traced, type(model).__name__)
     _out_of_place_updates(traced, type(model).__name__)
     return traced
+
+
+_CONSTANT_DEFAULTS = (type(None), bool, int, float, str)
+
+
+def _default_arguments(model: nn.Module) -> dict:
+    """forward()'s arguments after the input that have a number, string, bool or None
+    default: the values they always take, since a spiking network is driven by the input
+    alone. Traced with them, ``if mask is not None:`` or ``if return_features:`` follow
+    the branch the ANN takes when called with the input only."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in parameters[1:]
+            if p.kind in kinds and p.default is not inspect.Parameter.empty and type(p.default) in _CONSTANT_DEFAULTS}
+
+
+def _drop_specialisation_checks(graph: fx.Graph) -> None:
+    """Remove the checks fx adds for arguments traced as constants (``assert mask is None``),
+    which only compare a default with itself."""
+    from torch.fx._symbolic_trace import _assert_is_none
+
+    def specialised(value: fx.Node) -> bool:  # a placeholder traced as its default, or default == value
+        if value.op == "call_function" and value.target is operator.eq:
+            return any(specialised(i) for i in value.all_input_nodes)
+        return value.op == "placeholder" and bool(value.args)
+
+    for node in reversed(list(graph.nodes)):
+        if node.op == "call_function" and node.target in (torch._assert, _assert_is_none) and not node.users \
+                and node.all_input_nodes and all(specialised(i) for i in node.all_input_nodes):
+            inputs = node.all_input_nodes
+            graph.erase_node(node)
+            for value in inputs:
+                if value.op == "call_function" and value.target is operator.eq and not value.users:
+                    graph.erase_node(value)
+
+
+def check_global_hooks(when: str) -> None:
+    """Refuse module hooks installed for every module (``register_module_forward_hook`` /
+    ``register_module_forward_pre_hook``): torch runs them on each layer the spiking
+    network calls, on windows of time steps, where the ANN ran them once per input; a hook
+    that changes a layer's output (a clamp) would then compute something else, silently.
+
+    Raises:
+        SnnconvError: such a hook is installed (named, with the fix).
+    """
+    from torch.nn.modules import module as torch_module
+
+    for kind, hooks in (("forward", torch_module._global_forward_hooks),
+                        ("forward pre", torch_module._global_forward_pre_hooks)):
+        for hook in hooks.values():
+            register = "register_module_forward_hook" if kind == "forward" else "register_module_forward_pre_hook"
+            raise SnnconvError(
+                f"a global {kind} hook ({getattr(hook, '__name__', type(hook).__name__)}, installed with "
+                f"torch.nn.modules.module.{register}) runs on every layer, and in a spiking network on windows of time "
+                f"steps, not as in the ANN: remove it (handle.remove()) before {when}")
+
+
+def refuse_meta(model: nn.Module) -> None:
+    """A model built on the ``meta`` device has shapes but no values to convert; a lazy
+    module that never ran has neither.
+
+    Raises:
+        SnnconvError: a parameter or buffer is on the meta device or uninitialized (the
+            first one is named).
+    """
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+            raise SnnconvError(
+                f"{type(model).__name__}: {name!r} is uninitialized (a lazy module, e.g. nn.LazyLinear, that has not "
+                "run yet), so there are no weights to convert: run the trained model once on a batch (model(x)) or "
+                "load its weights before convert")
+        if tensor.is_meta:
+            raise SnnconvError(
+                f"{type(model).__name__}: {name!r} is on the meta device (shapes, no values), so there are no weights to "
+                "convert: load the trained weights first (model.to_empty(device='cpu') then load_state_dict(state), or "
+                "load_state_dict(state, assign=True))")
 
 
 # Pre-hooks that recompute a layer's weight from its parameters (weight * mask, g * v / |v|),
@@ -179,8 +283,8 @@ def _is_number(node: fx.Node) -> bool:
     """A size read (``x.shape[0]``, ``x.size(1)``): a Python number, which ``+=`` rebinds."""
     while node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
         node = node.args[0]
-    return (node.op == "call_function" and node.target is getattr) or (
-        node.op == "call_method" and node.target in ("size", "dim", "numel"))
+    return (node.op == "call_function" and node.target is getattr and node.args[1:2] in (("shape",), ("ndim",))) or (
+        node.op == "call_method" and node.target in ("size", "dim", "numel"))  # not h.data: a tensor
 
 
 def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:

@@ -199,7 +199,9 @@ def _flatten_node(nir, layer: _Layer):
             end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
             if start == 0:
                 raise SnnconvError(f"layer {n.name!r} flattens the batch dimension: use start_dim=1")
-    return nir.Flatten(input_type={"input": np.array(layer.in_shape)}, start_dim=start - 1, end_dim=end - 1 if end > 0 else end)
+    # NIR's dims leave out the batch: dim d >= 1 is d - 1 there; a negative dim counts from the end in both
+    return nir.Flatten(input_type={"input": np.array(layer.in_shape)}, start_dim=start - 1 if start > 0 else start,
+                       end_dim=end - 1 if end > 0 else end)
 
 
 def _layer_node(nir, layer: _Layer, factor: float) -> tuple[object, float] | None:
