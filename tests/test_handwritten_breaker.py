@@ -566,6 +566,30 @@ def test_a_size_read_off_tokens_merged_into_dim_0_is_the_anns():
     assert_exact(_TokenRows, _x())
 
 
+class _ActivationOnTokenRows(nn.Module):
+    """An activation on tokens merged into dim 0: ``relu(lin(h.reshape(-1, C)))``."""
+
+    def __init__(self, act) -> None:
+        super().__init__()
+        self.c1, self.a1, self.lin, self.a2 = nn.Conv2d(3, 4, 3, padding=1), act(4), nn.Linear(4, 4), act(4)
+        self.fc = nn.Linear(64 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.a1(self.c1(x)).flatten(2).transpose(1, 2)  # [B, 64, 4]
+        return self.fc(self.a2(self.lin(tokens.reshape(-1, 4))).reshape(x.shape[0], -1))
+
+
+def test_an_activation_on_tokens_merged_into_dim_0_is_refused_with_the_fix():
+    """Spiking layers keep one row per sample (per step) along dim 0; the refusal says the
+    tokens were merged there and how to keep them apart (not the generic "selects, moves or
+    merges dim 0", which reads as a batch-size bug)."""
+    from snnconv import QCFS
+
+    snn = convert(_ActivationOnTokenRows(lambda c: QCFS(4)).double().eval(), "gn", group_size=4)
+    with pytest.raises(SnnconvError, match=r"returns 64 rows .* tokens were merged into dim 0 .*nn.Linear acts on the last dim"):
+        simulate(snn, _x(), 4)
+
+
 class _WithOptions(nn.Module):
     """forward(x, mask=None, return_features=False, scale=2.0), called with x alone."""
 
