@@ -1,9 +1,11 @@
 """Symbolic tracing with an error a user can act on."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import operator
+from unittest import mock
 
 import torch
 from torch import fx, nn
@@ -79,7 +81,7 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     Raises:
         SnnconvError: ``model`` is not an ``nn.Module``, has weights on the meta device or
             uninitialized ones, a global module hook is installed (:func:`check_global_hooks`),
-            or torch.fx cannot trace it (data-dependent control flow; the tracer's message
+            forward() enters ``torch.autocast``, or torch.fx cannot trace it (data-dependent control flow; the tracer's message
             and the fix are given).
     """
     if not isinstance(model, nn.Module):
@@ -96,7 +98,8 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     else:
         try:
             defaults = _default_arguments(model)
-            graph = _Tracer().trace(model, concrete_args=defaults or None)
+            with _refuse_autocast(type(model).__name__):
+                graph = _Tracer().trace(model, concrete_args=defaults or None)
             _drop_specialisation_checks(graph)
             traced = fx.GraphModule(model, graph, type(model).__name__).eval()
         except SnnconvError:
@@ -113,6 +116,26 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     _refuse_out_arguments(traced, type(model).__name__)
     _out_of_place_updates(traced, type(model).__name__)
     return traced
+
+
+@contextlib.contextmanager
+def _refuse_autocast(name: str):
+    """While tracing: refuse ``torch.autocast`` (any device's, as ``with`` or decorator)
+    entered inside forward(). torch.fx records no node for it, so the SNN would compute in
+    the model's dtype where the ANN computed in the autocast dtype (GN at T = 1 then misses
+    the ANN it equals), and a ``.float()`` after it would be dropped as a no-op cast."""
+    enter = torch.amp.autocast_mode.autocast.__enter__
+
+    def refuse(self):
+        if not getattr(self, "_enabled", True):  # autocast(enabled=False): the model's own dtype, as the SNN computes
+            return enter(self)
+        raise SnnconvError(
+            f"{name}.forward() enters torch.autocast({self.device!r}, dtype={self.fast_dtype}), which tracing drops: "
+            "the SNN would compute in the model's dtype, not the ANN's: remove the autocast from forward() and cast "
+            f"the model instead (model.to({self.fast_dtype}))")
+
+    with mock.patch.object(torch.amp.autocast_mode.autocast, "__enter__", refuse):
+        yield
 
 
 _CONSTANT_DEFAULTS = (type(None), bool, int, float, str)
