@@ -216,17 +216,13 @@ class _WindowRunner(fx.Interpreter):
         expected = self.schedule.total * self.batch
         if node is not None and (folded.dim() == 0 or folded.shape[0] != expected):
             rows = folded.shape[0] if folded.dim() else "no"
-            if isinstance(rows, int) and rows > expected and rows % expected == 0:
-                raise SnnconvError(
-                    f"layer {node.name!r} returns {rows} rows along dim 0 where the batch has {expected} "
-                    f"({self.schedule.total} steps x {self.batch} samples): positions or tokens were merged into dim 0 "
-                    "(h.reshape(-1, C)), which carries the batch and time in the SNN: keep them in their own dim "
-                    "(nn.Linear acts on the last dim of [B, N, C]; a 1x1 conv on [B, C, H, W])")
             raise SnnconvError(
                 f"layer {node.name!r} returns {rows} rows along dim 0 where the batch has {expected} "
                 f"({self.schedule.total} steps x {self.batch} samples): a layer before it selects, moves or merges dim 0 "
                 "(the batch, which carries time in the SNN): index, reshape or reduce only dims >= 1, and read the batch size "
-                "off the input (n = x.shape[0]) instead of writing it as a number")
+                "off the input (n = x.shape[0]) instead of writing it as a number"
+                + (" (or, if tokens or positions were merged into dim 0 by h.reshape(-1, C), keep them in their own dim: "
+                   "nn.Linear acts on the last dim of [B, N, C])" if isinstance(rows, int) and rows % expected == 0 else ""))
         return folded.reshape(self.schedule.total, self.batch, *folded.shape[1:])
 
     def _batch_sizes(self, value, factor: float):

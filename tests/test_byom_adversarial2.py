@@ -280,7 +280,7 @@ def test_a_batch_size_written_as_a_number_is_named_in_one_line():
         with pytest.raises(SnnconvError, match=(
                 r"^layer 'fc' returns 3 rows along dim 0 where the batch has \d+ \(\d+ steps x \d+ samples\): a layer before "
                 r"it selects, moves or merges dim 0 \(the batch, which carries time in the SNN\): index, reshape or reduce "
-                r"only dims >= 1, and read the batch size off the input \(n = x.shape\[0\]\) instead of writing it as a number$")):
+                r"only dims >= 1, and read the batch size off the input \(n = x.shape\[0\]\) instead of writing it as a number( \(or, if tokens .*\))?$")):
             simulate(convert(model, "if"), x, steps)
 
 

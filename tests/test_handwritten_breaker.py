@@ -580,13 +580,13 @@ class _ActivationOnTokenRows(nn.Module):
 
 
 def test_an_activation_on_tokens_merged_into_dim_0_is_refused_with_the_fix():
-    """Spiking layers keep one row per sample (per step) along dim 0; the refusal says the
-    tokens were merged there and how to keep them apart (not the generic "selects, moves or
-    merges dim 0", which reads as a batch-size bug)."""
+    """Spiking layers keep one row per sample (per step) along dim 0; the refusal also says
+    how to keep merged tokens apart (the generic "selects, moves or merges dim 0" alone
+    reads as a batch-size bug)."""
     from snnconv import QCFS
 
     snn = convert(_ActivationOnTokenRows(lambda c: QCFS(4)).double().eval(), "gn", group_size=4)
-    with pytest.raises(SnnconvError, match=r"returns 64 rows .* tokens were merged into dim 0 .*nn.Linear acts on the last dim"):
+    with pytest.raises(SnnconvError, match=r"returns 64 rows .* merges dim 0 .*if tokens or positions were merged into dim 0 by h.reshape\(-1, C\), keep them in their own dim: nn.Linear acts on the last dim"):
         simulate(snn, _x(), 4)
 
 
