@@ -49,7 +49,7 @@ if wants qcfs-table; then
   # the tables of the 60-epoch (QCFS) and 30-epoch (clip-floor, ReLU) sources move aside: the new table has only new sources
   [[ -f ${out}_e60.json ]] || for ext in json md png; do mv "$out.$ext" "${out}_e60.$ext"; done
   # the window methods come last: TPP at T = 1-64 with 3 seeds is about 1 h here (qcfs-tpp), permutation
-  # about 2.5 h (qcfs-permute; 37 min per per-neuron seed); each row is saved seed by seed, so a cut-short step loses one seed
+  # 3 h 8 min measured (qcfs-permute; 37-62 min per per-neuron seed, 15-19 per per-layer one); each row is saved seed by seed, so a cut-short step loses one seed
   table qcfs "$qcfs" "IF,GN*"
 fi
 if wants qcfs-layer-error && [[ ! -f bench/results/resnet20_layer_error.json ]]; then
