@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from snnconv.data import load_dataset  # noqa: E402
 from snnconv.files import write_json  # noqa: E402
-from snnconv.train import TrainConfig, _param_groups, augment_batch, build_model, check_amp, resolve_device, train_step  # noqa: E402
+from snnconv.train import TrainConfig, _param_groups, augment_batch, build_model, check_amp, cpu_has_bf16, resolve_device, train_step  # noqa: E402
 
 LABELS = {"cifar10_jpeg": "CIFAR-10 (JPEG-q75)"}
 VARIANTS = {"fp32": (False, False), "fp32+channels-last": (False, True), "bf16": (True, False), "bf16+channels-last": (True, True)}
@@ -112,6 +112,17 @@ def _warm_up(step, args, device) -> int:
     return done
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def measure(args: argparse.Namespace) -> dict:
     """Run every variant (alternating blocks of the two loops) and return the record."""
     device = resolve_device(args.device)
@@ -145,7 +156,9 @@ def measure(args: argparse.Namespace) -> dict:
         "activation": args.activation, "batch_size": args.batch_size, "block": args.block, "rounds": args.rounds,
         "warmup_rule": "blocks until a block's median step is within 10% of the previous block's", "rows": rows,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        # the CPU's vector units decide the fp32 speed and whether bf16 runs natively (`--amp`)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_bf16(),
         "cpu_threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0], "torch": torch.__version__,
     }
 
@@ -153,7 +166,7 @@ def measure(args: argparse.Namespace) -> dict:
 def table(record: dict) -> str:
     """Markdown table of a record."""
     lines = [f"{record['dataset_label']} / {record['model']} ({record['activation']}), batch {record['batch_size']}, "
-             f"{record['device']} ({record['cpu_threads']} threads), medians of {record['rounds'] * record['block']} steps",
+             f"{record['device']} {record.get('device_name', '')} ({record['cpu_threads']} threads), medians of {record['rounds'] * record['block']} steps",
              "", "| variant | snnconv images/s | bare loop images/s | snnconv / bare | x fp32 |", "|---|---|---|---|---|"]
     for r in record["rows"]:
         speedup = "" if r["speedup_vs_fp32"] is None else f"{r['speedup_vs_fp32']:.2f}"
