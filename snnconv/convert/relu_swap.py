@@ -41,7 +41,8 @@ def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | N
         graph_module = None
     if graph_module is not None:
         _input_first(graph_module)
-        _out_of_place_updates(graph_module, type(model).__name__)  # refuses a stale read of x after x += y
+        # refuses a stale read of x after x += y; keeps updates of buffers (running statistics) in place
+        _out_of_place_updates(graph_module, type(model).__name__, keep_state=True)
     if graph_module is None:
         _swap_relu_modules(model, kind, levels, threshold)
         return model
