@@ -226,3 +226,25 @@ def test_swap_relu_keeps_an_in_place_update_of_a_buffer():
     assert float(swapped.seen.abs().sum()) > 0
     with pytest.raises(SnnconvError, match=r"updates 'seen' .*in place"):
         convert(model, "if", calibration=_x())
+
+
+def _mix_previous(model, h):  # a temporal model written by hand: the previous call's h is mixed in
+    previous = getattr(model, "previous", None)
+    out = h if previous is None else h + 0.5 * previous
+    model.previous = h.detach()
+    return out
+
+
+def _keep_features(model, h):  # features kept for inspection, never read: the same function every call
+    model.features = h.detach()
+    return h
+
+
+def test_a_forward_that_reads_its_previous_call_is_refused_and_one_that_only_keeps_a_value_converts():
+    x = _x()
+    torch.manual_seed(0)
+    model = ready_for_exactness(_Stateful(QCFS, _mix_previous), x)
+    with pytest.raises(SnnconvError, match=r"^_Stateful\.forward\(\) changes self\.previous \(a new value at every call\)") as err:
+        convert(model, "gn", group_size=4)
+    assert "\n" not in str(err.value)
+    assert_exact(lambda act: _Stateful(act, _keep_features), x)

@@ -160,11 +160,25 @@ def _same(first: tuple[str, list], second: tuple[str, list]) -> bool:
 
 
 def _state(model: nn.Module) -> tuple[dict, dict]:
-    """The model's buffers (copied) and its modules' Python attributes of simple types."""
+    """The model's buffers (copied) and its modules' public Python attributes: numbers,
+    strings and None by value, anything else (a cached tensor) by identity."""
     buffers = {name: (b, b.detach().clone()) for name, b in model.named_buffers()}
-    attributes = {(path, key): value for path, module in model.named_modules() for key, value in vars(module).items()
-                  if not key.startswith("_") and type(value) in _SIMPLE}
+    attributes = {(path, key): value if type(value) in _SIMPLE else _Identity(value)
+                  for path, module in model.named_modules() for key, value in vars(module).items() if not key.startswith("_")}
     return buffers, attributes
+
+
+class _Identity:
+    """An attribute value compared by identity (``self.prev = h`` rebinds it at every call)."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Identity) and other.value is self.value
+
+    def __repr__(self) -> str:
+        return "a new value"
 
 
 def _trace_stable(model: nn.Module, defaults: dict) -> fx.Graph:
@@ -192,7 +206,8 @@ def _trace_stable(model: nn.Module, defaults: dict) -> fx.Graph:
             return again
         graph = again
     now = _state(model)[1]
-    moved = [f"self.{path + '.' if path else ''}{key} ({value!r} -> {now[(path, key)]!r})"
+    moved = [f"self.{path + '.' if path else ''}{key} ({value!r} -> {now[(path, key)]!r})" if type(value) in _SIMPLE
+             else f"self.{path + '.' if path else ''}{key} ({now[(path, key)]!r} at every call)"
              for (path, key), value in attributes.items() if (path, key) in now and now[(path, key)] != value]
     what = f"buffer {(read_changed or changed)[0]!r}" if read_changed or changed else moved[0] if moved else "its own state"
     raise SnnconvError(
