@@ -310,3 +310,58 @@ def test_nir_export_of_fake_quantised_layers_is_refused(tmp_path):
     with pytest.raises(SnnconvError, match=r"layer '0' \(Conv2d subclass\) computes its weight when it runs.*plain nn\.Conv2d") as err:
         export_nir(snn, tmp_path / "net.nir", (3, 8, 8), warn=False)
     assert "\n" not in str(err.value)
+
+
+class _NamedLikeSites(nn.Module):
+    """Submodules the user named ``site_1``, ``activation_2``, ``dropout_4``, ``max_pool_gate_0``:
+    the names the passes give the modules they add."""
+
+    def __init__(self, act) -> None:
+        super().__init__()
+        self.max_pool_gate_0, self.activation_2 = nn.Conv2d(3, 4, 3, padding=1), act(4)
+        self.site_1, self.dropout_4 = nn.Conv2d(4, 4, 3, padding=1), act(4)
+        self.fc = nn.Linear(256, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout_4(self.site_1(self.activation_2(self.max_pool_gate_0(x)))).flatten(1))
+
+
+def test_a_submodule_named_like_a_converters_module_is_not_replaced():
+    """The converter added its activation sites as ``site_0``, ``site_1``, ... on the traced
+    model, replacing a user's ``self.site_1 = nn.Conv2d(...)``, whose calls then ran the
+    activation instead of the conv: GN at T = 1 missed the ANN by 0.036 on outputs of
+    0.062, silently (``site_0`` .. ``site_2`` failed on the channel count). Added modules
+    now take the next free name."""
+    assert_exact(_NamedLikeSites, _x())
+
+
+class _ReluNamed(nn.Module):
+    """A ReLU network whose first conv is named ``first``: ``activation_2`` collides with the
+    name swap_relu gives the module for the ReLU at graph node 2."""
+
+    def __init__(self, first: str) -> None:
+        super().__init__()
+        self.first = first
+        setattr(self, first, nn.Conv2d(3, 4, 3, padding=1))
+        self.c2, self.fc = nn.Conv2d(4, 4, 3, padding=1), nn.Linear(256, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(getattr(self, self.first)(x))
+        return self.fc(torch.relu(self.c2(h)).flatten(1))
+
+
+def test_swap_relu_does_not_replace_a_submodule_named_like_its_activations():
+    """swap_relu() added its activations as ``activation_<node index>``, replacing a user's
+    ``self.activation_2 = nn.Conv2d(...)``: the swapped model ran the activation where the
+    conv was."""
+    from snnconv.convert.relu_swap import swap_relu
+
+    torch.manual_seed(0)
+    named = _ReluNamed("activation_2").double()
+    plain = _ReluNamed("c1").double()
+    plain.c1.load_state_dict(named.activation_2.state_dict())
+    plain.c2.load_state_dict(named.c2.state_dict())
+    plain.fc.load_state_dict(named.fc.state_dict())
+    x = _x()
+    got, expected = swap_relu(named, "qcfs", 4, 1.0)(x), swap_relu(plain, "qcfs", 4, 1.0)(x)
+    assert torch.allclose(got, expected, atol=1e-12)

@@ -7,7 +7,7 @@ import copy
 from torch import fx, nn
 
 from ..activations import is_relu_node, make_activation
-from .activation_sites import _apply_in_place, _in_place
+from .activation_sites import _apply_in_place, _in_place, free_name
 from .remove_dropout import dropout_as_modules
 from .trace import _Tracer, _input_first, _out_of_place_updates
 
@@ -58,7 +58,7 @@ def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | N
     for index, node in enumerate(list(graph_module.graph.nodes)):
         if not is_relu_node(node, modules):
             continue
-        name = f"activation_{index}"
+        name = free_name(graph_module, "activation", index)
         graph_module.add_submodule(name, make_activation(kind, levels, threshold))
         with graph_module.graph.inserting_after(node):
             new = graph_module.graph.call_module(name, (node.args[0],))
