@@ -365,3 +365,25 @@ def test_swap_relu_does_not_replace_a_submodule_named_like_its_activations():
     x = _x()
     got, expected = swap_relu(named, "qcfs", 4, 1.0)(x), swap_relu(plain, "qcfs", 4, 1.0)(x)
     assert torch.allclose(got, expected, atol=1e-12)
+
+
+class _ReadsItsBatchNorm(nn.Module):
+    """A BatchNorm after a scaled conv (kept, not folded) whose weight and running mean
+    forward() also reads."""
+
+    def __init__(self, act) -> None:
+        super().__init__()
+        self.c1, self.bn, self.a1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), act(4)
+        self.c2, self.a2, self.fc = nn.Conv2d(4, 4, 3, padding=1), act(4), nn.Linear(256, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a1(self.bn(self.c1(x) * 1.5))
+        h = h * self.bn.weight.view(1, -1, 1, 1).abs() + self.bn.running_mean.view(1, -1, 1, 1)
+        return self.fc(self.a2(self.c2(h)).flatten(1))
+
+
+def test_a_kept_batchnorm_whose_parameters_forward_reads_converts():
+    """The kept BatchNorm was replaced at its path by its affine map, so forward()'s read of
+    ``self.bn.weight`` failed with torch's RuntimeError (``Node referenced nonexistent
+    target bn.weight``)."""
+    assert_exact(_ReadsItsBatchNorm, _x())

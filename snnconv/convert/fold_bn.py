@@ -123,9 +123,17 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
             type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d) and bn.num_features == layer.out_features)) and not (
             _computes_its_weight(layer))
         if not foldable or len(producer.users) != 1 or calls[producer.target] != 1:
-            parent, name = _parent_name(node.target)
             affine = ChannelAffine(bn).to(bn.running_mean.dtype)
-            setattr(graph_module.get_submodule(parent) if parent else graph_module, name, affine)
+            if calls[node.target] > 1 and any(n.op == "get_attr" and str(n.target).startswith(f"{node.target}.")
+                                              for n in graph_module.graph.nodes):
+                # forward() also reads the BN's weight or statistics: the BN stays, the call runs the affine
+                from .activation_sites import free_name  # activation_sites imports ops, which imports this module
+
+                node.target = free_name(graph_module, "batchnorm_affine")
+                graph_module.add_submodule(node.target, affine)
+            else:
+                parent, name = _parent_name(node.target)
+                setattr(graph_module.get_submodule(parent) if parent else graph_module, name, affine)
             modules[node.target] = affine
             continue
         fused = fuse_conv_bn_eval(layer.eval(), bn.eval()) if isinstance(layer, _CONVS) else FoldedLinearBN(layer, bn)
