@@ -387,3 +387,20 @@ def test_a_kept_batchnorm_whose_parameters_forward_reads_converts():
     ``self.bn.weight`` failed with torch's RuntimeError (``Node referenced nonexistent
     target bn.weight``)."""
     assert_exact(_ReadsItsBatchNorm, _x())
+
+
+def test_a_model_that_cannot_be_copied_is_refused_in_one_line():
+    """A model holding a lock (or an open file, a data loader) failed inside
+    copy.deepcopy with a raw TypeError (``cannot pickle '_thread.lock' object``)."""
+    import threading
+
+    from snnconv.convert.relu_swap import swap_relu
+
+    model = _Glue(QCFS, lambda h: h)
+    model.lock = threading.Lock()
+    for run in (lambda: convert(model, "if"), lambda: convert(model, "if", activations={QCFS: lambda m: m}),
+                lambda: swap_relu(model, "qcfs")):
+        with pytest.raises(SnnconvError, match=r"^_Glue: conversion works on a copy of the model, and copy\.deepcopy "
+                                               r"failed \(TypeError: cannot pickle '_thread\.lock' object\)") as err:
+            run()
+        assert "\n" not in str(err.value)

@@ -103,7 +103,7 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     model = unwrap(model)
     refuse_meta(model)
     check_global_hooks("convert")
-    model = copy.deepcopy(model) if copy_model else model
+    model = copy_of(model) if copy_model else model
     # Trace in eval mode: forward() code that reads self.training (dropout, noise) then
     # takes its inference branch, which is what the SNN must compute.
     model.eval()
@@ -292,6 +292,22 @@ def check_global_hooks(when: str) -> None:
                 f"a global {kind} hook ({getattr(hook, '__name__', type(hook).__name__)}, installed with "
                 f"torch.nn.modules.module.{register}) runs on every layer, and in a spiking network on windows of time "
                 f"steps, not as in the ANN: remove it (handle.remove()) before {when}")
+
+
+def copy_of(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``, which conversion works on (the model is never changed).
+
+    Raises:
+        SnnconvError: the model holds something ``copy.deepcopy`` cannot copy (a lock, an
+            open file, a data loader), named by torch's message.
+    """
+    try:
+        return copy.deepcopy(model)
+    except Exception as err:  # deepcopy raises TypeError, RuntimeError, pickling errors, ...
+        raise SnnconvError(
+            f"{type(model).__name__}: conversion works on a copy of the model, and copy.deepcopy failed "
+            f"({type(err).__name__}: {err}): remove what cannot be copied (a lock, an open file, a data loader, a "
+            "logger) from the model's attributes before convert") from err
 
 
 def refuse_meta(model: nn.Module) -> None:
