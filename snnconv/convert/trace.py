@@ -96,7 +96,9 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
         SnnconvError: ``model`` is not an ``nn.Module``, has weights on the meta device or
             uninitialized ones, a global module hook is installed (:func:`check_global_hooks`),
             forward() enters ``torch.autocast``, or torch.fx cannot trace it (data-dependent control flow; the tracer's message
-            and the fix are given).
+            and the fix are given); forward() changes the model's state as it runs (:func:`_trace_stable`)
+            or updates a parameter or buffer in place (:func:`_out_of_place_updates`); the model cannot be
+            copied (:func:`copy_of`).
     """
     if not isinstance(model, nn.Module):
         raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
