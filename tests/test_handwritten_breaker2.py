@@ -404,3 +404,21 @@ def test_a_model_that_cannot_be_copied_is_refused_in_one_line():
                                                r"failed \(TypeError: cannot pickle '_thread\.lock' object\)") as err:
             run()
         assert "\n" not in str(err.value)
+
+
+class _CompiledBlock(nn.Module):
+    def __init__(self, act) -> None:
+        super().__init__()
+        self.c1, self.a1 = nn.Conv2d(3, 4, 3, padding=1), act(4)
+        self.block = torch.compile(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), act(4)))
+        self.fc = nn.Linear(256, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(self.a1(self.c1(x))).flatten(1))
+
+
+def test_a_compiled_submodule_converts_as_the_module_inside():
+    """``self.block = torch.compile(block)`` was refused with torch.fx's "symbolically trace a
+    dynamo-optimized function" and a hint at data-dependent control flow; a compiled model
+    converted already (as the model inside), and a compiled submodule now does too."""
+    assert_exact(_CompiledBlock, _x())

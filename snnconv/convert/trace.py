@@ -88,6 +88,16 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def _unwrap_children(model: nn.Module) -> None:
+    """Replace each wrapped submodule (``self.block = torch.compile(block)``, a DataParallel
+    child) by the module inside, which computes the same and which torch.fx can trace."""
+    for _, module in list(model.named_modules()):
+        for name, child in list(module.named_children()):
+            inner = unwrap(child)
+            if inner is not child:
+                setattr(module, name, inner)
+
+
 def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     """Return ``model`` as an eval-mode ``GraphModule`` (a deep copy unless ``copy_model=False``);
     a ``DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` wrapper is unwrapped first.
@@ -106,6 +116,7 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     refuse_meta(model)
     check_global_hooks("convert")
     model = copy_of(model) if copy_model else model
+    _unwrap_children(model)
     # Trace in eval mode: forward() code that reads self.training (dropout, noise) then
     # takes its inference branch, which is what the SNN must compute.
     model.eval()
