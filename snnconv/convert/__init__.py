@@ -28,7 +28,7 @@ from .weight_calibration import WeightCalibration
 from .fold_bn import fold_batchnorm
 from .remove_dropout import remove_dropout
 from .swap_neurons import swap_to_neurons
-from .trace import refuse_meta, trace, unwrap
+from .trace import copy_of, refuse_meta, trace, unwrap
 
 
 def prepare(model: nn.Module, activations: Mapping[type, ActivationFactory] | None = None,
@@ -50,7 +50,7 @@ def prepare(model: nn.Module, activations: Mapping[type, ActivationFactory] | No
         if not isinstance(model, nn.Module):
             raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
         refuse_meta(unwrap(model))  # before the mapping's probes run its modules
-        model = map_activations(copy.deepcopy(unwrap(model)), activations)
+        model = map_activations(copy_of(unwrap(model)), activations)
     graph_module = trace(model, copy_model=not activations)
     drop_no_op_casts(graph_module)
     remove_dropout(graph_module)

@@ -53,6 +53,20 @@ class ActivationSite(nn.Module):
         return torch.clamp(z, min=0.0, max=self.upper)
 
 
+def free_name(graph_module: nn.Module, prefix: str, start: int = 0) -> str:
+    """``f"{prefix}_{start}"``, or the next ``f"{prefix}_{n}"`` the model does not use yet:
+    a module a pass adds (``site_1``) must not replace the user's own ``self.site_1``,
+    whose calls would then run it.
+
+    Raises:
+        Nothing.
+    """
+    index = start
+    while hasattr(graph_module, f"{prefix}_{index}"):
+        index += 1
+    return f"{prefix}_{index}"
+
+
 # What converts is the table of operations (snnconv.convert.ops): every op there except
 # the activations (which become sites) and max pooling after a spiking layer (refused or
 # gated) is affine in its windowed input, f(s) = A s + c. These views are kept for reading.
@@ -557,7 +571,7 @@ def _gate_max_pools(graph_module: fx.GraphModule, spiking: set) -> None:
             gate = MaxPoolGate.from_call(_MAX_POOL_FUNCTIONS[node.target], node.args[1:], dict(node.kwargs))
             if gate is None:
                 continue
-            name = f"max_pool_gate_{index}"
+            name = free_name(graph_module, "max_pool_gate", index)
             graph_module.add_submodule(name, gate)
             node.op, node.target, node.args, node.kwargs = "call_module", name, node.args[:1], {}
     graph_module.recompile()
@@ -593,6 +607,7 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
     modules = dict(graph_module.named_modules())
     sites = []
     calls: dict[str, int] = {}
+    next_site = 0
     inputs = _downstream(graph_module.graph, [n for n in graph_module.graph.nodes if n.op == "placeholder"])
     for node in list(graph_module.graph.nodes):
         if node not in inputs:
@@ -600,7 +615,8 @@ def mark_activation_sites(graph_module: fx.GraphModule, max_pool: str | None = N
         site = _site_for(node, modules)
         if site is None:
             continue
-        name = f"site_{len(sites)}"
+        name = free_name(graph_module, "site", next_site)
+        next_site = int(name.rpartition("_")[2]) + 1
         path = user_path(node)
         calls[path] = calls.get(path, 0) + 1
         site.path = path if calls[path] == 1 else f"{path}#{calls[path]}"

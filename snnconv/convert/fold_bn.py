@@ -65,11 +65,17 @@ class FoldedLinearBN(nn.Linear):
         return self.affine(nn.functional.linear(x, self.unfolded_weight, self.unfolded_bias))
 
 
+_CONV_FORWARDS = tuple(kind.forward for kind in _CONVS)
+
+
 def _computes_its_weight(layer: nn.Module) -> bool:
     """A layer whose weight is computed when it runs (weight / spectral norm, as hooks or
-    parametrizations) or whose output a hook changes: folding a BN into its stored
-    weight would be undone or stale, so the BN stays a per-channel affine after it."""
-    return bool(parametrize.is_parametrized(layer) or layer._forward_pre_hooks or layer._forward_hooks)
+    parametrizations; a conv class with its own forward, such as a QAT conv that
+    fake-quantises its weight) or whose output a hook changes: folding a BN into its
+    stored weight would be undone, stale or quantised otherwise, so the BN stays a
+    per-channel affine after it."""
+    own_forward = isinstance(layer, _CONVS) and type(layer).forward not in _CONV_FORWARDS
+    return bool(own_forward or parametrize.is_parametrized(layer) or layer._forward_pre_hooks or layer._forward_hooks)
 
 
 def _parent_name(target: str) -> tuple[str, str]:
@@ -88,7 +94,8 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
     at several places of ``forward`` or whose weight or bias ``forward`` also reads
     (tied weights), whose shared weights cannot hold one BN's fold, a
     Linear whose out_features is not the BN's channel count, a layer under weight norm,
-    spectral norm or another hook) is the per-channel affine map
+    spectral norm or another hook, a conv subclass with its own forward such as a QAT
+    conv) is the per-channel affine map
     it is in eval mode, kept as a layer. A Linear -> BatchNorm1d pair becomes a
     :class:`FoldedLinearBN` (folded on ``[batch, features]``, as is on tokens). Folded or not, its shift is a constant drive,
     which wake-sleep conversion switches off during sleep.
@@ -116,9 +123,17 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> fx.GraphModule:
             type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d) and bn.num_features == layer.out_features)) and not (
             _computes_its_weight(layer))
         if not foldable or len(producer.users) != 1 or calls[producer.target] != 1:
-            parent, name = _parent_name(node.target)
             affine = ChannelAffine(bn).to(bn.running_mean.dtype)
-            setattr(graph_module.get_submodule(parent) if parent else graph_module, name, affine)
+            if calls[node.target] > 1 and any(n.op == "get_attr" and str(n.target).startswith(f"{node.target}.")
+                                              for n in graph_module.graph.nodes):
+                # forward() also reads the BN's weight or statistics: the BN stays, the call runs the affine
+                from .activation_sites import free_name  # activation_sites imports ops, which imports this module
+
+                node.target = free_name(graph_module, "batchnorm_affine")
+                graph_module.add_submodule(node.target, affine)
+            else:
+                parent, name = _parent_name(node.target)
+                setattr(graph_module.get_submodule(parent) if parent else graph_module, name, affine)
             modules[node.target] = affine
             continue
         fused = fuse_conv_bn_eval(layer.eval(), bn.eval()) if isinstance(layer, _CONVS) else FoldedLinearBN(layer, bn)

@@ -2,14 +2,12 @@
 clip-floor activation (the source ANN for QCFS training), traced like :func:`snnconv.convert`."""
 from __future__ import annotations
 
-import copy
-
 from torch import fx, nn
 
 from ..activations import is_relu_node, make_activation
-from .activation_sites import _apply_in_place, _in_place
+from .activation_sites import _apply_in_place, _in_place, free_name
 from .remove_dropout import dropout_as_modules
-from .trace import _Tracer, _input_first, _out_of_place_updates
+from .trace import _Tracer, _input_first, _out_of_place_updates, copy_of
 
 
 def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | None = None) -> nn.Module:
@@ -34,14 +32,15 @@ def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | N
             ReLU) read afterwards through another name or an older view (as in
             :func:`snnconv.convert`). A model torch.fx cannot trace is not an error here.
     """
-    model = copy.deepcopy(model)
+    model = copy_of(model)
     try:  # convert()'s tracer: x += y and keyword inputs recorded as they run
         graph_module = fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception:
         graph_module = None
     if graph_module is not None:
         _input_first(graph_module)
-        _out_of_place_updates(graph_module, type(model).__name__)  # refuses a stale read of x after x += y
+        # refuses a stale read of x after x += y; keeps updates of buffers (running statistics) in place
+        _out_of_place_updates(graph_module, type(model).__name__, keep_state=True)
     if graph_module is None:
         _swap_relu_modules(model, kind, levels, threshold)
         return model
@@ -57,7 +56,7 @@ def swap_relu(model: nn.Module, kind: str, levels: int = 4, threshold: float | N
     for index, node in enumerate(list(graph_module.graph.nodes)):
         if not is_relu_node(node, modules):
             continue
-        name = f"activation_{index}"
+        name = free_name(graph_module, "activation", index)
         graph_module.add_submodule(name, make_activation(kind, levels, threshold))
         with graph_module.graph.inserting_after(node):
             new = graph_module.graph.call_module(name, (node.args[0],))

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .activation_sites import free_name
+
 DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 # Every functional spelling and the module that behaves the same and follows .train()/.eval().
 DROPOUT_FUNCTIONS: dict = {
@@ -78,7 +80,7 @@ def dropout_as_modules(graph_module: fx.GraphModule) -> fx.GraphModule:
     for index, node in enumerate(list(graph_module.graph.nodes)):
         if node.op != "call_function" or node.target not in DROPOUT_FUNCTIONS:
             continue
-        name = f"dropout_{index}"
+        name = free_name(graph_module, "dropout", index)
         graph_module.add_submodule(name, DROPOUT_FUNCTIONS[node.target](dropout_probability(node)))
         source = node.args[0] if node.args else node.kwargs["input"]
         with graph_module.graph.inserting_after(node):

@@ -5,6 +5,7 @@ import contextlib
 import copy
 import inspect
 import operator
+import re
 from unittest import mock
 
 import torch
@@ -25,9 +26,22 @@ class _Proxy(fx.Proxy):
     """A proxy that records ``x += y`` (and ``-=``, ``*=``, ``/=``) as the in-place op it is;
     plain fx records ``x + y``, which differs when another name still holds ``x``."""
 
+    def __getattr__(self, k: str) -> "_Attribute":
+        return _Attribute(self, k)
+
+
+class _Attribute(fx.proxy.Attribute):
+    """An attribute read (``h.data``, ``t.mT``): fx hands it out as its own proxy class, on
+    which ``d = h.data; d *= 0.5`` would again be recorded as ``d * 0.5``, dropping the update
+    of h's memory; this one records the in-place op too."""
+
+    def __getattr__(self, k: str) -> "_Attribute":
+        return _Attribute(self, k)
+
 
 for _dunder, _op in _IN_PLACE_OPS.items():
-    setattr(_Proxy, _dunder, lambda self, other, _op=_op: self.tracer.create_proxy("call_function", _op, (self, other), {}))
+    for _kind in (_Proxy, _Attribute):
+        setattr(_kind, _dunder, lambda self, other, _op=_op: self.tracer.create_proxy("call_function", _op, (self, other), {}))
 
 
 class _Tracer(fx.Tracer):
@@ -74,6 +88,16 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def _unwrap_children(model: nn.Module) -> None:
+    """Replace each wrapped submodule (``self.block = torch.compile(block)``, a DataParallel
+    child) by the module inside, which computes the same and which torch.fx can trace."""
+    for _, module in list(model.named_modules()):
+        for name, child in list(module.named_children()):
+            inner = unwrap(child)
+            if inner is not child:
+                setattr(module, name, inner)
+
+
 def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     """Return ``model`` as an eval-mode ``GraphModule`` (a deep copy unless ``copy_model=False``);
     a ``DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` wrapper is unwrapped first.
@@ -82,14 +106,17 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
         SnnconvError: ``model`` is not an ``nn.Module``, has weights on the meta device or
             uninitialized ones, a global module hook is installed (:func:`check_global_hooks`),
             forward() enters ``torch.autocast``, or torch.fx cannot trace it (data-dependent control flow; the tracer's message
-            and the fix are given).
+            and the fix are given); forward() changes the model's state as it runs (:func:`_trace_stable`)
+            or updates a parameter or buffer in place (:func:`_out_of_place_updates`); the model cannot be
+            copied (:func:`copy_of`).
     """
     if not isinstance(model, nn.Module):
         raise SnnconvError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
     model = unwrap(model)
     refuse_meta(model)
     check_global_hooks("convert")
-    model = copy.deepcopy(model) if copy_model else model
+    model = copy_of(model) if copy_model else model
+    _unwrap_children(model)
     # Trace in eval mode: forward() code that reads self.training (dropout, noise) then
     # takes its inference branch, which is what the SNN must compute.
     model.eval()
@@ -97,9 +124,7 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
         traced = model
     else:
         try:
-            defaults = _default_arguments(model)
-            with _refuse_autocast(type(model).__name__):
-                graph = _Tracer().trace(model, concrete_args=defaults or None)
+            graph = _trace_stable(model, _default_arguments(model))
             _drop_specialisation_checks(graph)
             traced = fx.GraphModule(model, graph, type(model).__name__).eval()
         except SnnconvError:
@@ -116,6 +141,92 @@ def trace(model: nn.Module, copy_model: bool = True) -> fx.GraphModule:
     _refuse_out_arguments(traced, type(model).__name__)
     _out_of_place_updates(traced, type(model).__name__)
     return traced
+
+
+_CONSTANT = re.compile(r"_tensor_constant\d+")
+_SIMPLE = (type(None), bool, int, float, str)
+
+
+def _trace_once(model: nn.Module, defaults: dict) -> fx.Graph:
+    with _refuse_autocast(type(model).__name__):
+        return _Tracer().trace(model, concrete_args=defaults or None)
+
+
+def _fingerprint(model: nn.Module, graph: fx.Graph) -> tuple[str, list]:
+    """The graph's code (tensor constants by one name) and those constants' values."""
+    constants = [getattr(model, str(n.target)) for n in graph.nodes if n.op == "get_attr" and _CONSTANT.fullmatch(str(n.target))]
+    return _CONSTANT.sub("_tensor_constant", graph.python_code("self").src), constants
+
+
+def _equal(a, b) -> bool:
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return type(a) is type(b) and a == b
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():  # NaN equals NaN here
+        return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+    return torch.equal(a, b)
+
+
+def _same(first: tuple[str, list], second: tuple[str, list]) -> bool:
+    return first[0] == second[0] and len(first[1]) == len(second[1]) and all(map(_equal, first[1], second[1]))
+
+
+def _state(model: nn.Module) -> tuple[dict, dict]:
+    """The model's buffers (copied) and its modules' public Python attributes: numbers,
+    strings and None by value, anything else (a cached tensor) by identity."""
+    buffers = {name: (b, b.detach().clone()) for name, b in model.named_buffers()}
+    attributes = {(path, key): value if type(value) in _SIMPLE else _Identity(value)
+                  for path, module in model.named_modules() for key, value in vars(module).items() if not key.startswith("_")}
+    return buffers, attributes
+
+
+class _Identity:
+    """An attribute value compared by identity (``self.prev = h`` rebinds it at every call)."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Identity) and other.value is self.value
+
+    def __repr__(self) -> str:
+        return "a new value"
+
+
+def _trace_stable(model: nn.Module, defaults: dict) -> fx.Graph:
+    """Trace ``model``, then again until two traces agree (a forward() that builds something
+    on its first call, ``if self.grid is None: self.grid = ...``, settles after one).
+
+    Tracing runs forward()'s Python: one that changes the model's state as it goes (a
+    buffer it then reads, ``self.gain.mul_(0.5)``; a counter it branches on or computes
+    with, ``self.calls += 1``) computes another function at every call, which a traced
+    graph would freeze at one of them.
+
+    Raises:
+        SnnconvError: a trace changed a buffer the graph reads, or two traces in a row
+            differ (the changed buffer or attribute is named).
+    """
+    graph = _trace_once(model, defaults)
+    for _ in range(2):
+        buffers, attributes = _state(model)
+        again = _trace_once(model, defaults)
+        changed = [name for name, (tensor, value) in buffers.items()
+                   if dict(model.named_buffers()).get(name) is not tensor or not _equal(tensor, value)]
+        read = {str(n.target) for n in again.nodes if n.op in ("get_attr", "call_module")}
+        read_changed = [name for name in changed if name in read or name.rpartition(".")[0] in read]
+        if not read_changed and _same(_fingerprint(model, graph), _fingerprint(model, again)):
+            return again
+        graph = again
+    now = _state(model)[1]
+    moved = [f"self.{path + '.' if path else ''}{key} ({value!r} -> {now[(path, key)]!r})" if type(value) in _SIMPLE
+             else f"self.{path + '.' if path else ''}{key} ({now[(path, key)]!r} at every call)"
+             for (path, key), value in attributes.items() if (path, key) in now and now[(path, key)] != value]
+    what = f"buffer {(read_changed or changed)[0]!r}" if read_changed or changed else moved[0] if moved else "its own state"
+    raise SnnconvError(
+        f"{type(model).__name__}.forward() changes {what} as it runs, so the ANN computes another function at every call "
+        "and no spiking network reproduces it: keep forward() a function of its input (update such state under "
+        "`if self.training:` or outside forward())")
 
 
 @contextlib.contextmanager
@@ -194,6 +305,22 @@ def check_global_hooks(when: str) -> None:
                 f"a global {kind} hook ({getattr(hook, '__name__', type(hook).__name__)}, installed with "
                 f"torch.nn.modules.module.{register}) runs on every layer, and in a spiking network on windows of time "
                 f"steps, not as in the ANN: remove it (handle.remove()) before {when}")
+
+
+def copy_of(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``, which conversion works on (the model is never changed).
+
+    Raises:
+        SnnconvError: the model holds something ``copy.deepcopy`` cannot copy (a lock, an
+            open file, a data loader), named by torch's message.
+    """
+    try:
+        return copy.deepcopy(model)
+    except Exception as err:  # deepcopy raises TypeError, RuntimeError, pickling errors, ...
+        raise SnnconvError(
+            f"{type(model).__name__}: conversion works on a copy of the model, and copy.deepcopy failed "
+            f"({type(err).__name__}: {err}): remove what cannot be copied (a lock, an open file, a data loader, a "
+            "logger) from the model's attributes before convert") from err
 
 
 def refuse_meta(model: nn.Module) -> None:
@@ -302,6 +429,22 @@ _OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, opera
 _METHODS_IN_PLACE = {"add_": torch.add, "sub_": torch.sub, "mul_": torch.mul, "div_": torch.div}
 
 
+_SPELLING = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/=", "add_": "+=", "sub_": "-=", "mul_": "*=",
+             "div_": "/="}
+
+
+def _state_of(node: fx.Node, modules: dict) -> str | None:
+    """The parameter or buffer (``"c2.weight"``) whose memory ``node`` shares: a ``get_attr``
+    read, or a view of one (``w.data``, ``w.view(-1)``, ``w[0]``); None for any other value."""
+    from .activation_sites import _is_view  # activation_sites imports ops, not trace
+
+    while node.op != "get_attr":
+        if not (_is_view(node, modules) and node.args and isinstance(node.args[0], fx.Node)):
+            return None
+        node = node.args[0]
+    return str(node.target)
+
+
 def _is_number(node: fx.Node) -> bool:
     """A size read (``x.shape[0]``, ``x.size(1)``): a Python number, which ``+=`` rebinds."""
     while node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
@@ -310,15 +453,18 @@ def _is_number(node: fx.Node) -> bool:
         node.op == "call_method" and node.target in ("size", "dim", "numel"))  # not h.data: a tensor
 
 
-def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:
+def _out_of_place_updates(graph_module: fx.GraphModule, name: str, keep_state: bool = False) -> None:
     """``x += y`` overwrites x: in the ANN every later read of x, or of a view of x taken
     before, sees the sum. The update becomes ``x + y`` (which the graph then computes
     as the ANN does) unless such a later read exists, which is refused. ``x.add_(y)``
     (``sub_``, ``mul_``, ``div_``) is the same update, and later reads of x itself read it.
+    ``keep_state``: an update of a parameter or buffer stays the in-place op it is (a graph
+    run as a PyTorch model, :func:`snnconv.convert.relu_swap.swap_relu`), instead of refused.
 
     Raises:
         SnnconvError: a value updated in place (``+=``, ``-=``, ``*=``, ``/=``, ``x.add_(y)``, ...)
-            is read again afterwards under another name.
+            is read again afterwards under another name, or is one of the model's parameters or
+            buffers (``self.conv.weight.data.mul_(0.5)``), which the ANN changes at every call.
     """
     from .activation_sites import _aliases, _derived_from, user_path  # activation_sites imports ops, not trace
 
@@ -330,6 +476,17 @@ def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:
         if not method and (node.op != "call_function" or node.target not in _OUT_OF_PLACE):
             continue
         source = node.args[0]
+        state = _state_of(source, modules) if isinstance(source, fx.Node) else None
+        if state is not None and keep_state:
+            continue
+        if state is not None:  # out of place, the update would be lost: the SNN would run on the old weight
+            key = node.target if method else node.target.__name__
+            written = f"x.{key}(y)" if method else f"x {_SPELLING[key]} y"
+            raise SnnconvError(
+                f"{name}: {user_path(node)!r} ({written}) updates {state!r} (the model's own parameter or buffer) in place "
+                "at every call, so the ANN computes another function each time it runs and the spiking network cannot "
+                f"follow it: apply the update once to the model before convert (with torch.no_grad(): ...) and remove it "
+                "from forward(), or compute a new tensor (w = w * y) without writing it back")
         if method and isinstance(source, fx.Node):  # x.add_(y) keeps the name x: its later reads see the update
             for user in list(source.users):
                 if user is not node and order[user] > order[node]:
@@ -341,8 +498,7 @@ def _out_of_place_updates(graph_module: fx.GraphModule, name: str) -> None:
                 later = [u for u in alias.users if u is not node and order[u] > order[node] and not _is_number(u)]
                 if later:
                     key = node.target if method else node.target.__name__
-                    spelling = {"iadd": "+=", "isub": "-=", "imul": "*=", "itruediv": "/=", "add_": "+=", "sub_": "-=",
-                                "mul_": "*=", "div_": "/="}[key]
+                    spelling = _SPELLING[key]
                     written = f"x.{key}(y)" if method else f"x {spelling} y"
                     raise SnnconvError(
                         f"{name}: {user_path(node)!r} ({written}) overwrites {source.name!r} in place, which "

@@ -130,6 +130,11 @@ def _weights_node(nir, layer: _Layer, factor: float):
     import numpy as np
 
     module, form, name = layer.module, layer.op.nir, layer.node.name
+    base = next(kind for kind in (nn.Linear, nn.Conv1d, nn.Conv2d) if isinstance(module, kind))
+    check(type(module).forward is base.forward,  # a QAT layer fake-quantises its weight: not the stored one
+          f"layer {str(layer.node.target)!r} ({base.__name__} subclass) computes its weight when it runs ({type(module).__module__}."
+          f"{type(module).__name__}), and NIR export carries stored weights: export a model with plain nn.{base.__name__} "
+          "layers holding the weights it computes with")
     check(getattr(module, "padding_mode", "zeros") == "zeros", f"layer {name!r}: only zero padding exports to NIR")
     weight = _numpy(module.weight * factor)
     bias = _numpy(module.bias) if module.bias is not None else np.zeros(weight.shape[0], dtype=weight.dtype)
