@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from .errors import SnnconvError
 
@@ -372,6 +373,12 @@ COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "evaluate": _cmd_evaluate, "
             "list": _cmd_list, "detect-train": _cmd_detect_train, "detect-evaluate": _cmd_detect_evaluate}
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """``snnconv: warning: MESSAGE`` on one line, like the CLI's errors (``--debug``: Python's
+    own form with the file, line and source line)."""
+    return "snnconv: warning: " + " ".join(str(message).split()) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit status (0 ok, 2 user error, 130 interrupted).
 
@@ -381,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    format_warning = warnings.formatwarning
+    if not args.debug:
+        warnings.formatwarning = _one_line_warning  # recorded warnings (pytest, catch_warnings) are unaffected
     try:
         COMMANDS[args.command](args)
     except SnnconvError as err:
@@ -392,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         print("snnconv: interrupted", file=sys.stderr)
         return 130
     finally:
+        warnings.formatwarning = format_warning
         from .distributed import shutdown
 
         shutdown()  # leave a torchrun process group, if this command joined one

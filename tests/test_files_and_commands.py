@@ -6,6 +6,8 @@ import math
 import os
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -487,6 +489,19 @@ def test_export_input_shape_errors_are_one_line(tiny, tmp_path, shape, message, 
     assert main(["export", str(tiny), "--input-shape", shape, "--out", str(tmp_path / "g.nir")]) == 2
     _one_line_error(capsys, message)
     assert not (tmp_path / "g.nir").exists()
+
+
+def test_export_warning_is_one_line(tiny, tmp_path):
+    """NIRSemanticsWarning reaches the terminal as one line, not Python's file:line form with
+    the source line after it; --debug keeps Python's form."""
+    pytest.importorskip("nir")
+    command = [sys.executable, "-m", "snnconv", "export", str(tiny), "--input-shape", "1,8,8", "--out", str(tmp_path / "g.nir")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.startswith("snnconv: warning: NIR IF nodes reset to v_reset") and run.stderr.count("\n") == 1, run.stderr
+    debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, timeout=300, env=env)
+    assert debug.returncode == 0 and "NIRSemanticsWarning: NIR IF nodes" in debug.stderr and "nir.py:" in debug.stderr, debug.stderr
 
 
 def test_export_without_data_dir_names_input_shape(tmp_path, capsys):

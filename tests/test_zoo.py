@@ -26,6 +26,13 @@ def test_unknown_zoo_name_is_one_clear_line():
         read_checkpoint("resnet99")
 
 
+def test_load_pretrained_on_a_file_names_load_checkpoint():
+    """A checkpoint written by `snnconv train` is not a zoo name: the error says which function loads it."""
+    with pytest.raises(SnnconvError, match=r"no pretrained source named 'runs/x/checkpoint.safetensors': choose one of .*, "
+                                           r"or load a checkpoint file with snnconv\.checkpoint\.load_checkpoint\('runs/x/checkpoint\.safetensors'\)$"):
+        load_pretrained("runs/x/checkpoint.safetensors")
+
+
 @pytest.mark.parametrize("name", ENTRIES)
 def test_entry_loads_and_its_card_matches_its_metadata(name):
     model, meta = load_pretrained(name)

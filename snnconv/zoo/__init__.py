@@ -40,10 +40,11 @@ def is_pretrained_name(text: str) -> bool:
     return bool(text) and "/" not in text and "\\" not in text and "." not in text
 
 
-def pretrained_path(name: str) -> Path:
+def pretrained_path(name: str, alternative: str = "or pass a checkpoint file") -> Path:
     """The checkpoint file of zoo entry ``name``.
 
-    Raises SnnconvError naming the entries available when ``name`` is not one of them.
+    Raises SnnconvError naming the entries available when ``name`` is not one of them,
+    followed by ``alternative`` (what the caller accepts besides a zoo name).
 
     Raises:
         SnnconvError: ``name`` is not an entry of this installation's zoo (the
@@ -52,20 +53,21 @@ def pretrained_path(name: str) -> Path:
     path = ZOO_DIR / name / CHECKPOINT_NAME
     if not is_pretrained_name(name) or not path.is_file():
         available = ", ".join(list_pretrained()) or "none in this installation"
-        raise SnnconvError(f"no pretrained source named {name!r}: choose one of {available}, or pass a checkpoint file")
+        raise SnnconvError(f"no pretrained source named {name!r}: choose one of {available}, {alternative}")
     return path
 
 
 def load_pretrained(name: str):
-    """``(model, meta)`` of zoo entry ``name`` (eval mode), as :func:`snnconv.checkpoint.load_checkpoint`.
+    """``(model, meta)`` of zoo entry ``name`` (eval mode), as :func:`snnconv.checkpoint.load_checkpoint`,
+    which loads a checkpoint file (from ``snnconv train``) or a zoo name.
 
     Raises:
-        SnnconvError: as :func:`pretrained_path` and
-            :func:`snnconv.checkpoint.load_checkpoint`.
+        SnnconvError: as :func:`pretrained_path` (the message names ``load_checkpoint``
+            for a checkpoint file) and :func:`snnconv.checkpoint.load_checkpoint`.
     """
     from ..checkpoint import load_checkpoint
 
-    return load_checkpoint(pretrained_path(name))
+    return load_checkpoint(pretrained_path(name, f"or load a checkpoint file with snnconv.checkpoint.load_checkpoint({name!r})"))
 
 
 __all__ = ["ZOO_DIR", "is_pretrained_name", "list_pretrained", "load_pretrained", "pretrained_path"]
