@@ -51,6 +51,16 @@ def _halve_weight_augmented(model, h):
     return h
 
 
+def _assert_refused(step, pattern: str) -> None:
+    """GN conversion of ``_Stateful(QCFS, step)`` is refused in one line matching ``pattern``."""
+    x = _x()
+    torch.manual_seed(0)
+    model = ready_for_exactness(_Stateful(QCFS, step), x)
+    with pytest.raises(SnnconvError, match=pattern) as err:
+        convert(model, "gn", group_size=4)
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("step, spelled", [
     (_normalise_weight, r"x\.div_\(y\)"), (_halve_weight, r"x\.mul_\(y\)"), (_halve_weight_augmented, r"x \*= y"),
 ])
@@ -61,12 +71,7 @@ def test_an_in_place_update_of_a_weight_in_forward_is_refused(step, spelled):
     weight: with the weight off its norm (as after an optimizer step), GN at T = 1 missed
     the ANN's next call by 0.023 on outputs of 0.062 (``div_``), 0.016 on 0.064
     (``mul_(0.5)``), silently."""
-    x = _x()
-    torch.manual_seed(0)
-    model = ready_for_exactness(_Stateful(QCFS, step), x)
-    with pytest.raises(SnnconvError, match=rf"^_Stateful: .*{spelled}.* updates 'c2\.weight' .*in place.*before convert") as err:
-        convert(model, "gn", group_size=4)
-    assert "\n" not in str(err.value)
+    _assert_refused(step, rf"^_Stateful: .*{spelled}.* updates 'c2\.weight' .*in place.*before convert")
 
 
 def _clip_weight(model, h):  # idempotent: the same weight at every call, kept in the graph
@@ -173,12 +178,7 @@ def test_a_forward_that_changes_the_models_state_is_refused(step, spelled):
     silently: the SNN reproduced one call of the ANN and missed the next (GN at T = 1:
     0.0048 on outputs of 0.070 for the halved gain, 0.0037 on 0.062 for the step counter,
     0.017 on 0.062 for the alternating branch)."""
-    x = _x()
-    torch.manual_seed(0)
-    model = ready_for_exactness(_Stateful(QCFS, step), x)
-    with pytest.raises(SnnconvError, match=rf"^_Stateful\.forward\(\) changes {spelled}.*another function at every call") as err:
-        convert(model, "gn", group_size=4)
-    assert "\n" not in str(err.value)
+    _assert_refused(step, rf"^_Stateful\.forward\(\) changes {spelled}.*another function at every call")
 
 
 def _count_only(model, h):  # a counter nothing reads: the function stays the same
